@@ -1,0 +1,120 @@
+//! `qformer bench`: times full training steps (stage-one loss, backward, AdamW) on random
+//! features at a preset's shapes, for each objective set. Prints median milliseconds and pairs/s.
+
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Distribution, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use crate::backend::BackendJob;
+use crate::error::{Error, Result};
+use crate::model::{QFormer, QFormerConfig};
+use crate::objectives::{stage1_loss, NegativeSampler, Objective, ObjectiveConfig, Stage1Batch, TextBatch};
+
+pub struct Bench {
+    pub preset: String,
+    pub batch: usize,
+    /// Image tokens per sample (257 for ViT-g at 224 px).
+    pub image_tokens: usize,
+    pub text_len: usize,
+    pub warmup: usize,
+    pub steps: usize,
+    /// Objective sets to time, e.g. `[[Itc, Itm, Itg], [Itc]]`.
+    pub sets: Vec<Vec<Objective>>,
+    pub seed: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BenchResult {
+    pub objectives: String,
+    pub median_ms: f64,
+    pub min_ms: f64,
+    pub pairs_per_s: f64,
+}
+
+pub fn objective_names(set: &[Objective]) -> String {
+    set.iter()
+        .map(|o| match o {
+            Objective::Itc => "itc",
+            Objective::Itm => "itm",
+            Objective::Itg => "itg",
+        })
+        .collect::<Vec<_>>()
+        .join("+")
+}
+
+/// Random captions: `[CLS]`, random word pieces, `[SEP]`, padding; lengths vary like real ones.
+fn random_text(rng: &mut ChaCha8Rng, batch: usize, len: usize, vocab: usize) -> Result<TextBatch> {
+    let mut ids = Vec::with_capacity(batch);
+    let mut mask = Vec::with_capacity(batch);
+    for _ in 0..batch {
+        let real = rng.random_range(len.min(8).max(2)..=len);
+        let row: Vec<i64> = (0..len)
+            .map(|i| match i {
+                0 => 101,
+                i if i + 1 == real => 102,
+                i if i < real => rng.random_range(1000..vocab.min(30522).max(1001)) as i64,
+                _ => 0,
+            })
+            .collect();
+        mask.push((0..len).map(|i| i64::from(i < real)).collect());
+        ids.push(row);
+    }
+    TextBatch::new(ids, mask, vocab)
+}
+
+impl BackendJob for Bench {
+    type Output = Vec<BenchResult>;
+
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Vec<BenchResult>> {
+        let cfg = QFormerConfig::preset(&self.preset)
+            .ok_or_else(|| Error::config("preset", format!("unknown preset `{}` (tiny, blip2)", self.preset), "command line"))?;
+        if self.text_len > cfg.max_position_embeddings || self.text_len < 2 || self.batch == 0 || self.steps == 0 {
+            return Err(Error::config("bench", "need batch > 0, steps > 0 and 2 <= text_len <= max positions", "command line"));
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+        let mut results = Vec::new();
+        for set in &self.sets {
+            B::seed(&device, self.seed);
+            let mut model = QFormer::<B>::new(&cfg, &device);
+            let mut optim = AdamWConfig::new()
+                .with_beta_2(0.999)
+                .with_epsilon(1e-8)
+                .with_weight_decay(0.05)
+                .init::<B, QFormer<B>>();
+            let objectives = ObjectiveConfig::default().only(set);
+            let mut sampler = NegativeSampler::new(self.seed);
+            let mut times = Vec::with_capacity(self.steps);
+            for step in 0..self.warmup + self.steps {
+                let feats = Tensor::<B, 3>::random([self.batch, self.image_tokens, cfg.encoder_hidden_size], Distribution::Normal(0.0, 1.0), &device);
+                let text = random_text(&mut rng, self.batch, self.text_len, cfg.vocab_size)?;
+                let batch = Stage1Batch::new(feats, text, None)?;
+                B::sync(&device).map_err(|e| Error::input("device", format!("{e:?}")))?;
+                let start = Instant::now();
+                let out = stage1_loss(&model, &batch, &objectives, &mut sampler, true)?;
+                let grads = GradientsParams::from_grads(out.loss.backward(), &model);
+                model = optim.step(1e-4, model, grads);
+                // Reading a value forces the step to finish on asynchronous backends.
+                let _ = model.temp.val().inner().into_data();
+                if step >= self.warmup {
+                    times.push(start.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+            let _ = model.valid();
+            times.sort_by(f64::total_cmp);
+            let median = times[times.len() / 2];
+            results.push(BenchResult {
+                objectives: objective_names(set),
+                median_ms: median,
+                min_ms: times[0],
+                pairs_per_s: self.batch as f64 / (median / 1e3),
+            });
+        }
+        Ok(results)
+    }
+}

@@ -1,0 +1,5 @@
+//! Files shared with other tools: Q-Former weights under Hugging Face names, and batch files.
+
+pub mod batch_file;
+pub mod safetensors_io;
+pub mod weights;

@@ -1,0 +1,153 @@
+//! Reading and atomically writing safetensors files of f32/i64 tensors.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+
+use safetensors::{tensor::TensorView, Dtype, SafeTensors};
+
+use crate::error::{Error, Result};
+
+/// An owned tensor ready to be written.
+pub struct OwnedTensor {
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub bytes: Vec<u8>,
+}
+
+impl OwnedTensor {
+    pub fn f32(shape: Vec<usize>, values: &[f32]) -> Self {
+        Self { dtype: Dtype::F32, shape, bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect() }
+    }
+    pub fn i64(shape: Vec<usize>, values: &[i64]) -> Self {
+        Self { dtype: Dtype::I64, shape, bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect() }
+    }
+}
+
+/// Writes `tensors` with `metadata` to a temporary file beside `path`, syncs it, then renames it
+/// over `path`: a reader sees the old file or the new one, never half of one.
+pub fn write_atomic(path: &Path, tensors: Vec<(String, OwnedTensor)>, metadata: HashMap<String, String>) -> Result<()> {
+    let views: Vec<(String, TensorView<'_>)> = tensors
+        .iter()
+        .map(|(name, t)| {
+            TensorView::new(t.dtype, t.shape.clone(), &t.bytes)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| Error::file(path, format!("tensor {name}: {e}")))
+        })
+        .collect::<Result<_>>()?;
+    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| Error::file(path, e.to_string()))?;
+    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
+    let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(path, e)
+    })
+}
+
+/// A whole safetensors file in memory.
+pub struct SafetensorsFile {
+    pub path: std::path::PathBuf,
+    bytes: Vec<u8>,
+}
+
+impl SafetensorsFile {
+    pub fn open(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let file = Self { path: path.to_path_buf(), bytes };
+        file.parse()?;
+        Ok(file)
+    }
+
+    fn parse(&self) -> Result<SafeTensors<'_>> {
+        SafeTensors::deserialize(&self.bytes)
+            .map_err(|e| Error::file(&self.path, format!("not a valid safetensors file: {e}")))
+    }
+
+    pub fn metadata(&self) -> Result<HashMap<String, String>> {
+        let (_, meta) = SafeTensors::read_metadata(&self.bytes)
+            .map_err(|e| Error::file(&self.path, format!("not a valid safetensors file: {e}")))?;
+        Ok(meta.metadata().clone().unwrap_or_default())
+    }
+
+    pub fn names(&self) -> Result<Vec<String>> {
+        Ok(self.parse()?.names().into_iter().map(String::from).collect())
+    }
+
+    pub fn contains(&self, name: &str) -> Result<bool> {
+        Ok(self.parse()?.tensor(name).is_ok())
+    }
+
+    fn view(&self, name: &str) -> Result<(Dtype, Vec<usize>, Vec<u8>)> {
+        let st = self.parse()?;
+        let view = st.tensor(name).map_err(|_| Error::file(&self.path, format!("missing tensor `{name}`")))?;
+        Ok((view.dtype(), view.shape().to_vec(), view.data().to_vec()))
+    }
+
+    /// An f32 tensor (f64, f16 and bf16 are converted) with its shape.
+    pub fn f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        let (dtype, shape, data) = self.view(name)?;
+        let values = match dtype {
+            Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            Dtype::F64 => data
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
+                .collect(),
+            Dtype::F16 => data.chunks_exact(2).map(|c| half_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect(),
+            Dtype::BF16 => data
+                .chunks_exact(2)
+                .map(|c| f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16))
+                .collect(),
+            other => return Err(Error::file(&self.path, format!("tensor `{name}` is {other:?}, expected a float type"))),
+        };
+        Ok((shape, values))
+    }
+
+    /// An integer tensor (i64 or i32) with its shape.
+    pub fn i64(&self, name: &str) -> Result<(Vec<usize>, Vec<i64>)> {
+        let (dtype, shape, data) = self.view(name)?;
+        let values = match dtype {
+            Dtype::I64 => data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect(),
+            Dtype::I32 => data.chunks_exact(4).map(|c| i64::from(i32::from_le_bytes(c.try_into().expect("4 bytes")))).collect(),
+            other => return Err(Error::file(&self.path, format!("tensor `{name}` is {other:?}, expected i64"))),
+        };
+        Ok((shape, values))
+    }
+}
+
+/// IEEE half to single precision.
+fn half_to_f32(h: u16) -> f32 {
+    let sign = u32::from(h >> 15) << 31;
+    let exp = u32::from((h >> 10) & 0x1f);
+    let frac = u32::from(h & 0x3ff);
+    let bits = match (exp, frac) {
+        (0, 0) => sign,
+        (0, f) => {
+            // Subnormal: renormalise.
+            let shift = f.leading_zeros() - 21;
+            sign | ((113 - shift) << 23) | (((f << shift) & 0x3ff) << 13)
+        }
+        (0x1f, f) => sign | 0x7f80_0000 | (f << 13),
+        (e, f) => sign | ((e + 112) << 23) | (f << 13),
+    };
+    f32::from_bits(bits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::half_to_f32;
+
+    #[test]
+    fn half_conversion() {
+        assert_eq!(half_to_f32(0x3c00), 1.0);
+        assert_eq!(half_to_f32(0xc000), -2.0);
+        assert_eq!(half_to_f32(0x0001), 2f32.powi(-24));
+        assert_eq!(half_to_f32(0x7bff), 65504.0);
+        assert!(half_to_f32(0x7c00).is_infinite());
+    }
+}

@@ -1,0 +1,206 @@
+//! Q-Former weights as safetensors under Hugging Face `Blip2ForImageTextRetrieval` names (plus
+//! `temp` and the LM head, which HF cannot hold). Linear weights are stored `[out, in]` as PyTorch
+//! does; the tied decoder weight is stored once, as the word embeddings. The model's shapes travel
+//! in the metadata key `config`.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use burn::module::Param;
+use burn::nn::{LayerNorm, Linear};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData};
+
+use super::safetensors_io::{write_atomic, OwnedTensor, SafetensorsFile};
+use crate::error::{Error, Result};
+use crate::model::{QFormer, QFormerConfig};
+
+/// How a parameter's burn layout maps to the file's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    Same,
+    /// burn `Linear` keeps `[in, out]`, PyTorch `[out, in]`.
+    Transposed,
+    /// burn `[1]`, file 0-D.
+    Scalar,
+}
+
+/// Receives every trainable parameter with its file name.
+pub trait ParamVisitor<B: Backend> {
+    fn visit<const D: usize>(&mut self, name: &str, param: &mut Param<Tensor<B, D>>, layout: Layout);
+}
+
+fn linear<B: Backend, V: ParamVisitor<B>>(v: &mut V, prefix: &str, l: &mut Linear<B>) {
+    v.visit(&format!("{prefix}.weight"), &mut l.weight, Layout::Transposed);
+    if let Some(bias) = &mut l.bias {
+        v.visit(&format!("{prefix}.bias"), bias, Layout::Same);
+    }
+}
+
+fn layer_norm<B: Backend, V: ParamVisitor<B>>(v: &mut V, prefix: &str, n: &mut LayerNorm<B>) {
+    v.visit(&format!("{prefix}.weight"), &mut n.gamma, Layout::Same);
+    if let Some(beta) = &mut n.beta {
+        v.visit(&format!("{prefix}.bias"), beta, Layout::Same);
+    }
+}
+
+/// Walks the model in file order. The one place where parameter names are defined.
+pub fn visit_params<B: Backend, V: ParamVisitor<B>>(m: &mut QFormer<B>, v: &mut V) {
+    v.visit("query_tokens", &mut m.query_tokens, Layout::Same);
+    v.visit("temp", &mut m.temp, Layout::Scalar);
+    v.visit("embeddings.word_embeddings.weight", &mut m.embeddings.word.weight, Layout::Same);
+    v.visit("embeddings.position_embeddings.weight", &mut m.embeddings.position.weight, Layout::Same);
+    layer_norm(v, "qformer.layernorm", &mut m.embeddings.norm);
+    for (i, layer) in m.layers.iter_mut().enumerate() {
+        let p = format!("qformer.encoder.layer.{i}");
+        let attention = |v: &mut V, name: &str, a: &mut crate::model::attention::Attention<B>| {
+            linear(v, &format!("{p}.{name}.attention.query"), &mut a.query);
+            linear(v, &format!("{p}.{name}.attention.key"), &mut a.key);
+            linear(v, &format!("{p}.{name}.attention.value"), &mut a.value);
+            linear(v, &format!("{p}.{name}.output.dense"), &mut a.dense);
+            layer_norm(v, &format!("{p}.{name}.output.LayerNorm"), &mut a.norm);
+        };
+        attention(v, "attention", &mut layer.attention);
+        if let Some(cross) = &mut layer.crossattention {
+            attention(v, "crossattention", cross);
+        }
+        linear(v, &format!("{p}.intermediate.dense"), &mut layer.ffn_text.intermediate);
+        linear(v, &format!("{p}.output.dense"), &mut layer.ffn_text.output);
+        layer_norm(v, &format!("{p}.output.LayerNorm"), &mut layer.ffn_text.norm);
+        linear(v, &format!("{p}.intermediate_query.dense"), &mut layer.ffn_query.intermediate);
+        linear(v, &format!("{p}.output_query.dense"), &mut layer.ffn_query.output);
+        layer_norm(v, &format!("{p}.output_query.LayerNorm"), &mut layer.ffn_query.norm);
+    }
+    layer_norm(v, "ln_vision", &mut m.ln_vision);
+    linear(v, "vision_proj", &mut m.vision_proj);
+    linear(v, "text_proj", &mut m.text_proj);
+    linear(v, "itm_head", &mut m.itm_head);
+    v.visit("lm_head.bias", &mut m.lm_head.bias, Layout::Same);
+    linear(v, "lm_head.transform.dense", &mut m.lm_head.dense);
+    layer_norm(v, "lm_head.transform.LayerNorm", &mut m.lm_head.norm);
+}
+
+fn to_file_layout<B: Backend, const D: usize>(t: Tensor<B, D>, layout: Layout) -> OwnedTensor {
+    let t = if layout == Layout::Transposed { t.swap_dims(0, 1) } else { t };
+    let shape = if layout == Layout::Scalar { vec![] } else { t.dims().to_vec() };
+    let values = t.into_data().convert::<f32>().to_vec::<f32>().expect("f32 data");
+    OwnedTensor::f32(shape, &values)
+}
+
+/// Parameter names in file order.
+pub fn param_names<B: Backend>(model: &QFormer<B>) -> Vec<String> {
+    struct Names(Vec<String>);
+    impl<B: Backend> ParamVisitor<B> for Names {
+        fn visit<const D: usize>(&mut self, name: &str, _: &mut Param<Tensor<B, D>>, _: Layout) {
+            self.0.push(name.to_string());
+        }
+    }
+    let mut names = Names(Vec::new());
+    visit_params(&mut model.clone(), &mut names);
+    names.0
+}
+
+fn metadata(cfg: &QFormerConfig) -> HashMap<String, String> {
+    HashMap::from([("format".to_string(), "pt".to_string()), ("config".to_string(), cfg.to_json())])
+}
+
+/// Writes the model's weights (atomically) with its config in the metadata.
+pub fn save_weights<B: Backend>(model: &QFormer<B>, cfg: &QFormerConfig, path: &Path) -> Result<()> {
+    struct Collect(Vec<(String, OwnedTensor)>);
+    impl<B: Backend> ParamVisitor<B> for Collect {
+        fn visit<const D: usize>(&mut self, name: &str, p: &mut Param<Tensor<B, D>>, layout: Layout) {
+            self.0.push((name.to_string(), to_file_layout(p.val(), layout)));
+        }
+    }
+    let mut out = Collect(Vec::new());
+    visit_params(&mut model.clone(), &mut out);
+    write_atomic(path, out.0, metadata(cfg))
+}
+
+/// Writes d(loss)/d(parameter) for every parameter under the weights' names. A parameter the loss
+/// does not reach (a switched-off objective's head) gets zeros.
+pub fn save_gradients<B: AutodiffBackend>(
+    model: &QFormer<B>,
+    cfg: &QFormerConfig,
+    grads: &B::Gradients,
+    path: &Path,
+) -> Result<()> {
+    struct Collect<'a, B: AutodiffBackend>(Vec<(String, OwnedTensor)>, &'a B::Gradients);
+    impl<B: AutodiffBackend> ParamVisitor<B> for Collect<'_, B> {
+        fn visit<const D: usize>(&mut self, name: &str, p: &mut Param<Tensor<B, D>>, layout: Layout) {
+            let value = p.val();
+            let grad = value.grad(self.1).unwrap_or_else(|| value.inner().zeros_like());
+            self.0.push((name.to_string(), to_file_layout(grad, layout)));
+        }
+    }
+    let mut out = Collect::<B>(Vec::new(), grads);
+    visit_params(&mut model.clone(), &mut out);
+    write_atomic(path, out.0, metadata(cfg))
+}
+
+/// Reads the model config from a weights file's metadata.
+pub fn read_config(file: &SafetensorsFile) -> Result<QFormerConfig> {
+    let meta = file.metadata()?;
+    let json = meta.get("config").ok_or_else(|| {
+        Error::file(&file.path, "no `config` in the metadata: pass the model shape with --config")
+    })?;
+    QFormerConfig::from_json(json, &file.path.display().to_string())
+}
+
+/// Loads a model. Every parameter must be present with its exact shape, and the file must hold
+/// nothing else: a partial or mismatched load is refused, naming the tensor.
+pub fn load_weights<B: Backend>(path: &Path, cfg: Option<&QFormerConfig>, device: &B::Device) -> Result<(QFormer<B>, QFormerConfig)> {
+    let file = SafetensorsFile::open(path)?;
+    let cfg = match cfg {
+        Some(c) => c.clone(),
+        None => read_config(&file)?,
+    };
+    let mut model = QFormer::new(&cfg, device);
+    struct Load<'a, B: Backend> {
+        file: &'a SafetensorsFile,
+        device: &'a B::Device,
+        seen: HashSet<String>,
+        error: Option<Error>,
+    }
+    impl<B: Backend> ParamVisitor<B> for Load<'_, B> {
+        fn visit<const D: usize>(&mut self, name: &str, p: &mut Param<Tensor<B, D>>, layout: Layout) {
+            if self.error.is_some() {
+                return;
+            }
+            self.seen.insert(name.to_string());
+            let want = p.val().dims().to_vec();
+            let result = self.file.f32(name).and_then(|(shape, values)| {
+                let file_shape: Vec<usize> = match layout {
+                    Layout::Same => want.clone(),
+                    Layout::Transposed => vec![want[1], want[0]],
+                    Layout::Scalar => vec![],
+                };
+                // A [1] temperature is accepted as well as a 0-D one.
+                let ok = shape == file_shape || (layout == Layout::Scalar && shape == [1]);
+                if !ok {
+                    return Err(Error::file(
+                        &self.file.path,
+                        format!("tensor `{name}` has shape {shape:?}, the model needs {file_shape:?}"),
+                    ));
+                }
+                let burn_shape = if layout == Layout::Transposed { file_shape } else { want.clone() };
+                let t = Tensor::<B, D>::from_data(TensorData::new(values, burn_shape), self.device);
+                Ok(if layout == Layout::Transposed { t.swap_dims(0, 1) } else { t })
+            });
+            match result {
+                Ok(t) => *p = Param::initialized(p.id, t.require_grad()),
+                Err(e) => self.error = Some(e),
+            }
+        }
+    }
+    let mut loader = Load::<B> { file: &file, device, seen: HashSet::new(), error: None };
+    visit_params(&mut model, &mut loader);
+    if let Some(e) = loader.error {
+        return Err(e);
+    }
+    let extra: Vec<String> = file.names()?.into_iter().filter(|n| !loader.seen.contains(n)).collect();
+    if !extra.is_empty() {
+        return Err(Error::file(path, format!("tensors the model does not have: {}", extra.join(", "))));
+    }
+    Ok((model, cfg))
+}

@@ -1,0 +1,124 @@
+//! The `qformer` command line: thin shells over library functions.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+use qformer::backend::{dispatch, BackendKind};
+use qformer::bench::Bench;
+use qformer::check_loss::CheckLoss;
+use qformer::objectives::{ItcGradient, Objective};
+
+#[derive(Parser)]
+#[command(name = "qformer", version, about = "BLIP-2 Q-Former stage-one trainer")]
+struct Cli {
+    /// Compute backend.
+    #[arg(long, global = true, value_enum, default_value_t = BackendKind::Flex)]
+    backend: BackendKind,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Evaluate the stage-one loss of given weights on a given batch (eval mode) and print JSON.
+    CheckLoss {
+        /// Q-Former weights (safetensors, HF names; shapes from the `config` metadata).
+        #[arg(long)]
+        weights: PathBuf,
+        /// Batch safetensors: image_feats, input_ids, attention_mask [, neg_image_idx, neg_text_idx, image_ids].
+        #[arg(long)]
+        batch: PathBuf,
+        /// TOML with a [model] table, for weights without config metadata.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Also write d(loss)/d(parameter) for every parameter here.
+        #[arg(long)]
+        grads: Option<PathBuf>,
+        /// Objectives to include, comma separated.
+        #[arg(long, default_value = "itc,itm,itg", value_delimiter = ',', value_parser = parse_objective)]
+        objectives: Vec<Objective>,
+        /// ITC gradient variant: detached (LAVIS) or full.
+        #[arg(long, default_value = "detached", value_parser = parse_itc_gradient)]
+        itc_gradient: ItcGradient,
+        /// Sample negatives with this seed when the batch has none (default: hardest negative).
+        #[arg(long)]
+        sample_seed: Option<u64>,
+    },
+    /// Time training steps (loss, backward, AdamW) on random features.
+    Bench {
+        /// Model shape: tiny or blip2.
+        #[arg(long, default_value = "tiny")]
+        preset: String,
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// Image tokens per sample (default: 257 for blip2, 65 for tiny).
+        #[arg(long)]
+        image_tokens: Option<usize>,
+        #[arg(long, default_value_t = 32)]
+        text_len: usize,
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        /// Objective sets separated by ';', e.g. "itc,itm,itg;itc;itm;itg".
+        #[arg(long, default_value = "itc,itm,itg;itc;itm;itg")]
+        sets: String,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_objective(s: &str) -> Result<Objective, String> {
+    match s.trim() {
+        "itc" => Ok(Objective::Itc),
+        "itm" => Ok(Objective::Itm),
+        "itg" => Ok(Objective::Itg),
+        other => Err(format!("unknown objective `{other}` (itc, itm, itg)")),
+    }
+}
+
+fn parse_itc_gradient(s: &str) -> Result<ItcGradient, String> {
+    match s {
+        "detached" => Ok(ItcGradient::Detached),
+        "full" => Ok(ItcGradient::Full),
+        other => Err(format!("unknown ITC gradient variant `{other}` (detached, full)")),
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckLoss { weights, batch, config, grads, objectives, itc_gradient, sample_seed } => {
+            if objectives.is_empty() {
+                bail!("--objectives: name at least one of itc, itm, itg");
+            }
+            let job = CheckLoss { weights, batch, config, grads, objectives, itc_gradient, sample_seed };
+            let report = dispatch(cli.backend, job).context("check-loss failed")?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        Command::Bench { preset, batch, image_tokens, text_len, warmup, steps, sets, seed, json } => {
+            let sets = sets
+                .split(';')
+                .map(|set| set.split(',').map(parse_objective).collect::<Result<Vec<_>, _>>().map_err(anyhow::Error::msg))
+                .collect::<Result<Vec<_>>>()?;
+            let image_tokens = image_tokens.unwrap_or(if preset == "blip2" { 257 } else { 65 });
+            let job = Bench { preset: preset.clone(), batch, image_tokens, text_len, warmup, steps, sets, seed };
+            let results = dispatch(cli.backend, job).context("bench failed")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&results)?);
+            } else {
+                println!("backend {:?}, preset {preset}, batch {batch}, image tokens {image_tokens}, text {text_len}, {steps} steps", cli.backend);
+                println!("{:<12} {:>10} {:>10} {:>10}", "objectives", "median ms", "min ms", "pairs/s");
+                for r in &results {
+                    println!("{:<12} {:>10.1} {:>10.1} {:>10.2}", r.objectives, r.median_ms, r.min_ms, r.pairs_per_s);
+                }
+            }
+        }
+    }
+    Ok(())
+}

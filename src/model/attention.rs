@@ -1,0 +1,135 @@
+//! BERT multi-head attention written out by hand: burn's `MultiHeadAttention` needs keys as wide as
+//! the queries (image features are wider) and has no additive masks.
+
+use burn::module::Module;
+use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig, Initializer};
+use burn::tensor::{activation::softmax, backend::Backend, Tensor};
+
+use super::{dropout, linear_rows};
+
+/// Per-head keys and values, `[B, H, S, head_dim]`. Cached from the query rows for ITG and
+/// computed once per batch from the image for every cross-attention pass.
+#[derive(Clone, Debug)]
+pub struct KeyValue<B: Backend> {
+    pub key: Tensor<B, 4>,
+    pub value: Tensor<B, 4>,
+}
+
+impl<B: Backend> KeyValue<B> {
+    /// Rows of the batch in the given order (negative pairs for ITM); gradients scatter back.
+    pub fn select(&self, rows: Tensor<B, 1, burn::tensor::Int>) -> Self {
+        Self { key: self.key.clone().select(0, rows.clone()), value: self.value.clone().select(0, rows) }
+    }
+
+    /// Keeps sequence positions `start..start+len` (the query rows of a joint pass).
+    pub fn narrow_seq(&self, start: usize, len: usize) -> Self {
+        Self { key: self.key.clone().narrow(2, start, len), value: self.value.clone().narrow(2, start, len) }
+    }
+
+    /// Puts `prefix` in front along the sequence: ITG text attends to cached query keys first.
+    pub fn prepend(self, prefix: &Self) -> Self {
+        Self {
+            key: Tensor::cat(vec![prefix.key.clone(), self.key], 2),
+            value: Tensor::cat(vec![prefix.value.clone(), self.value], 2),
+        }
+    }
+}
+
+/// One attention block: Q/K/V projections, scaled dot product with an additive mask, dropout on
+/// the probabilities, then `LayerNorm(x + Dropout(Dense(context)))` (post-LN, as BERT).
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    pub query: Linear<B>,
+    pub key: Linear<B>,
+    pub value: Linear<B>,
+    pub dense: Linear<B>,
+    pub norm: LayerNorm<B>,
+    pub num_heads: usize,
+    pub attention_dropout: f64,
+    pub hidden_dropout: f64,
+}
+
+pub struct AttentionConfig {
+    pub hidden: usize,
+    /// Width of the keys' source: `hidden` for self-attention, the image width for cross-attention.
+    pub kv_width: usize,
+    pub num_heads: usize,
+    pub layer_norm_eps: f64,
+    pub attention_dropout: f64,
+    pub hidden_dropout: f64,
+}
+
+/// BERT initialisation: N(0, 0.02) weights, zero biases.
+pub(crate) fn bert_linear<B: Backend>(d_in: usize, d_out: usize, device: &B::Device) -> Linear<B> {
+    LinearConfig::new(d_in, d_out)
+        .with_initializer(Initializer::Normal { mean: 0.0, std: 0.02 })
+        .init(device)
+        .map_bias_zero()
+}
+
+trait ZeroBias {
+    fn map_bias_zero(self) -> Self;
+}
+
+impl<B: Backend> ZeroBias for Linear<B> {
+    fn map_bias_zero(mut self) -> Self {
+        self.bias = self.bias.map(|b| b.map(|t| t.zeros_like()));
+        self
+    }
+}
+
+pub(crate) fn layer_norm<B: Backend>(width: usize, eps: f64, device: &B::Device) -> LayerNorm<B> {
+    LayerNormConfig::new(width).with_epsilon(eps).init(device)
+}
+
+impl AttentionConfig {
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Attention<B> {
+        Attention {
+            query: bert_linear(self.hidden, self.hidden, device),
+            key: bert_linear(self.kv_width, self.hidden, device),
+            value: bert_linear(self.kv_width, self.hidden, device),
+            dense: bert_linear(self.hidden, self.hidden, device),
+            norm: layer_norm(self.hidden, self.layer_norm_eps, device),
+            num_heads: self.num_heads,
+            attention_dropout: self.attention_dropout,
+            hidden_dropout: self.hidden_dropout,
+        }
+    }
+}
+
+impl<B: Backend> Attention<B> {
+    fn heads(&self, x: Tensor<B, 3>) -> Tensor<B, 4> {
+        let [b, s, d] = x.dims();
+        x.reshape([b, s, self.num_heads, d / self.num_heads]).swap_dims(1, 2)
+    }
+
+    /// Keys and values of `source` (`[B, S, kv_width]`), split into heads.
+    pub fn key_value(&self, source: Tensor<B, 3>) -> KeyValue<B> {
+        KeyValue {
+            key: self.heads(linear_rows(&self.key, source.clone())),
+            value: self.heads(linear_rows(&self.value, source)),
+        }
+    }
+
+    /// Attends from `hidden` (`[B, Sq, D]`) to `kv`; `mask` is additive, broadcastable to
+    /// `[B, H, Sq, Sk]`. Returns the block output, residual and LayerNorm included.
+    pub fn attend(
+        &self,
+        hidden: Tensor<B, 3>,
+        kv: &KeyValue<B>,
+        mask: Option<Tensor<B, 4>>,
+        train: bool,
+    ) -> Tensor<B, 3> {
+        let [b, sq, d] = hidden.dims();
+        let head_dim = d / self.num_heads;
+        let q = self.heads(linear_rows(&self.query, hidden.clone()));
+        let mut scores = q.matmul(kv.key.clone().swap_dims(2, 3)).div_scalar((head_dim as f64).sqrt());
+        if let Some(mask) = mask {
+            scores = scores + mask;
+        }
+        let probs = dropout(softmax(scores, 3), self.attention_dropout, train);
+        let context = probs.matmul(kv.value.clone()).swap_dims(1, 2).reshape([b, sq, d]);
+        let out = dropout(linear_rows(&self.dense, context), self.hidden_dropout, train);
+        self.norm.forward(out + hidden)
+    }
+}

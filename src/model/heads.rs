@@ -1,0 +1,32 @@
+//! The ITG language-model head: BERT's MLM transform, then a decoder tied to the word embeddings
+//! (so generation and input share one vocabulary matrix) plus its own bias.
+
+use burn::module::{Module, Param};
+use burn::nn::{LayerNorm, Linear};
+use burn::tensor::{activation::gelu, backend::Backend, Tensor};
+
+use super::attention::{bert_linear, layer_norm};
+use super::QFormerConfig;
+
+#[derive(Module, Debug)]
+pub struct LmHead<B: Backend> {
+    pub dense: Linear<B>,
+    pub norm: LayerNorm<B>,
+    pub bias: Param<Tensor<B, 1>>,
+}
+
+impl<B: Backend> LmHead<B> {
+    pub fn new(cfg: &QFormerConfig, device: &B::Device) -> Self {
+        Self {
+            dense: bert_linear(cfg.hidden_size, cfg.hidden_size, device),
+            norm: layer_norm(cfg.hidden_size, cfg.layer_norm_eps, device),
+            bias: Param::from_tensor(Tensor::zeros([cfg.vocab_size], device)),
+        }
+    }
+
+    /// `hidden`: `[N, D]` rows to score; `word_embeddings`: `[V, D]`. Returns logits `[N, V]`.
+    pub fn forward(&self, hidden: Tensor<B, 2>, word_embeddings: Tensor<B, 2>) -> Tensor<B, 2> {
+        let h = self.norm.forward(gelu(self.dense.forward(hidden)));
+        h.matmul(word_embeddings.transpose()) + self.bias.val().unsqueeze()
+    }
+}

@@ -1,0 +1,108 @@
+//! One Q-Former layer: self-attention shared by query and text rows, cross-attention to the image
+//! for the query rows only (in some layers), and separate feed-forward blocks for the two kinds of
+//! rows.
+
+use burn::module::Module;
+use burn::nn::{LayerNorm, Linear};
+use burn::tensor::{activation::gelu, backend::Backend, Tensor};
+
+use super::attention::{bert_linear, layer_norm, Attention, AttentionConfig, KeyValue};
+use super::{dropout, linear_rows, QFormerConfig};
+
+/// `LayerNorm(x + Dropout(Dense(GELU(Dense(x)))))`.
+#[derive(Module, Debug)]
+pub struct FeedForward<B: Backend> {
+    pub intermediate: Linear<B>,
+    pub output: Linear<B>,
+    pub norm: LayerNorm<B>,
+    pub hidden_dropout: f64,
+}
+
+impl<B: Backend> FeedForward<B> {
+    pub fn new(cfg: &QFormerConfig, device: &B::Device) -> Self {
+        Self {
+            intermediate: bert_linear(cfg.hidden_size, cfg.intermediate_size, device),
+            output: bert_linear(cfg.intermediate_size, cfg.hidden_size, device),
+            norm: layer_norm(cfg.hidden_size, cfg.layer_norm_eps, device),
+            hidden_dropout: cfg.hidden_dropout_prob,
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<B, 3>, train: bool) -> Tensor<B, 3> {
+        let h = gelu(linear_rows(&self.intermediate, x.clone()));
+        let h = dropout(linear_rows(&self.output, h), self.hidden_dropout, train);
+        self.norm.forward(h + x)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Layer<B: Backend> {
+    pub attention: Attention<B>,
+    /// Present in layers where `layer % cross_attention_frequency == 0`.
+    pub crossattention: Option<Attention<B>>,
+    pub ffn_text: FeedForward<B>,
+    pub ffn_query: FeedForward<B>,
+}
+
+/// What one layer sees besides its hidden states.
+pub struct LayerContext<'a, B: Backend> {
+    /// Leading rows of the sequence that are queries; 0 for text-only passes (all rows then use
+    /// the text FFN and no row cross-attends, as in LAVIS).
+    pub num_query: usize,
+    /// Additive self-attention mask broadcastable to `[B, H, S, prefix + S]`.
+    pub mask: Option<Tensor<B, 4>>,
+    /// Cached keys/values placed before this pass's own (ITG attends to the query rows this way).
+    pub prefix: Option<&'a KeyValue<B>>,
+    /// This layer's image keys/values, when the layer has cross-attention.
+    pub image: Option<&'a KeyValue<B>>,
+    pub train: bool,
+}
+
+impl<B: Backend> Layer<B> {
+    pub fn new(cfg: &QFormerConfig, index: usize, device: &B::Device) -> Self {
+        let attention = |kv_width| AttentionConfig {
+            hidden: cfg.hidden_size,
+            kv_width,
+            num_heads: cfg.num_attention_heads,
+            layer_norm_eps: cfg.layer_norm_eps,
+            attention_dropout: cfg.attention_probs_dropout_prob,
+            hidden_dropout: cfg.hidden_dropout_prob,
+        };
+        Self {
+            attention: attention(cfg.hidden_size).init(device),
+            crossattention: cfg
+                .has_cross_attention(index)
+                .then(|| attention(cfg.encoder_hidden_size).init(device)),
+            ffn_text: FeedForward::new(cfg, device),
+            ffn_query: FeedForward::new(cfg, device),
+        }
+    }
+
+    /// Returns the layer output and this pass's own self-attention keys/values (without prefix).
+    pub fn forward(&self, hidden: Tensor<B, 3>, ctx: LayerContext<'_, B>) -> (Tensor<B, 3>, KeyValue<B>) {
+        let [b, s, d] = hidden.dims();
+        let own = self.attention.key_value(hidden.clone());
+        let keys = match ctx.prefix {
+            Some(prefix) => own.clone().prepend(prefix),
+            None => own.clone(),
+        };
+        let h = self.attention.attend(hidden, &keys, ctx.mask, ctx.train);
+        let nq = ctx.num_query;
+        if nq == 0 {
+            return (self.ffn_text.forward(h, ctx.train), own);
+        }
+        let mut queries = h.clone().slice([0..b, 0..nq, 0..d]);
+        if let Some(cross) = &self.crossattention {
+            let image = ctx.image.expect("image keys/values for a cross-attention layer");
+            queries = cross.attend(queries, image, None, ctx.train);
+        }
+        let queries = self.ffn_query.forward(queries, ctx.train);
+        let out = if s > nq {
+            let text = self.ffn_text.forward(h.slice([0..b, nq..s, 0..d]), ctx.train);
+            Tensor::cat(vec![queries, text], 1)
+        } else {
+            queries
+        };
+        (out, own)
+    }
+}

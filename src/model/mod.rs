@@ -1,0 +1,36 @@
+//! The Q-Former: a BERT trunk whose query rows cross-attend to frozen image features.
+
+pub mod attention;
+pub mod config;
+pub mod embeddings;
+pub mod heads;
+pub mod layer;
+pub mod qformer;
+
+pub use attention::KeyValue;
+pub use config::QFormerConfig;
+pub use qformer::QFormer;
+
+use burn::nn::Linear;
+use burn::tensor::{backend::Backend, Distribution, Tensor};
+
+/// Applies a `Linear` to `[B, S, D]` as one 2-D product: burn's backward for 3-D inputs is several
+/// times slower on CPU backends.
+pub(crate) fn linear_rows<B: Backend>(linear: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [b, s, d] = x.dims();
+    let y = linear.forward(x.reshape([b * s, d]));
+    let out = y.dims()[1];
+    y.reshape([b, s, out])
+}
+
+/// Inverted dropout driven by the backend's seeded RNG. Explicit `train` flag rather than burn's
+/// `Dropout`, which is active whenever autodiff is, so that eval-mode gradients (`check-loss`) are
+/// possible.
+pub(crate) fn dropout<B: Backend, const D: usize>(x: Tensor<B, D>, p: f64, train: bool) -> Tensor<B, D> {
+    if !train || p == 0.0 {
+        return x;
+    }
+    let keep = 1.0 - p;
+    let mask = x.random_like(Distribution::Bernoulli(keep));
+    x * mask.div_scalar(keep)
+}

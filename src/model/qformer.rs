@@ -1,0 +1,141 @@
+//! The whole trainable model: query tokens, `ln_vision`, the trunk, the ITC projections, the ITM
+//! head, the ITG head and the temperature. The frozen image encoder is not part of it.
+
+use burn::module::{Module, Param};
+use burn::nn::{Initializer, LayerNorm, Linear, LinearConfig};
+use burn::tensor::{backend::Backend, Int, Tensor};
+
+use super::attention::{layer_norm, KeyValue};
+use super::embeddings::Embeddings;
+use super::heads::LmHead;
+use super::layer::{Layer, LayerContext};
+use super::{linear_rows, QFormerConfig};
+
+/// Initial ITC temperature, as BLIP-2.
+pub const TEMP_INIT: f64 = 0.07;
+/// The temperature is clamped to this range when used. LAVIS leaves it unclamped; a collapsing
+/// temperature makes the similarities overflow, so we keep BLIP-1's bounds.
+pub const TEMP_RANGE: (f64, f64) = (0.001, 0.5);
+
+#[derive(Module, Debug)]
+pub struct QFormer<B: Backend> {
+    /// `[1, Q, D]`, N(0, 0.02).
+    pub query_tokens: Param<Tensor<B, 3>>,
+    pub embeddings: Embeddings<B>,
+    pub layers: Vec<Layer<B>>,
+    /// Trainable LayerNorm on the frozen image features.
+    pub ln_vision: LayerNorm<B>,
+    pub vision_proj: Linear<B>,
+    pub text_proj: Linear<B>,
+    pub itm_head: Linear<B>,
+    pub lm_head: LmHead<B>,
+    /// Raw temperature, shape `[1]` (a scalar in the weights file).
+    pub temp: Param<Tensor<B, 1>>,
+    pub num_query: usize,
+    /// `[DEC]`, which starts every ITG decoder input.
+    pub bos_token_id: usize,
+}
+
+/// Output of a trunk pass.
+pub struct Encoded<B: Backend> {
+    /// `[B, S, D]`.
+    pub hidden: Tensor<B, 3>,
+    /// Each layer's own self-attention keys/values, `[B, H, S, head_dim]`.
+    pub key_values: Vec<KeyValue<B>>,
+}
+
+impl<B: Backend> QFormer<B> {
+    /// A randomly initialised model (BERT init for the trunk, PyTorch defaults for the heads).
+    pub fn new(cfg: &QFormerConfig, device: &B::Device) -> Self {
+        let default_linear = |d_in, d_out| LinearConfig::new(d_in, d_out).init(device);
+        let query_tokens = Initializer::Normal { mean: 0.0, std: 0.02 }
+            .init([1, cfg.num_query_tokens, cfg.hidden_size], device);
+        Self {
+            query_tokens,
+            embeddings: Embeddings::new(cfg, device),
+            layers: (0..cfg.num_hidden_layers).map(|i| Layer::new(cfg, i, device)).collect(),
+            ln_vision: layer_norm(cfg.encoder_hidden_size, cfg.ln_vision_eps, device),
+            vision_proj: default_linear(cfg.hidden_size, cfg.image_text_hidden_size),
+            text_proj: default_linear(cfg.hidden_size, cfg.image_text_hidden_size),
+            itm_head: default_linear(cfg.hidden_size, 2),
+            lm_head: LmHead::new(cfg, device),
+            temp: Param::from_tensor(Tensor::from_floats([TEMP_INIT as f32], device)),
+            num_query: cfg.num_query_tokens,
+            bos_token_id: cfg.bos_token_id,
+        }
+    }
+
+    /// The temperature actually used, clamped to [`TEMP_RANGE`].
+    pub fn temperature(&self) -> Tensor<B, 1> {
+        self.temp.val().clamp(TEMP_RANGE.0, TEMP_RANGE.1)
+    }
+
+    /// Query tokens broadcast over a batch: `[batch, Q, D]`.
+    pub fn queries(&self, batch: usize) -> Tensor<B, 3> {
+        let [_, q, d] = self.query_tokens.dims();
+        self.query_tokens.val().expand([batch, q, d])
+    }
+
+    /// Applies `ln_vision` to frozen features `[B, Nv, Dv]` and projects them to cross-attention
+    /// keys/values once per layer; every pass of the step (and every ITM pair) reuses them.
+    pub fn image_key_values(&self, image_feats: Tensor<B, 3>) -> Vec<Option<KeyValue<B>>> {
+        let image = self.ln_vision.forward(image_feats);
+        self.layers
+            .iter()
+            .map(|layer| layer.crossattention.as_ref().map(|c| c.key_value(image.clone())))
+            .collect()
+    }
+
+    /// Runs the trunk. `num_query` leading rows of `embeds` are queries; `image` holds per-layer
+    /// image keys/values (needed when `num_query > 0`); `prefix` per-layer cached keys/values.
+    pub fn encode(
+        &self,
+        embeds: Tensor<B, 3>,
+        num_query: usize,
+        mask: Option<Tensor<B, 4>>,
+        image: &[Option<KeyValue<B>>],
+        prefix: Option<&[KeyValue<B>]>,
+        train: bool,
+    ) -> Encoded<B> {
+        let mut hidden = embeds;
+        let mut key_values = Vec::with_capacity(self.layers.len());
+        for (i, layer) in self.layers.iter().enumerate() {
+            let ctx = LayerContext {
+                num_query,
+                mask: mask.clone(),
+                prefix: prefix.map(|p| &p[i]),
+                image: image.get(i).and_then(|kv| kv.as_ref()),
+                train,
+            };
+            let (h, kv) = layer.forward(hidden, ctx);
+            hidden = h;
+            key_values.push(kv);
+        }
+        Encoded { hidden, key_values }
+    }
+
+    /// Embeds `[queries; text]` (either part optional) for a trunk pass.
+    pub fn embed(&self, queries: Option<Tensor<B, 3>>, ids: Option<Tensor<B, 2, Int>>, train: bool) -> Tensor<B, 3> {
+        self.embeddings.forward(queries, ids, train)
+    }
+
+    /// ITC image side: projected query outputs `[B, Q, E]` (not normalised).
+    pub fn project_image(&self, query_out: Tensor<B, 3>) -> Tensor<B, 3> {
+        linear_rows(&self.vision_proj, query_out)
+    }
+
+    /// ITC text side: projected `[CLS]` outputs `[B, E]` (not normalised).
+    pub fn project_text(&self, cls: Tensor<B, 2>) -> Tensor<B, 2> {
+        self.text_proj.forward(cls)
+    }
+
+    /// ITM logits `[N, 2]`: the head applied to every query output, averaged over queries.
+    pub fn itm_logits(&self, query_out: Tensor<B, 3>) -> Tensor<B, 2> {
+        linear_rows(&self.itm_head, query_out).mean_dim(1).squeeze_dim(1)
+    }
+
+    /// ITG logits `[N, V]` for text rows `[N, D]`.
+    pub fn lm_logits(&self, text_rows: Tensor<B, 2>) -> Tensor<B, 2> {
+        self.lm_head.forward(text_rows, self.embeddings.word.weight.val())
+    }
+}

@@ -1,0 +1,267 @@
+//! Hard-negative sampling for ITM: one negative image per text and one negative text per image,
+//! drawn from the softmax of the ITC logits with every positive excluded. Runs on the host in f32
+//! with its own seeded RNG, so it is reproducible and resumable, and it never fails: a row whose
+//! weights are unusable falls back to a uniform draw over its valid negatives and is counted.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum NegativeMode {
+    /// Draw from `softmax(logits)` over the non-positive columns (LAVIS).
+    Sample,
+    /// Take the hardest non-positive column (deterministic; for tests and debugging).
+    Argmax,
+    /// Use these indices, checked not to be positives: `images[b]` is the negative image of text
+    /// `b`, `texts[b]` the negative text of image `b`.
+    Explicit { images: Vec<usize>, texts: Vec<usize> },
+}
+
+/// Which negative is being picked (selects the list of an explicit mode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    ImageForText,
+    TextForImage,
+}
+
+impl Direction {
+    /// The batch-file tensor that holds explicit indices for this direction.
+    pub fn name(self) -> &'static str {
+        match self {
+            Direction::ImageForText => "neg_image_idx",
+            Direction::TextForImage => "neg_text_idx",
+        }
+    }
+}
+
+/// Counts reported with every step.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SamplerStats {
+    pub rows: usize,
+    /// Rows whose weights had NaN/inf or no mass, drawn uniformly instead.
+    pub fallbacks: usize,
+    /// Rows with no valid negative at all (batch of one, or one image throughout); their pair is
+    /// left out of the ITM loss.
+    pub without_negative: usize,
+}
+
+impl std::ops::AddAssign for SamplerStats {
+    fn add_assign(&mut self, o: Self) {
+        self.rows += o.rows;
+        self.fallbacks += o.fallbacks;
+        self.without_negative += o.without_negative;
+    }
+}
+
+pub struct NegativeSampler {
+    rng: ChaCha8Rng,
+}
+
+impl NegativeSampler {
+    pub fn new(seed: u64) -> Self {
+        Self { rng: ChaCha8Rng::seed_from_u64(seed) }
+    }
+
+    /// The RNG position, saved in checkpoints so a resumed run draws the same negatives.
+    pub fn state(&self) -> (u64, u128) {
+        (self.rng.get_stream(), self.rng.get_word_pos())
+    }
+
+    pub fn from_state(seed: u64, stream: u64, word_pos: u128) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        rng.set_stream(stream);
+        rng.set_word_pos(word_pos);
+        Self { rng }
+    }
+
+    /// Picks one column per row of `logits` (`rows × cols`, row-major) that is not a positive.
+    /// `logits` may be empty in explicit mode.
+    pub fn pick(
+        &mut self,
+        mode: &NegativeMode,
+        direction: Direction,
+        logits: &[f32],
+        positives: &[Vec<bool>],
+    ) -> Result<(Vec<Option<usize>>, SamplerStats)> {
+        let rows = positives.len();
+        let cols = positives.first().map_or(0, Vec::len);
+        let mut stats = SamplerStats { rows, ..Default::default() };
+        let mut out = Vec::with_capacity(rows);
+        for (r, pos) in positives.iter().enumerate() {
+            let row = logits.get(r * cols..(r + 1) * cols).unwrap_or(&[]);
+            let valid: Vec<usize> = (0..cols).filter(|&c| !pos[c]).collect();
+            let choice = match mode {
+                NegativeMode::Explicit { images, texts } => {
+                    let indices = match direction {
+                        Direction::ImageForText => images,
+                        Direction::TextForImage => texts,
+                    };
+                    let c = *indices
+                        .get(r)
+                        .ok_or_else(|| Error::input(direction.name(), format!("no index for row {r}")))?;
+                    if c >= cols || pos[c] {
+                        return Err(Error::input(
+                            direction.name(),
+                            format!("row {r}: index {c} is out of range or a positive"),
+                        ));
+                    }
+                    Some(c)
+                }
+                _ if valid.is_empty() => {
+                    stats.without_negative += 1;
+                    None
+                }
+                NegativeMode::Argmax => Some(match argmax(row, &valid) {
+                    Some(c) => c,
+                    None => {
+                        stats.fallbacks += 1;
+                        valid[0]
+                    }
+                }),
+                NegativeMode::Sample => Some(match self.draw(row, &valid) {
+                    Some(c) => c,
+                    None => {
+                        stats.fallbacks += 1;
+                        valid[self.rng.random_range(0..valid.len())]
+                    }
+                }),
+            };
+            out.push(choice);
+        }
+        Ok((out, stats))
+    }
+
+    /// A draw from the softmax over `valid`, or `None` when the weights are unusable.
+    fn draw(&mut self, row: &[f32], valid: &[usize]) -> Option<usize> {
+        if valid.iter().any(|&c| !row[c].is_finite()) {
+            return None;
+        }
+        let max = valid.iter().map(|&c| row[c]).fold(f32::NEG_INFINITY, f32::max);
+        let weights: Vec<f32> = valid.iter().map(|&c| (row[c] - max).exp()).collect();
+        let total: f32 = weights.iter().sum();
+        if !(total.is_finite() && total > 0.0) {
+            return None;
+        }
+        let mut u = self.rng.random::<f32>() * total;
+        for (&c, &w) in valid.iter().zip(&weights) {
+            if u < w {
+                return Some(c);
+            }
+            u -= w;
+        }
+        // Rounding left `u` past the end: the last column with weight.
+        valid.iter().zip(&weights).rev().find(|(_, &w)| w > 0.0).map(|(&c, _)| c)
+    }
+}
+
+fn argmax(row: &[f32], valid: &[usize]) -> Option<usize> {
+    valid
+        .iter()
+        .copied()
+        .filter(|&c| !row[c].is_nan())
+        .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: Direction = Direction::ImageForText;
+
+    fn diag(n: usize) -> Vec<Vec<bool>> {
+        (0..n).map(|i| (0..n).map(|j| i == j).collect()).collect()
+    }
+
+    #[test]
+    fn never_returns_a_positive() {
+        let mut s = NegativeSampler::new(7);
+        // The positive has by far the largest logit.
+        let logits = vec![50.0, 0.0, 0.0, 0.0, 50.0, 0.0, 0.0, 0.0, 50.0];
+        for _ in 0..500 {
+            let (picks, stats) = s.pick(&NegativeMode::Sample, D, &logits, &diag(3)).unwrap();
+            for (r, p) in picks.iter().enumerate() {
+                assert_ne!(p.unwrap(), r);
+            }
+            assert_eq!(stats.fallbacks, 0);
+        }
+    }
+
+    #[test]
+    fn duplicate_captions_are_excluded_with_image_ids() {
+        // Samples 0 and 1 are captions of one image.
+        let pos = vec![vec![true, true, false], vec![true, true, false], vec![false, false, true]];
+        let logits = vec![9.0, 9.0, -9.0, 9.0, 9.0, -9.0, 0.0, 0.0, 9.0];
+        let mut s = NegativeSampler::new(1);
+        for _ in 0..200 {
+            let (picks, _) = s.pick(&NegativeMode::Sample, D, &logits, &pos).unwrap();
+            assert_eq!(picks[0], Some(2));
+            assert_eq!(picks[1], Some(2));
+            assert!(matches!(picks[2], Some(0) | Some(1)));
+        }
+    }
+
+    #[test]
+    fn non_finite_rows_fall_back_and_are_counted() {
+        let logits = vec![0.0, f32::INFINITY, 1.0, f32::NAN, 0.0, 1.0, 1.0, f32::NEG_INFINITY, 1.0];
+        let mut s = NegativeSampler::new(3);
+        let (picks, stats) = s.pick(&NegativeMode::Sample, D, &logits, &diag(3)).unwrap();
+        assert_eq!(stats.fallbacks, 3);
+        for (r, p) in picks.iter().enumerate() {
+            assert_ne!(p.unwrap(), r);
+        }
+        let (picks, _) = s.pick(&NegativeMode::Argmax, D, &logits, &diag(3)).unwrap();
+        assert_eq!(picks, vec![Some(1), Some(2), Some(0)]);
+    }
+
+    #[test]
+    fn tiny_batches() {
+        let mut s = NegativeSampler::new(0);
+        let (picks, stats) = s.pick(&NegativeMode::Sample, D, &[1.0], &diag(1)).unwrap();
+        assert_eq!(picks, vec![None]);
+        assert_eq!(stats.without_negative, 1);
+        let (picks, _) = s.pick(&NegativeMode::Sample, D, &[1.0, -1e30, f32::MAX, 1.0], &diag(2)).unwrap();
+        assert_eq!(picks, vec![Some(1), Some(0)]);
+    }
+
+    #[test]
+    fn follows_the_softmax() {
+        // Row 0: weights e^0 : e^ln3 = 1 : 3 over columns 1 and 2.
+        let logits = vec![0.0, 0.0, 3f32.ln(), 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+        let mut s = NegativeSampler::new(11);
+        let n = 20000;
+        let mut col2 = 0;
+        for _ in 0..n {
+            let (picks, _) = s.pick(&NegativeMode::Sample, D, &logits, &diag(3)).unwrap();
+            col2 += usize::from(picks[0] == Some(2));
+        }
+        let frac = col2 as f64 / n as f64;
+        assert!((frac - 0.75).abs() < 0.015, "fraction {frac}");
+    }
+
+    #[test]
+    fn explicit_indices_are_checked() {
+        let mut s = NegativeSampler::new(0);
+        let mode = NegativeMode::Explicit { images: vec![1, 1], texts: vec![1, 0] };
+        let err = s.pick(&mode, D, &[], &diag(2)).unwrap_err().to_string();
+        assert!(err.contains("neg_image_idx") && err.contains("row 1"), "{err}");
+        let (picks, _) = s.pick(&mode, Direction::TextForImage, &[], &diag(2)).unwrap();
+        assert_eq!(picks, vec![Some(1), Some(0)]);
+    }
+
+    #[test]
+    fn seeded_and_resumable() {
+        let logits = vec![0.0f32; 16];
+        let mut a = NegativeSampler::new(5);
+        a.pick(&NegativeMode::Sample, D, &logits, &diag(4)).unwrap();
+        let (stream, pos) = a.state();
+        let mut b = NegativeSampler::from_state(5, stream, pos);
+        for _ in 0..10 {
+            let x = a.pick(&NegativeMode::Sample, D, &logits, &diag(4)).unwrap();
+            let y = b.pick(&NegativeMode::Sample, D, &logits, &diag(4)).unwrap();
+            assert_eq!(x, y);
+        }
+    }
+}

@@ -1,0 +1,47 @@
+//! Model shapes from TOML and from weights metadata: presets agree with the shipped files, and a
+//! bad file is refused with the key and file named.
+
+use std::path::Path;
+
+use qformer::check_loss::model_config_from_toml;
+use qformer::model::QFormerConfig;
+
+fn write(name: &str, text: &str) -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!("qformer-cfg-{}-{name}", std::process::id()));
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn shipped_configs_are_the_presets() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    assert_eq!(model_config_from_toml(&root.join("configs/tiny.toml")).unwrap(), QFormerConfig::tiny());
+    assert_eq!(model_config_from_toml(&root.join("configs/blip2.toml")).unwrap(), QFormerConfig::blip2());
+}
+
+#[test]
+fn errors_name_the_key_and_file() {
+    let base = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/tiny.toml")).unwrap();
+    let p = write("unknown.toml", &format!("{base}\nhidden_sise = 3\n"));
+    let e = model_config_from_toml(&p).unwrap_err().to_string();
+    assert!(e.contains("hidden_sise") && e.contains("unknown.toml"), "{e}");
+
+    let p = write("heads.toml", &base.replace("num_attention_heads = 4", "num_attention_heads = 3"));
+    let e = model_config_from_toml(&p).unwrap_err().to_string();
+    assert!(e.contains("model.hidden_size") && e.contains("heads.toml"), "{e}");
+
+    let p = write("type.toml", &base.replace("num_query_tokens = 16", "num_query_tokens = \"many\""));
+    let e = model_config_from_toml(&p).unwrap_err().to_string();
+    assert!(e.contains("num_query_tokens"), "{e}");
+
+    let p = write("bos.toml", &base.replace("bos_token_id = 30522", "bos_token_id = 40000"));
+    let e = model_config_from_toml(&p).unwrap_err().to_string();
+    assert!(e.contains("model.bos_token_id"), "{e}");
+}
+
+#[test]
+fn json_metadata_round_trips() {
+    let cfg = QFormerConfig::blip2();
+    assert_eq!(QFormerConfig::from_json(&cfg.to_json(), "x").unwrap(), cfg);
+    assert!(QFormerConfig::from_json("{\"hidden_size\": 1}", "w.safetensors").unwrap_err().to_string().contains("w.safetensors"));
+}

@@ -1,0 +1,167 @@
+//! Parity with the independent PyTorch reference (`tools/make_fixtures.py`: HF `Blip2QFormerModel`
+//! trunk + LAVIS loss semantics, computed in float64 from the same float32 weights).
+//!
+//! Tolerances: losses 1e-5 relative; matrices (similarities, ITM logits) 1e-5 of their largest
+//! entry; gradients 1e-4 of each tensor's largest entry. Key-projection biases get an absolute
+//! bound instead: softmax ignores a shift shared by all keys, so their gradient is zero in exact
+//! arithmetic and only rounding remains.
+
+use std::path::{Path, PathBuf};
+
+use burn::backend::{Autodiff, Flex};
+use burn::tensor::Tensor;
+use qformer::interop::batch_file::read_batch;
+use qformer::interop::safetensors_io::SafetensorsFile;
+use qformer::interop::weights::{load_weights, save_gradients};
+use qformer::objectives::{stage1_loss, ItcGradient, NegativeMode, NegativeSampler, Objective, ObjectiveConfig};
+use serde_json::Value;
+
+type B = Autodiff<Flex>;
+
+const FIXTURES: [&str; 2] = ["xattn_every_layer", "xattn_every_2_image_ids"];
+
+fn dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+fn expected(name: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(dir(name).join("expected.json")).unwrap()).unwrap()
+}
+
+fn assert_rel(what: &str, got: f64, want: f64, tol: f64) {
+    let err = (got - want).abs() / want.abs().max(1e-12);
+    assert!(err <= tol, "{what}: got {got}, want {want}, relative error {err:e} > {tol:e}");
+}
+
+fn assert_matrix(what: &str, got: &[f32], want: &Value, tol: f64) {
+    let want: Vec<f64> = want.as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap())).collect();
+    assert_eq!(got.len(), want.len(), "{what}: size");
+    let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+    let err = got.iter().zip(&want).fold(0f64, |m, (g, w)| m.max((f64::from(*g) - w).abs()));
+    assert!(err <= tol * scale, "{what}: max error {err:e} > {tol:e} × {scale}");
+}
+
+fn values(t: &Option<Tensor<B, 2>>) -> Vec<f32> {
+    t.clone().unwrap().into_data().to_vec::<f32>().unwrap()
+}
+
+fn scalar(t: &Option<Tensor<B, 1>>) -> f64 {
+    f64::from(t.clone().unwrap().into_scalar())
+}
+
+struct Run {
+    losses: [f64; 4],
+    sim: Vec<f32>,
+    itm: Vec<f32>,
+    grads: PathBuf,
+}
+
+fn run(name: &str, gradient: ItcGradient, objectives: &[Objective]) -> Run {
+    let device = Default::default();
+    let (model, cfg) = load_weights::<B>(&dir(name).join("weights.safetensors"), None, &device).unwrap();
+    let file = read_batch::<B>(&dir(name).join("batch.safetensors"), &cfg, &device).unwrap();
+    let (images, texts) = file.negatives.unwrap();
+    let objectives = ObjectiveConfig { itc_gradient: gradient, negatives: NegativeMode::Explicit { images, texts }, ..Default::default() }
+        .only(objectives);
+    let out = stage1_loss(&model, &file.batch, &objectives, &mut NegativeSampler::new(0), false).unwrap();
+    let total = f64::from(out.loss.clone().into_scalar());
+    let grads_path = std::env::temp_dir().join(format!("qformer-parity-{name}-{gradient:?}-{}.safetensors", objectives.itc.enabled as u8 + 2 * objectives.itm.enabled as u8 + 4 * objectives.itg.enabled as u8));
+    let grads = out.loss.backward();
+    save_gradients(&model, &cfg, &grads, &grads_path).unwrap();
+    let opt = |t: &Option<Tensor<B, 1>>| if t.is_some() { scalar(t) } else { f64::NAN };
+    Run {
+        losses: [total, opt(&out.itc), opt(&out.itm), opt(&out.itg)],
+        sim: if out.sim_i2t.is_some() { values(&out.sim_i2t) } else { vec![] },
+        itm: if out.itm_logits.is_some() { values(&out.itm_logits) } else { vec![] },
+        grads: grads_path,
+    }
+}
+
+fn compare_grads(name: &str, got: &Path, want: &Path) {
+    let got = SafetensorsFile::open(got).unwrap();
+    let want = SafetensorsFile::open(want).unwrap();
+    let mut names = want.names().unwrap();
+    names.sort();
+    assert_eq!({ let mut g = got.names().unwrap(); g.sort(); g }, names, "{name}: gradient names");
+    for n in &names {
+        let (gs, g) = got.f32(n).unwrap();
+        let (ws, w) = want.f32(n).unwrap();
+        assert_eq!(gs, ws, "{name} {n}: shape");
+        let err = g.iter().zip(&w).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        if n.ends_with("attention.key.bias") {
+            assert!(err <= 1e-6, "{name} {n}: key-bias gradient {err:e} should be ~0");
+            continue;
+        }
+        let scale = w.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(scale > 0.0, "{name} {n}: reference gradient is all zeros");
+        assert!(err <= 1e-4 * scale, "{name} {n}: gradient error {err:e} > 1e-4 × {scale:e}");
+    }
+}
+
+#[test]
+fn losses_similarities_and_itm_logits_match_reference() {
+    for name in FIXTURES {
+        let exp = &expected(name)["detached"];
+        let r = run(name, ItcGradient::Detached, &[Objective::Itc, Objective::Itm, Objective::Itg]);
+        for (i, key) in ["loss", "loss_itc", "loss_itm", "loss_itg"].iter().enumerate() {
+            assert_rel(&format!("{name} {key}"), r.losses[i], exp[key].as_f64().unwrap(), 1e-5);
+        }
+        assert_matrix(&format!("{name} sim_i2t"), &r.sim, &exp["sim_i2t"], 1e-5);
+        assert_matrix(&format!("{name} itm_logits"), &r.itm, &exp["itm_logits"], 1e-5);
+    }
+}
+
+#[test]
+fn gradients_match_reference_detached_itc() {
+    for name in FIXTURES {
+        let r = run(name, ItcGradient::Detached, &[Objective::Itc, Objective::Itm, Objective::Itg]);
+        compare_grads(name, &r.grads, &dir(name).join("grads_detached.safetensors"));
+    }
+}
+
+#[test]
+fn gradients_match_reference_full_itc() {
+    for name in FIXTURES {
+        let r = run(name, ItcGradient::Full, &[Objective::Itc, Objective::Itm, Objective::Itg]);
+        assert_rel(&format!("{name} loss"), r.losses[0], expected(name)["full"]["loss"].as_f64().unwrap(), 1e-5);
+        compare_grads(name, &r.grads, &dir(name).join("grads_full.safetensors"));
+    }
+}
+
+#[test]
+fn switched_off_objectives_leave_the_total() {
+    use Objective::*;
+    for name in FIXTURES {
+        let exp = expected(name);
+        for (set, key) in [(vec![Itc], "itc"), (vec![Itm], "itm"), (vec![Itg], "itg"), (vec![Itc, Itg], "itc+itg")] {
+            let r = run(name, ItcGradient::Detached, &set);
+            assert_rel(&format!("{name} {key}"), r.losses[0], exp[key].as_f64().unwrap(), 1e-5);
+            assert_eq!(r.losses[1].is_nan(), !set.contains(&Itc), "{name} {key}: ITC term present iff enabled");
+            assert_eq!(r.losses[2].is_nan(), !set.contains(&Itm));
+            assert_eq!(r.losses[3].is_nan(), !set.contains(&Itg));
+            assert_eq!(r.sim.is_empty(), !set.contains(&Itc), "{name} {key}: no ITC pass when ITC is off and negatives are given");
+        }
+    }
+}
+
+#[test]
+fn check_loss_cli_prints_reference_losses() {
+    for name in FIXTURES {
+        let d = dir(name);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_qformer"))
+            .args(["check-loss", "--weights"])
+            .arg(d.join("weights.safetensors"))
+            .arg("--batch")
+            .arg(d.join("batch.safetensors"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let exp = &expected(name)["detached"];
+        for key in ["loss", "loss_itc", "loss_itm", "loss_itg"] {
+            assert_rel(&format!("{name} cli {key}"), got[key].as_f64().unwrap(), exp[key].as_f64().unwrap(), 1e-5);
+        }
+        let sim: Vec<f32> = got["sim_i2t"].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32)).collect();
+        assert_matrix(&format!("{name} cli sim_i2t"), &sim, &exp["sim_i2t"], 1e-5);
+    }
+}
