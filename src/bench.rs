@@ -3,7 +3,6 @@
 
 use std::time::Instant;
 
-use burn::module::AutodiffModule;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Distribution, Tensor};
@@ -35,6 +34,61 @@ pub struct BenchResult {
     pub median_ms: f64,
     pub min_ms: f64,
     pub pairs_per_s: f64,
+}
+
+/// Cost of the image side of cross-attention (`ln_vision` + K/V projections, forward and
+/// backward): projected once for the batch's `B` images, as qformer does, against once per pass
+/// as in LAVIS (`B` in the query pass plus `3B` for the ITM pairs).
+#[derive(Debug, Serialize)]
+pub struct ImageKvCost {
+    pub shared_ms: f64,
+    pub per_pass_ms: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BenchReport {
+    pub steps: Vec<BenchResult>,
+    pub image_kv: ImageKvCost,
+}
+
+fn median(mut times: Vec<f64>) -> f64 {
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+/// Median milliseconds of `f` over `runs` calls after one warm-up call.
+fn time_ms<B: AutodiffBackend>(device: &B::Device, runs: usize, mut f: impl FnMut()) -> Result<f64> {
+    f();
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        B::sync(device).map_err(|e| Error::input("device", format!("{e:?}")))?;
+        let start = Instant::now();
+        f();
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(median(times))
+}
+
+fn image_kv_cost<B: AutodiffBackend>(model: &QFormer<B>, batch: usize, tokens: usize, width: usize, runs: usize, device: &B::Device) -> Result<ImageKvCost> {
+    let project = |images: usize| {
+        let feats = Tensor::<B, 3>::random([images, tokens, width], Distribution::Normal(0.0, 1.0), device);
+        let total = model
+            .image_key_values(feats)
+            .into_iter()
+            .flatten()
+            .map(|kv| kv.key.sum() + kv.value.sum())
+            .reduce(|a, b| a + b);
+        if let Some(total) = total {
+            let _ = GradientsParams::from_grads(total.backward(), model);
+        }
+    };
+    Ok(ImageKvCost {
+        shared_ms: time_ms::<B>(device, runs, || project(batch))?,
+        per_pass_ms: time_ms::<B>(device, runs, || {
+            project(batch);
+            project(3 * batch);
+        })?,
+    })
 }
 
 pub fn objective_names(set: &[Objective]) -> String {
@@ -69,9 +123,9 @@ fn random_text(rng: &mut ChaCha8Rng, batch: usize, len: usize, vocab: usize) -> 
 }
 
 impl BackendJob for Bench {
-    type Output = Vec<BenchResult>;
+    type Output = BenchReport;
 
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Vec<BenchResult>> {
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<BenchReport> {
         let cfg = QFormerConfig::preset(&self.preset)
             .ok_or_else(|| Error::config("preset", format!("unknown preset `{}` (tiny, blip2)", self.preset), "command line"))?;
         if self.text_len > cfg.max_position_embeddings || self.text_len < 2 || self.batch == 0 || self.steps == 0 {
@@ -105,16 +159,17 @@ impl BackendJob for Bench {
                     times.push(start.elapsed().as_secs_f64() * 1e3);
                 }
             }
-            let _ = model.valid();
-            times.sort_by(f64::total_cmp);
-            let median = times[times.len() / 2];
+            let min_ms = times.iter().copied().fold(f64::INFINITY, f64::min);
+            let median_ms = median(times);
             results.push(BenchResult {
                 objectives: objective_names(set),
-                median_ms: median,
-                min_ms: times[0],
-                pairs_per_s: self.batch as f64 / (median / 1e3),
+                median_ms,
+                min_ms,
+                pairs_per_s: self.batch as f64 / (median_ms / 1e3),
             });
         }
-        Ok(results)
+        let model = QFormer::<B>::new(&cfg, &device);
+        let image_kv = image_kv_cost(&model, self.batch, self.image_tokens, cfg.encoder_hidden_size, self.steps, &device)?;
+        Ok(BenchReport { steps: results, image_kv })
     }
 }

@@ -3,9 +3,13 @@
 pub mod backend;
 pub mod bench;
 pub mod check_loss;
+pub mod config;
+pub mod data;
 pub mod error;
+pub mod eval;
 pub mod interop;
 pub mod model;
 pub mod objectives;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -85,3 +85,24 @@ fn frozen_features_get_no_gradient_and_ln_vision_does() {
     assert!(feats.grad(&grads).is_none(), "image features must enter without gradient");
     assert!(model.ln_vision.gamma.val().grad(&grads).is_some());
 }
+
+#[test]
+fn every_parameter_of_a_fresh_model_is_trained() {
+    use burn::module::Param;
+    use qformer::interop::weights::{visit_params, Layout, ParamVisitor};
+    struct Untrained<'a>(&'a <B as burn::tensor::backend::AutodiffBackend>::Gradients, Vec<String>);
+    impl ParamVisitor<B> for Untrained<'_> {
+        fn visit<const D: usize>(&mut self, name: &str, p: &mut Param<Tensor<B, D>>, _: Layout) {
+            if p.val().grad(self.0).is_none() {
+                self.1.push(name.to_string());
+            }
+        }
+    }
+    let device = Default::default();
+    let model = QFormer::<B>::new(&small(), &device);
+    let out = stage1_loss(&model, &batch(4, None, 2), &ObjectiveConfig::default(), &mut NegativeSampler::new(0), true).unwrap();
+    let grads = out.loss.backward();
+    let mut v = Untrained(&grads, Vec::new());
+    visit_params(&mut model.clone(), &mut v);
+    assert!(v.1.is_empty(), "parameters without gradient: {:?}", v.1);
+}

@@ -22,7 +22,7 @@ fn shipped_configs_are_the_presets() {
 #[test]
 fn errors_name_the_key_and_file() {
     let base = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/tiny.toml")).unwrap();
-    let p = write("unknown.toml", &format!("{base}\nhidden_sise = 3\n"));
+    let p = write("unknown.toml", &base.replace("[model]\n", "[model]\nhidden_sise = 3\n"));
     let e = model_config_from_toml(&p).unwrap_err().to_string();
     assert!(e.contains("hidden_sise") && e.contains("unknown.toml"), "{e}");
 

@@ -87,6 +87,17 @@ fn to_file_layout<B: Backend, const D: usize>(t: Tensor<B, D>, layout: Layout) -
     OwnedTensor::f32(shape, &values)
 }
 
+/// `[rows, cols]` row-major to `[cols, rows]` row-major.
+fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; values.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = values[r * cols + c];
+        }
+    }
+    out
+}
+
 /// Parameter names in file order.
 pub fn param_names<B: Backend>(model: &QFormer<B>) -> Vec<String> {
     struct Names(Vec<String>);
@@ -183,9 +194,11 @@ pub fn load_weights<B: Backend>(path: &Path, cfg: Option<&QFormerConfig>, device
                         format!("tensor `{name}` has shape {shape:?}, the model needs {file_shape:?}"),
                     ));
                 }
-                let burn_shape = if layout == Layout::Transposed { file_shape } else { want.clone() };
-                let t = Tensor::<B, D>::from_data(TensorData::new(values, burn_shape), self.device);
-                Ok(if layout == Layout::Transposed { t.swap_dims(0, 1) } else { t })
+                // Transposed on the host so the parameter is contiguous, exactly like one that
+                // training produced: a strided view takes other matmul kernels, whose rounding
+                // differs, and a resumed run would drift from an uninterrupted one.
+                let values = if layout == Layout::Transposed { transpose(&values, file_shape[0], file_shape[1]) } else { values };
+                Ok(Tensor::<B, D>::from_data(TensorData::new(values, want.clone()), self.device))
             });
             match result {
                 Ok(t) => *p = Param::initialized(p.id, t.require_grad()),

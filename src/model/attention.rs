@@ -1,7 +1,7 @@
 //! BERT multi-head attention written out by hand: burn's `MultiHeadAttention` needs keys as wide as
 //! the queries (image features are wider) and has no additive masks.
 
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig, Initializer};
 use burn::tensor::{activation::softmax, backend::Backend, Tensor};
 
@@ -59,23 +59,13 @@ pub struct AttentionConfig {
     pub hidden_dropout: f64,
 }
 
-/// BERT initialisation: N(0, 0.02) weights, zero biases.
+/// BERT initialisation: N(0, 0.02) weights, zero biases (trainable, like every parameter).
 pub(crate) fn bert_linear<B: Backend>(d_in: usize, d_out: usize, device: &B::Device) -> Linear<B> {
-    LinearConfig::new(d_in, d_out)
+    let mut linear = LinearConfig::new(d_in, d_out)
         .with_initializer(Initializer::Normal { mean: 0.0, std: 0.02 })
-        .init(device)
-        .map_bias_zero()
-}
-
-trait ZeroBias {
-    fn map_bias_zero(self) -> Self;
-}
-
-impl<B: Backend> ZeroBias for Linear<B> {
-    fn map_bias_zero(mut self) -> Self {
-        self.bias = self.bias.map(|b| b.map(|t| t.zeros_like()));
-        self
-    }
+        .init(device);
+    linear.bias = Some(Param::from_tensor(Tensor::zeros([d_out], device)));
+    linear
 }
 
 pub(crate) fn layer_norm<B: Backend>(width: usize, eps: f64, device: &B::Device) -> LayerNorm<B> {
@@ -99,8 +89,7 @@ impl AttentionConfig {
 
 impl<B: Backend> Attention<B> {
     fn heads(&self, x: Tensor<B, 3>) -> Tensor<B, 4> {
-        let [b, s, d] = x.dims();
-        x.reshape([b, s, self.num_heads, d / self.num_heads]).swap_dims(1, 2)
+        split_heads(x, self.num_heads)
     }
 
     /// Keys and values of `source` (`[B, S, kv_width]`), split into heads.
@@ -120,16 +109,33 @@ impl<B: Backend> Attention<B> {
         mask: Option<Tensor<B, 4>>,
         train: bool,
     ) -> Tensor<B, 3> {
-        let [b, sq, d] = hidden.dims();
-        let head_dim = d / self.num_heads;
         let q = self.heads(linear_rows(&self.query, hidden.clone()));
-        let mut scores = q.matmul(kv.key.clone().swap_dims(2, 3)).div_scalar((head_dim as f64).sqrt());
-        if let Some(mask) = mask {
-            scores = scores + mask;
-        }
-        let probs = dropout(softmax(scores, 3), self.attention_dropout, train);
-        let context = probs.matmul(kv.value.clone()).swap_dims(1, 2).reshape([b, sq, d]);
+        let context = scaled_dot_product(q, kv, mask, self.attention_dropout, train);
         let out = dropout(linear_rows(&self.dense, context), self.hidden_dropout, train);
         self.norm.forward(out + hidden)
     }
+}
+
+/// `softmax(q kᵀ / √d + mask) v` over heads, with dropout on the probabilities; `q` is
+/// `[B, H, Sq, head_dim]`, the result `[B, Sq, H·head_dim]` with heads merged.
+pub fn scaled_dot_product<B: Backend>(
+    q: Tensor<B, 4>,
+    kv: &KeyValue<B>,
+    mask: Option<Tensor<B, 4>>,
+    dropout_prob: f64,
+    train: bool,
+) -> Tensor<B, 3> {
+    let [b, h, sq, head_dim] = q.dims();
+    let mut scores = q.matmul(kv.key.clone().swap_dims(2, 3)).div_scalar((head_dim as f64).sqrt());
+    if let Some(mask) = mask {
+        scores = scores + mask;
+    }
+    let probs = dropout(softmax(scores, 3), dropout_prob, train);
+    probs.matmul(kv.value.clone()).swap_dims(1, 2).reshape([b, sq, h * head_dim])
+}
+
+/// `[B, S, H·d]` to `[B, H, S, d]`.
+pub fn split_heads<B: Backend>(x: Tensor<B, 3>, num_heads: usize) -> Tensor<B, 4> {
+    let [b, s, d] = x.dims();
+    x.reshape([b, s, num_heads, d / num_heads]).swap_dims(1, 2)
 }

@@ -6,11 +6,13 @@ pub mod embeddings;
 pub mod heads;
 pub mod layer;
 pub mod qformer;
+pub mod vit;
 
 pub use attention::KeyValue;
 pub use config::QFormerConfig;
 pub use qformer::QFormer;
 
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::Linear;
 use burn::tensor::{backend::Backend, Distribution, Tensor};
 
@@ -33,4 +35,18 @@ pub(crate) fn dropout<B: Backend, const D: usize>(x: Tensor<B, D>, p: f64, train
     let keep = 1.0 - p;
     let mask = x.random_like(Distribution::Bernoulli(keep));
     x * mask.div_scalar(keep)
+}
+
+/// burn draws a parameter's initial value lazily, at its first use, from whatever the backend RNG
+/// holds then (a later step's dropout seed, say). Drawing every value right after construction
+/// makes a module depend only on the seed it was built under: required for exact resume.
+pub(crate) fn materialize<B: Backend, M: Module<B>>(module: M) -> M {
+    struct Touch;
+    impl<B: Backend> ModuleVisitor<B> for Touch {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let _ = param.val();
+        }
+    }
+    module.visit(&mut Touch);
+    module
 }

@@ -50,7 +50,7 @@ impl<B: Backend> QFormer<B> {
         let default_linear = |d_in, d_out| LinearConfig::new(d_in, d_out).init(device);
         let query_tokens = Initializer::Normal { mean: 0.0, std: 0.02 }
             .init([1, cfg.num_query_tokens, cfg.hidden_size], device);
-        Self {
+        super::materialize(Self {
             query_tokens,
             embeddings: Embeddings::new(cfg, device),
             layers: (0..cfg.num_hidden_layers).map(|i| Layer::new(cfg, i, device)).collect(),
@@ -62,7 +62,7 @@ impl<B: Backend> QFormer<B> {
             temp: Param::from_tensor(Tensor::from_floats([TEMP_INIT as f32], device)),
             num_query: cfg.num_query_tokens,
             bos_token_id: cfg.bos_token_id,
-        }
+        })
     }
 
     /// The temperature actually used, clamped to [`TEMP_RANGE`].

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::model::QFormer;
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Switch {
     pub enabled: bool,
     pub weight: f64,

@@ -1,0 +1,258 @@
+//! Batches for training and evaluation. Everything random is a pure function of the seed and the
+//! sample's position in the stream (epoch order, caption choice, augmentation), so a run resumed
+//! at a position sees exactly the batches it would have seen. Images are decoded and transformed
+//! in parallel (rayon) on a background thread that stays `prefetch` batches ahead of the step.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+use super::annotations::{self, Record, Skip};
+use super::images::{decode, eval_transform, train_transform, AugmentConfig};
+use super::text::TextEncoder;
+use crate::error::{Error, Result};
+use crate::objectives::TextBatch;
+
+/// SplitMix64 finaliser: decorrelates seeds built from (seed, counter) pairs.
+pub fn mix(a: u64, b: u64) -> u64 {
+    let mut z = a ^ b.wrapping_add(0x9e37_79b9_7f4a_7c15).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+pub struct Dataset {
+    pub records: Vec<Record>,
+    /// Interned image ids: records of one image share an id; a record without one gets its own.
+    pub image_ids: Vec<i64>,
+    /// Records refused while reading the annotations.
+    pub skipped: Vec<Skip>,
+}
+
+impl Dataset {
+    pub fn load(path: &Path, image_root: Option<&Path>) -> Result<Self> {
+        let a = annotations::load(path, image_root)?;
+        if a.records.is_empty() {
+            return Err(Error::file(path, format!("no usable records ({} skipped)", a.skipped.len())));
+        }
+        let mut ids: HashMap<String, i64> = HashMap::new();
+        let image_ids = a
+            .records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let key = r.image_id.clone().unwrap_or_else(|| format!("\u{0}record{i}"));
+                let next = ids.len() as i64;
+                *ids.entry(key).or_insert(next)
+            })
+            .collect();
+        Ok(Self { records: a.records, image_ids, skipped: a.skipped })
+    }
+}
+
+/// How samples become pixels.
+#[derive(Clone, Debug)]
+pub struct Transform {
+    pub image_size: u32,
+    pub max_pixels: u64,
+    /// Training augmentation; `None` for the eval transform.
+    pub augment: Option<AugmentConfig>,
+}
+
+/// A batch on the host.
+pub struct HostBatch {
+    /// `[n, 3, size, size]`, normalised.
+    pub pixels: Vec<f32>,
+    pub text: TextBatch,
+    pub image_ids: Vec<i64>,
+    /// Records skipped while building this batch.
+    pub skipped: Vec<Skip>,
+    /// Stream positions consumed (kept and skipped).
+    pub seen: u64,
+    /// Stream position after this batch: where a resumed run continues.
+    pub end: u64,
+}
+
+/// Shuffled order of one epoch, from (seed, epoch).
+struct Order {
+    seed: u64,
+    epoch: u64,
+    perm: Vec<usize>,
+}
+
+impl Order {
+    fn new(seed: u64, n: usize) -> Self {
+        let mut o = Self { seed, epoch: u64::MAX, perm: (0..n).collect() };
+        o.set_epoch(0);
+        o
+    }
+    fn set_epoch(&mut self, epoch: u64) {
+        if epoch != self.epoch {
+            self.perm = (0..self.perm.len()).collect();
+            self.perm.shuffle(&mut ChaCha8Rng::seed_from_u64(mix(self.seed, epoch)));
+            self.epoch = epoch;
+        }
+    }
+    fn index(&mut self, position: u64) -> usize {
+        let n = self.perm.len() as u64;
+        self.set_epoch(position / n);
+        self.perm[(position % n) as usize]
+    }
+}
+
+/// Decodes and transforms one record; picks its caption.
+fn prepare_sample(record: &Record, transform: &Transform, seed: u64, position: u64) -> std::result::Result<(Vec<f32>, String), Skip> {
+    let skip = |reason: String| Skip { origin: record.origin.clone(), reason };
+    let mut rng = ChaCha8Rng::seed_from_u64(mix(seed, position));
+    let caption = record.captions[rng.random_range(0..record.captions.len())].clone();
+    let bytes = record.image.read().map_err(|e| skip(format!("cannot read image: {e}")))?;
+    let img = decode(&bytes, transform.max_pixels).map_err(skip)?;
+    let pixels = match &transform.augment {
+        Some(aug) => train_transform(&img, transform.image_size, aug, &mut rng),
+        None => eval_transform(&img, transform.image_size),
+    };
+    Ok((pixels, caption))
+}
+
+/// Builds the batch of `batch_size` usable samples that starts at stream position `start`.
+fn build_batch(
+    data: &Dataset,
+    text: &TextEncoder,
+    transform: &Transform,
+    seed: u64,
+    order: &mut Order,
+    start: u64,
+    batch_size: usize,
+) -> Result<HostBatch> {
+    let mut pixels = Vec::new();
+    let mut captions = Vec::new();
+    let mut image_ids = Vec::new();
+    let mut skipped = Vec::new();
+    let mut position = start;
+    let limit = start + (data.records.len() as u64).max(batch_size as u64) * 2;
+    while captions.len() < batch_size {
+        if position >= limit {
+            return Err(Error::input("data", format!("no usable sample in {} records; last skip: {}", limit - start, skipped.last().map_or(String::new(), |s: &Skip| s.to_string()))));
+        }
+        let want = batch_size - captions.len();
+        let window: Vec<(u64, usize)> = (position..position + want as u64).map(|p| (p, order.index(p))).collect();
+        position += want as u64;
+        let results: Vec<_> = window
+            .par_iter()
+            .map(|&(p, i)| prepare_sample(&data.records[i], transform, seed, p).and_then(|(px, cap)| {
+                // A caption that cleans to nothing is as unusable as a missing one.
+                if super::text::clean_caption(&cap, text.max_words).is_empty() {
+                    Err(Skip { origin: data.records[i].origin.clone(), reason: "empty caption after cleaning".into() })
+                } else {
+                    Ok((px, cap, i))
+                }
+            }))
+            .collect();
+        for r in results {
+            match r {
+                Ok((px, cap, i)) => {
+                    pixels.extend(px);
+                    captions.push(cap);
+                    image_ids.push(data.image_ids[i]);
+                }
+                Err(s) => skipped.push(s),
+            }
+        }
+    }
+    let (ids, mask) = text.encode(&captions)?;
+    Ok(HostBatch {
+        pixels,
+        text: TextBatch::new(ids, mask, text.vocab_size)?,
+        image_ids,
+        skipped,
+        seen: position - start,
+        end: position,
+    })
+}
+
+/// Produces consecutive batches from a start position on a background thread.
+pub struct Prefetcher {
+    rx: Receiver<Result<HostBatch>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Prefetcher {
+    pub fn start(data: Arc<Dataset>, text: Arc<TextEncoder>, transform: Transform, seed: u64, start: u64, batch_size: usize, prefetch: usize) -> Self {
+        let (tx, rx) = sync_channel(prefetch);
+        let handle = std::thread::spawn(move || {
+            let mut order = Order::new(seed, data.records.len());
+            let mut position = start;
+            loop {
+                let batch = build_batch(&data, &text, &transform, seed, &mut order, position, batch_size);
+                let stop = batch.is_err();
+                if let Ok(b) = &batch {
+                    position = b.end;
+                }
+                if tx.send(batch).is_err() || stop {
+                    return;
+                }
+            }
+        });
+        Self { rx, handle: Some(handle) }
+    }
+
+    pub fn next(&mut self) -> Result<HostBatch> {
+        self.rx.recv().map_err(|_| Error::input("data", "the data thread stopped"))?
+    }
+}
+
+impl Drop for Prefetcher {
+    fn drop(&mut self) {
+        // Dropping the receiver makes the producer's next send fail, ending its loop.
+        let (_, dead) = sync_channel(1);
+        drop(std::mem::replace(&mut self.rx, dead));
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Every record of an eval set in file order, eval transform, all captions: for retrieval.
+pub struct EvalSet {
+    /// `[images, 3, S, S]`.
+    pub pixels: Vec<f32>,
+    pub images: usize,
+    pub captions: TextBatch,
+    /// Image index of each caption.
+    pub caption_image: Vec<usize>,
+    pub skipped: Vec<Skip>,
+}
+
+impl EvalSet {
+    pub fn load(data: &Dataset, text: &TextEncoder, image_size: u32, max_pixels: u64, max_images: usize) -> Result<Self> {
+        let transform = Transform { image_size, max_pixels, augment: None };
+        let take = if max_images == 0 { data.records.len() } else { max_images.min(data.records.len()) };
+        let results: Vec<_> = data.records[..take].par_iter().map(|r| prepare_sample(r, &transform, 0, 0).map(|(px, _)| (px, r))).collect();
+        let (mut pixels, mut captions, mut caption_image, mut skipped, mut images) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), 0);
+        for res in results {
+            match res {
+                Ok((px, r)) => {
+                    pixels.extend(px);
+                    for c in &r.captions {
+                        captions.push(c.clone());
+                        caption_image.push(images);
+                    }
+                    images += 1;
+                }
+                Err(s) => skipped.push(s),
+            }
+        }
+        if images == 0 {
+            return Err(Error::input("data.eval", "no usable held-out image"));
+        }
+        let (ids, mask) = text.encode(&captions)?;
+        Ok(Self { pixels, images, captions: TextBatch::new(ids, mask, text.vocab_size)?, caption_image, skipped })
+    }
+}

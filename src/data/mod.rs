@@ -1,0 +1,8 @@
+//! Image-caption data: annotation formats, decoding and transforms, tokenisation, the embedded
+//! synthetic set, and the batch loader.
+
+pub mod annotations;
+pub mod images;
+pub mod loader;
+pub mod synth;
+pub mod text;

@@ -1,0 +1,3 @@
+//! Evaluation on held-out data.
+
+pub mod retrieval;

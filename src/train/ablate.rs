@@ -1,0 +1,91 @@
+//! Ablation sweeps: the same config with objectives switched off, over seeds, summarised as a
+//! table of final per-objective losses and held-out R@1 (markdown and CSV).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use crate::config::TrainConfig;
+use crate::error::{Error, Result};
+
+use super::trainer::TrainOutcome;
+
+/// `--set` overrides of a named variant.
+pub fn variant_overrides(name: &str) -> Result<Vec<String>> {
+    let on = |itc: bool, itm: bool, itg: bool| {
+        vec![
+            format!("objectives.itc.enabled={itc}"),
+            format!("objectives.itm.enabled={itm}"),
+            format!("objectives.itg.enabled={itg}"),
+        ]
+    };
+    Ok(match name {
+        "all" => on(true, true, true),
+        "no-itc" => on(false, true, true),
+        "no-itm" => on(true, false, true),
+        "no-itg" => on(true, true, false),
+        "itc-only" => on(true, false, false),
+        "itm-only" => on(false, true, false),
+        "itg-only" => on(false, false, true),
+        other => {
+            return Err(Error::config(
+                "--variants",
+                format!("unknown variant `{other}` (all, no-itc, no-itm, no-itg, itc-only, itm-only, itg-only)"),
+                "command line",
+            ))
+        }
+    })
+}
+
+pub struct AblationRow {
+    pub variant: String,
+    pub seed: u64,
+    pub outcome: TrainOutcome,
+}
+
+fn cell(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.4}"))
+}
+
+/// Writes `ablation.md` and `ablation.csv` into `dir`; returns the markdown.
+pub fn write_table(dir: &Path, rows: &[AblationRow]) -> Result<String> {
+    let mut md = String::from("| variant | seed | steps | loss | itc | itm | itg | i2t R@1 | t2i R@1 |\n|---|---|---|---|---|---|---|---|---|\n");
+    let mut csv = String::from("variant,seed,steps,loss,loss_itc,loss_itm,loss_itg,i2t_r1,t2i_r1\n");
+    for r in rows {
+        let m = &r.outcome.last;
+        let (i2t, t2i) = r.outcome.recall.map_or((None, None), |x| (Some(x.i2t_r1), Some(x.t2i_r1)));
+        let _ = writeln!(md, "| {} | {} | {} | {:.4} | {} | {} | {} | {} | {} |", r.variant, r.seed, r.outcome.steps, m.loss, cell(m.loss_itc), cell(m.loss_itm), cell(m.loss_itg), cell(i2t), cell(t2i));
+        let c = |v: Option<f64>| v.map_or(String::new(), |v| v.to_string());
+        let _ = writeln!(csv, "{},{},{},{},{},{},{},{},{}", r.variant, r.seed, r.outcome.steps, m.loss, c(m.loss_itc), c(m.loss_itm), c(m.loss_itg), c(i2t), c(t2i));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    std::fs::write(dir.join("ablation.md"), &md).map_err(|e| Error::io(dir, e))?;
+    std::fs::write(dir.join("ablation.csv"), &csv).map_err(|e| Error::io(dir, e))?;
+    Ok(md)
+}
+
+/// Runs every variant and seed with `run` and writes the table under the config's checkpoint dir.
+pub fn ablate(
+    config: &Path,
+    base_overrides: &[String],
+    variants: &[String],
+    seeds: &[u64],
+    mut run: impl FnMut(TrainConfig, String) -> Result<TrainOutcome>,
+) -> Result<(PathBuf, String)> {
+    let stem = config.file_stem().and_then(|s| s.to_str()).unwrap_or("run").to_string();
+    let mut rows = Vec::new();
+    for variant in variants {
+        for &seed in seeds {
+            let mut overrides = base_overrides.to_vec();
+            overrides.extend(variant_overrides(variant)?);
+            overrides.push(format!("train.seed={seed}"));
+            let cfg = TrainConfig::load(config, &overrides)?;
+            let name = format!("{stem}-ablate/{variant}-seed{seed}");
+            eprintln!("== ablation {variant}, seed {seed}");
+            rows.push(AblationRow { variant: variant.clone(), seed, outcome: run(cfg.clone(), name)? });
+        }
+    }
+    let base = TrainConfig::load(config, base_overrides)?;
+    let dir = base.checkpoint.dir.join(format!("{stem}-ablate"));
+    let md = write_table(&dir, &rows)?;
+    Ok((dir, md))
+}

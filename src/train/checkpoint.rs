@@ -1,0 +1,186 @@
+//! Checkpoints: `checkpoints/<run>/step-XXXXXXXX/` with the trainable weights (HF names), the
+//! optimizer moments, the resolved config and `state.json` (step, data position, counters and a
+//! SHA-256 of every other file). A checkpoint is built in a temporary folder and renamed into
+//! place, then `latest` is replaced atomically, so an interrupted write leaves the previous one
+//! intact. Loading verifies every checksum and that the config matches before anything is used.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::TrainConfig;
+use crate::error::{Error, Result};
+
+pub const MODEL_FILE: &str = "model.safetensors";
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+pub const CONFIG_FILE: &str = "config.toml";
+pub const STATE_FILE: &str = "state.json";
+const LATEST: &str = "latest";
+
+/// Where training stands. Every random choice is derived from `(seed, step)` or `(seed, data
+/// position)`, so these numbers are the whole RNG state.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Optimizer steps completed.
+    pub step: u64,
+    /// Next position in the data stream.
+    pub data_position: u64,
+    pub samples_seen: u64,
+    pub samples_skipped: u64,
+    pub bad_steps_total: u64,
+    pub seed: u64,
+    /// SHA-256 of each other file of the checkpoint.
+    #[serde(default)]
+    pub checksums: BTreeMap<String, String>,
+}
+
+fn sha256(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    Ok(Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn step_dir_name(step: u64) -> String {
+    format!("step-{step:08}")
+}
+
+/// Writes a checkpoint. `write_files` fills the temporary folder with the model and optimizer
+/// files; this adds the config and the state with checksums, then publishes it.
+pub fn save(run_dir: &Path, cfg: &TrainConfig, state: &TrainState, keep: usize, write_files: impl FnOnce(&Path) -> Result<()>) -> Result<PathBuf> {
+    let final_dir = run_dir.join(step_dir_name(state.step));
+    let tmp = run_dir.join(format!(".{}.tmp-{}", step_dir_name(state.step), std::process::id()));
+    let io = |p: &Path, e| Error::io(p, e);
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
+    let result = (|| {
+        write_files(&tmp)?;
+        std::fs::write(tmp.join(CONFIG_FILE), cfg.to_toml()).map_err(|e| io(&tmp.join(CONFIG_FILE), e))?;
+        let mut state = state.clone();
+        for f in [MODEL_FILE, OPTIMIZER_FILE, CONFIG_FILE] {
+            state.checksums.insert(f.to_string(), sha256(&tmp.join(f))?);
+        }
+        let state_path = tmp.join(STATE_FILE);
+        write_synced(&state_path, serde_json::to_string_pretty(&state).expect("state json").as_bytes())?;
+        sync_dir(&tmp)?;
+        if final_dir.exists() {
+            std::fs::remove_dir_all(&final_dir).map_err(|e| io(&final_dir, e))?;
+        }
+        std::fs::rename(&tmp, &final_dir).map_err(|e| io(&final_dir, e))?;
+        write_atomic_text(&run_dir.join(LATEST), &step_dir_name(state.step))?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    prune(run_dir, keep)?;
+    Ok(final_dir)
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| Error::io(path, e))
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(|e| Error::io(dir, e))
+}
+
+fn write_atomic_text(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    write_synced(&tmp, text.as_bytes())?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// Step folders of a run, oldest first.
+pub fn list(run_dir: &Path) -> Vec<(u64, PathBuf)> {
+    let mut steps: Vec<(u64, PathBuf)> = std::fs::read_dir(run_dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_prefix("step-").and_then(|n| n.parse().ok()).map(|n| (n, e.path()))
+        })
+        .collect();
+    steps.sort();
+    steps
+}
+
+fn prune(run_dir: &Path, keep: usize) -> Result<()> {
+    let steps = list(run_dir);
+    for (_, dir) in steps.iter().take(steps.len().saturating_sub(keep)) {
+        std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    Ok(())
+}
+
+/// The checkpoint folder meant by `path`: a step folder itself, or a run folder (its `latest`).
+pub fn resolve(path: &Path) -> Result<PathBuf> {
+    if path.join(STATE_FILE).exists() {
+        return Ok(path.to_path_buf());
+    }
+    let latest = path.join(LATEST);
+    let name = std::fs::read_to_string(&latest).map_err(|_| Error::file(path, "no checkpoint here (neither state.json nor latest)"))?;
+    let dir = path.join(name.trim());
+    if !dir.join(STATE_FILE).exists() {
+        return Err(Error::file(&latest, format!("points to {}, which is missing", dir.display())));
+    }
+    Ok(dir)
+}
+
+/// Config keys that may change when a run resumes (extending it, changing how often it logs).
+const RESUMABLE_CHANGES: [&str; 7] = ["train.steps", "train.epochs", "train.run_name", "checkpoint", "log", "eval", "data.prefetch"];
+
+fn flatten(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, String>) {
+    match v {
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                flatten(&key, v, out);
+            }
+        }
+        other => {
+            out.insert(prefix.to_string(), other.to_string());
+        }
+    }
+}
+
+/// Verifies a checkpoint folder and returns its state. Refuses, naming the reason, a missing or
+/// altered file and a config that differs from `cfg` in anything but [`RESUMABLE_CHANGES`].
+pub fn verify(dir: &Path, cfg: &TrainConfig) -> Result<TrainState> {
+    let state_path = dir.join(STATE_FILE);
+    let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
+    let state: TrainState = serde_json::from_str(&text).map_err(|e| Error::file(&state_path, format!("corrupt state: {e}")))?;
+    for f in [MODEL_FILE, OPTIMIZER_FILE, CONFIG_FILE] {
+        let want = state.checksums.get(f).ok_or_else(|| Error::file(&state_path, format!("no checksum for {f}")))?;
+        let path = dir.join(f);
+        if !path.exists() {
+            return Err(Error::file(&path, "missing from the checkpoint"));
+        }
+        if &sha256(&path)? != want {
+            return Err(Error::file(&path, "checksum mismatch: the file was altered or damaged"));
+        }
+    }
+    let saved_text = std::fs::read_to_string(dir.join(CONFIG_FILE)).map_err(|e| Error::io(dir.join(CONFIG_FILE), e))?;
+    let saved: toml::Value = toml::from_str(&saved_text).map_err(|e| Error::file(dir.join(CONFIG_FILE), e.to_string()))?;
+    let current: toml::Value = toml::from_str(&cfg.to_toml()).expect("config round-trips");
+    let (mut a, mut b) = (BTreeMap::new(), BTreeMap::new());
+    flatten("", &saved, &mut a);
+    flatten("", &current, &mut b);
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    let differing: Vec<String> = keys
+        .into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .filter(|k| !RESUMABLE_CHANGES.iter().any(|r| k.as_str() == *r || k.starts_with(&format!("{r}."))))
+        .map(|k| format!("{k} (checkpoint {}, config {})", a.get(k).map_or("unset", String::as_str), b.get(k).map_or("unset", String::as_str)))
+        .collect();
+    if !differing.is_empty() {
+        return Err(Error::file(dir, format!("checkpoint was made with a different config: {}", differing.join("; "))));
+    }
+    Ok(state)
+}

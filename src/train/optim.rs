@@ -1,0 +1,184 @@
+//! AdamW with LAVIS's parameter groups (no weight decay for 1-D tensors and biases; the 0-D
+//! temperature is decayed, as at LAVIS HEAD), global-norm clipping and gradient accumulation.
+//! Written here rather than taken from burn so that its state is named like the weights (it goes
+//! into checkpoints) and so the groups and clipping are exactly LAVIS's.
+
+use burn::module::Param;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData};
+
+use crate::config::OptimConfig;
+use crate::interop::safetensors_io::OwnedTensor;
+use crate::interop::weights::{visit_params, Layout, ParamVisitor};
+use crate::model::QFormer;
+
+/// Moments of one parameter, flattened.
+struct Moments<B: Backend> {
+    name: String,
+    decay: bool,
+    m: Tensor<B, 1>,
+    v: Tensor<B, 1>,
+}
+
+pub struct AdamW<B: AutodiffBackend> {
+    cfg: OptimConfig,
+    /// Optimizer steps taken (bias correction uses it).
+    pub step: u64,
+    moments: Vec<Moments<B::InnerBackend>>,
+}
+
+/// Gradients summed over micro-batches, one flat tensor per parameter in visit order.
+pub struct GradAccumulator<B: AutodiffBackend> {
+    grads: Vec<Option<Tensor<B::InnerBackend, 1>>>,
+}
+
+fn flat<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, 1> {
+    let n = t.shape().num_elements();
+    t.reshape([n])
+}
+
+/// LAVIS HEAD's rule, on the shapes as stored in files (the temperature is 0-D there).
+pub fn decays(name: &str, layout: Layout, dims: usize) -> bool {
+    let file_dims = if layout == Layout::Scalar { 0 } else { dims };
+    !(file_dims == 1 || name.ends_with(".bias"))
+}
+
+impl<B: AutodiffBackend> GradAccumulator<B> {
+    pub fn new(model: &QFormer<B>) -> Self {
+        Self { grads: vec![None; crate::interop::weights::param_names(model).len()] }
+    }
+
+    /// Adds this micro-batch's gradients.
+    pub fn add(&mut self, model: &QFormer<B>, grads: &B::Gradients) {
+        struct Add<'a, B: AutodiffBackend> {
+            acc: &'a mut [Option<Tensor<B::InnerBackend, 1>>],
+            grads: &'a B::Gradients,
+            i: usize,
+        }
+        impl<B: AutodiffBackend> ParamVisitor<B> for Add<'_, B> {
+            fn visit<const D: usize>(&mut self, _: &str, p: &mut Param<Tensor<B, D>>, _: Layout) {
+                if let Some(g) = p.val().grad(self.grads) {
+                    let g = flat(g);
+                    self.acc[self.i] = Some(match self.acc[self.i].take() {
+                        Some(a) => a + g,
+                        None => g,
+                    });
+                }
+                self.i += 1;
+            }
+        }
+        visit_params(&mut model.clone(), &mut Add::<B> { acc: &mut self.grads, grads, i: 0 });
+    }
+
+    /// Global L2 norm of all gradients (NaN or inf when any entry is).
+    pub fn norm(&self) -> f64 {
+        let sum: f64 = self
+            .grads
+            .iter()
+            .flatten()
+            .map(|g| f64::from(g.clone().powf_scalar(2.0).sum().into_scalar().to_f64_lossy()))
+            .sum();
+        sum.sqrt()
+    }
+
+    pub fn scale(&mut self, factor: f64) {
+        for g in self.grads.iter_mut().flatten() {
+            *g = g.clone().mul_scalar(factor);
+        }
+    }
+}
+
+trait ToF64 {
+    fn to_f64_lossy(self) -> f64;
+}
+impl<E: burn::tensor::ElementConversion> ToF64 for E {
+    fn to_f64_lossy(self) -> f64 {
+        self.elem::<f64>()
+    }
+}
+
+impl<B: AutodiffBackend> AdamW<B> {
+    pub fn new(cfg: &OptimConfig, model: &QFormer<B>) -> Self {
+        struct Init<B: Backend>(Vec<Moments<B>>);
+        impl<B: AutodiffBackend> ParamVisitor<B> for Init<B::InnerBackend> {
+            fn visit<const D: usize>(&mut self, name: &str, p: &mut Param<Tensor<B, D>>, layout: Layout) {
+                let zeros = flat(p.val().inner().zeros_like());
+                self.0.push(Moments { name: name.to_string(), decay: decays(name, layout, D), m: zeros.clone(), v: zeros });
+            }
+        }
+        let mut init = Init::<B::InnerBackend>(Vec::new());
+        visit_params(&mut model.clone(), &mut init);
+        Self { cfg: cfg.clone(), step: 0, moments: init.0 }
+    }
+
+    /// One update with learning rate `lr`, PyTorch's AdamW arithmetic.
+    pub fn update(&mut self, model: QFormer<B>, grads: &GradAccumulator<B>, lr: f64) -> QFormer<B> {
+        self.step += 1;
+        let c = &self.cfg;
+        let bc1 = 1.0 - c.beta1.powi(self.step as i32);
+        let bc2_sqrt = (1.0 - c.beta2.powi(self.step as i32)).sqrt();
+        struct Step<'a, B: AutodiffBackend> {
+            moments: &'a mut [Moments<B::InnerBackend>],
+            grads: &'a [Option<Tensor<B::InnerBackend, 1>>],
+            cfg: &'a OptimConfig,
+            lr: f64,
+            bc1: f64,
+            bc2_sqrt: f64,
+            i: usize,
+        }
+        impl<B: AutodiffBackend> ParamVisitor<B> for Step<'_, B> {
+            fn visit<const D: usize>(&mut self, _: &str, p: &mut Param<Tensor<B, D>>, _: Layout) {
+                let i = self.i;
+                self.i += 1;
+                let Some(g) = &self.grads[i] else { return };
+                let st = &mut self.moments[i];
+                let c = self.cfg;
+                st.m = st.m.clone().mul_scalar(c.beta1) + g.clone().mul_scalar(1.0 - c.beta1);
+                st.v = st.v.clone().mul_scalar(c.beta2) + g.clone().powf_scalar(2.0).mul_scalar(1.0 - c.beta2);
+                let value = p.val().inner();
+                let shape = value.shape();
+                let mut w = flat(value);
+                if st.decay {
+                    w = w.mul_scalar(1.0 - self.lr * c.weight_decay);
+                }
+                let denom = st.v.clone().sqrt().div_scalar(self.bc2_sqrt).add_scalar(c.eps);
+                w = w - st.m.clone().div(denom).mul_scalar(self.lr / self.bc1);
+                *p = Param::initialized(p.id, Tensor::from_inner(w.reshape(shape)).require_grad());
+            }
+        }
+        let mut model = model;
+        visit_params(&mut model, &mut Step::<B> { moments: &mut self.moments, grads: &grads.grads, cfg: c, lr, bc1, bc2_sqrt, i: 0 });
+        model
+    }
+
+    /// Moments under `{param}.exp_avg` / `{param}.exp_avg_sq`, flattened.
+    pub fn state_tensors(&self) -> Vec<(String, OwnedTensor)> {
+        let host = |t: &Tensor<B::InnerBackend, 1>| t.clone().into_data().convert::<f32>().to_vec::<f32>().expect("f32");
+        self.moments
+            .iter()
+            .flat_map(|s| {
+                let n = s.m.dims()[0];
+                [
+                    (format!("{}.exp_avg", s.name), OwnedTensor::f32(vec![n], &host(&s.m))),
+                    (format!("{}.exp_avg_sq", s.name), OwnedTensor::f32(vec![n], &host(&s.v))),
+                ]
+            })
+            .collect()
+    }
+
+    /// Restores moments read by `read`, which returns a named flat tensor.
+    pub fn load_state(
+        &mut self,
+        step: u64,
+        mut read: impl FnMut(&str, usize) -> crate::Result<Vec<f32>>,
+    ) -> crate::Result<()> {
+        for s in &mut self.moments {
+            let n = s.m.dims()[0];
+            let device = s.m.device();
+            s.m = Tensor::from_data(TensorData::new(read(&format!("{}.exp_avg", s.name), n)?, [n]), &device);
+            s.v = Tensor::from_data(TensorData::new(read(&format!("{}.exp_avg_sq", s.name), n)?, [n]), &device);
+        }
+        self.step = step;
+        Ok(())
+    }
+}

@@ -1,0 +1,260 @@
+//! The training loop, readable top to bottom: batch → frozen encoder → stage-one loss → backward
+//! → (accumulate) → clip → AdamW → log → evaluate → checkpoint.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use burn::module::{AutodiffModule, Param};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData};
+use serde::Serialize;
+
+use super::checkpoint::{self, TrainState, MODEL_FILE, OPTIMIZER_FILE};
+use super::metrics::{MetricsLog, Progress, StepMetrics};
+use super::optim::{AdamW, GradAccumulator};
+use super::schedule::lr_at;
+use crate::backend::BackendJob;
+use crate::config::TrainConfig;
+use crate::data::loader::{mix, Dataset, EvalSet, Prefetcher, Transform};
+use crate::data::synth;
+use crate::data::text::TextEncoder;
+use crate::error::{Error, Result};
+use crate::eval::retrieval::{itc_recall, Recall};
+use crate::interop::safetensors_io::{write_atomic, SafetensorsFile};
+use crate::interop::weights::{load_weights, save_weights};
+use crate::model::qformer::TEMP_RANGE;
+use crate::model::vit::Vit;
+use crate::model::QFormer;
+use crate::objectives::{stage1_loss, NegativeSampler, Stage1Batch};
+
+/// Stream tags that keep the seeds of the different random consumers apart.
+const INIT_STREAM: u64 = 0x1417;
+const SAMPLER_STREAM: u64 = 0x5a3b_1e00;
+
+pub struct TrainJob {
+    pub cfg: TrainConfig,
+    pub run_name: String,
+    /// A run folder (its latest checkpoint) or a step folder.
+    pub resume: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TrainOutcome {
+    pub run_dir: PathBuf,
+    pub steps: u64,
+    pub last: StepMetrics,
+    pub recall: Option<Recall>,
+}
+
+/// Generates the synthetic set when the configured annotations do not exist yet.
+pub fn ensure_data(cfg: &TrainConfig) -> Result<()> {
+    if cfg.data.train.exists() {
+        return Ok(());
+    }
+    let Some(s) = &cfg.data.synth else {
+        return Err(Error::file(&cfg.data.train, "annotation file not found (set [data.synth] to generate the shapes set)"));
+    };
+    let out = cfg.data.train.parent().unwrap_or(Path::new("."));
+    eprintln!("generating {} + {} synthetic scenes in {}", s.train, s.eval, out.display());
+    synth::generate(out, s.train, s.eval, cfg.encoder.image_size as u32, s.seed)?;
+    if !cfg.data.train.exists() {
+        return Err(Error::config("data.train", "the synthetic set is written as train.json / eval.json: point data.train there", "config"));
+    }
+    Ok(())
+}
+
+fn check_skips(skipped: u64, seen: u64, max: f64) -> Result<()> {
+    if seen > 0 && skipped as f64 / seen as f64 > max {
+        return Err(Error::input(
+            "data.max_skip_fraction",
+            format!("{skipped} of {seen} records skipped ({:.1}%), above the limit of {:.1}%; see the messages above", 100.0 * skipped as f64 / seen as f64, 100.0 * max),
+        ));
+    }
+    Ok(())
+}
+
+/// Frozen encoder forward (no autodiff): `[n, 3, S, S]` pixels to features.
+fn encode_images<B: AutodiffBackend>(vit: &Vit<B::InnerBackend>, pixels: Vec<f32>, size: usize, device: &B::Device) -> Tensor<B, 3> {
+    let n = pixels.len() / (3 * size * size);
+    Tensor::from_inner(vit.forward(Tensor::from_data(TensorData::new(pixels, [n, 3, size, size]), device)))
+}
+
+/// Projects the temperature back into range after an update.
+fn clamp_temperature<B: AutodiffBackend>(mut model: QFormer<B>) -> QFormer<B> {
+    let id = model.temp.id;
+    let value = model.temp.val().inner().clamp(TEMP_RANGE.0, TEMP_RANGE.1);
+    model.temp = Param::initialized(id, Tensor::from_inner(value).require_grad());
+    model
+}
+
+fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
+    t.into_data().convert::<f64>().to_vec::<f64>().expect("f64")[0]
+}
+
+impl BackendJob for TrainJob {
+    type Output = TrainOutcome;
+
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<TrainOutcome> {
+        let cfg = self.cfg;
+        let (t, seed) = (&cfg.train, cfg.train.seed);
+        ensure_data(&cfg)?;
+        let text = Arc::new(TextEncoder::load(&cfg.text.tokenizer, cfg.text.max_len, cfg.text.max_words)?);
+        if text.vocab_size != cfg.model.vocab_size || text.dec_id as usize != cfg.model.bos_token_id {
+            return Err(Error::config(
+                "model.vocab_size",
+                format!("the tokenizer has {} tokens with [DEC] = {}; the model expects {} and bos_token_id {}", text.vocab_size, text.dec_id, cfg.model.vocab_size, cfg.model.bos_token_id),
+                "config",
+            ));
+        }
+        let train_data = Arc::new(Dataset::load(&cfg.data.train, cfg.data.image_root.as_deref())?);
+        for s in &train_data.skipped {
+            eprintln!("skipped {s}");
+        }
+        let n_records = train_data.records.len() as u64;
+        check_skips(train_data.skipped.len() as u64, n_records + train_data.skipped.len() as u64, cfg.data.max_skip_fraction)?;
+        let size = cfg.encoder.image_size;
+        let eval_set = match &cfg.data.eval {
+            Some(path) => {
+                let data = Dataset::load(path, cfg.data.image_root.as_deref())?;
+                let set = EvalSet::load(&data, &text, size as u32, cfg.data.max_pixels, cfg.eval.max_images)?;
+                for s in data.skipped.iter().chain(&set.skipped) {
+                    eprintln!("skipped (held-out) {s}");
+                }
+                Some(set)
+            }
+            None => None,
+        };
+        let vit = Vit::<B::InnerBackend>::random(&cfg.encoder, &device);
+
+        let run_dir = cfg.checkpoint.dir.join(&self.run_name);
+        std::fs::create_dir_all(&run_dir).map_err(|e| Error::io(&run_dir, e))?;
+        std::fs::write(run_dir.join("config.toml"), cfg.to_toml()).map_err(|e| Error::io(&run_dir, e))?;
+
+        let per_step = (t.batch_size * t.grad_accum) as u64;
+        let steps_per_epoch = (n_records / per_step).max(1);
+        let total = t.steps.unwrap_or_else(|| t.epochs.unwrap_or(1) * steps_per_epoch);
+
+        let (mut model, mut optim, mut state) = match &self.resume {
+            Some(path) => {
+                let dir = checkpoint::resolve(path)?;
+                let state = checkpoint::verify(&dir, &cfg)?;
+                let (model, _) = load_weights::<B>(&dir.join(MODEL_FILE), Some(&cfg.model), &device)?;
+                let mut optim = AdamW::new(&cfg.optim, &model);
+                let file = SafetensorsFile::open(&dir.join(OPTIMIZER_FILE))?;
+                let opt_steps = file.metadata()?.get("step").and_then(|s| s.parse().ok()).ok_or_else(|| Error::file(&file.path, "no `step` in the metadata"))?;
+                optim.load_state(opt_steps, |name, n| {
+                    let (shape, v) = file.f32(name)?;
+                    if shape != [n] {
+                        return Err(Error::file(&file.path, format!("`{name}` has shape {shape:?}, expected [{n}]")));
+                    }
+                    Ok(v)
+                })?;
+                eprintln!("resumed from {} at step {}", dir.display(), state.step);
+                (model, optim, state)
+            }
+            None => {
+                B::seed(&device, mix(seed, INIT_STREAM));
+                let model = QFormer::<B>::new(&cfg.model, &device);
+                let optim = AdamW::new(&cfg.optim, &model);
+                (model, optim, TrainState { seed, ..Default::default() })
+            }
+        };
+
+        let metrics = MetricsLog::open(&run_dir, state.step)?;
+        let transform = Transform { image_size: size as u32, max_pixels: cfg.data.max_pixels, augment: Some(cfg.data.augment.clone()) };
+        let mut loader = Prefetcher::start(train_data, text, transform, seed, state.data_position, t.batch_size, cfg.data.prefetch);
+        let progress = Progress::new(state.step, total, cfg.log.every);
+        let objectives = cfg.objectives.to_objectives();
+        let accum = t.grad_accum;
+        let mut consecutive_bad = 0usize;
+        let mut last = StepMetrics::default();
+        let mut recall = None;
+
+        while state.step < total {
+            let started = Instant::now();
+            let lr = lr_at(&cfg.schedule, cfg.optim.lr, state.step, total, steps_per_epoch);
+            let mut grads = GradAccumulator::new(&model);
+            let (mut loss, mut terms, mut fallbacks, mut finite) = (0.0, [None::<f64>; 3], 0, true);
+            for micro in 0..accum {
+                let hb = loader.next()?;
+                for s in &hb.skipped {
+                    progress.println(&format!("skipped {s}"));
+                }
+                state.samples_seen += hb.seen;
+                state.samples_skipped += hb.skipped.len() as u64;
+                state.data_position = hb.end;
+                check_skips(state.samples_skipped, state.samples_seen, cfg.data.max_skip_fraction)?;
+                let feats = encode_images::<B>(&vit, hb.pixels, size, &device);
+                let batch = Stage1Batch::new(feats, hb.text, Some(hb.image_ids))?;
+                // Dropout and negatives are drawn from (seed, micro-step): a resumed run repeats them.
+                let k = state.step * accum as u64 + micro as u64;
+                B::seed(&device, mix(seed, k));
+                let out = stage1_loss(&model, &batch, &objectives, &mut NegativeSampler::new(mix(seed ^ SAMPLER_STREAM, k)), true)?;
+                fallbacks += out.sampler.fallbacks;
+                let value = scalar(out.loss.clone().inner());
+                finite &= value.is_finite();
+                loss += value / accum as f64;
+                for (slot, term) in terms.iter_mut().zip([&out.itc, &out.itm, &out.itg]) {
+                    if let Some(t) = term {
+                        *slot = Some(slot.unwrap_or(0.0) + scalar(t.clone().inner()) / accum as f64);
+                    }
+                }
+                grads.add(&model, &out.loss.div_scalar(accum as f64).backward());
+            }
+            let grad_norm = grads.norm();
+            let skip_update = !(finite && grad_norm.is_finite());
+            if skip_update {
+                consecutive_bad += 1;
+                state.bad_steps_total += 1;
+                progress.println(&format!("step {}: non-finite loss or gradient, update skipped ({consecutive_bad} in a row)", state.step + 1));
+                if consecutive_bad >= t.max_bad_steps {
+                    return Err(Error::input("train.max_bad_steps", format!("{consecutive_bad} consecutive non-finite steps; stopping. The last checkpoint in {} is intact", run_dir.display())));
+                }
+            } else {
+                consecutive_bad = 0;
+                if let Some(clip) = t.clip_grad_norm.filter(|&c| grad_norm > c) {
+                    grads.scale(clip / (grad_norm + 1e-6));
+                }
+                model = clamp_temperature(optim.update(model, &grads, lr));
+            }
+            state.step += 1;
+            last = StepMetrics {
+                step: state.step,
+                loss,
+                loss_itc: terms[0],
+                loss_itm: terms[1],
+                loss_itg: terms[2],
+                lr,
+                temp: scalar(model.temp.val().inner()),
+                grad_norm,
+                pairs_per_s: per_step as f64 / started.elapsed().as_secs_f64(),
+                sampler_fallbacks: fallbacks,
+                skipped_total: state.samples_skipped,
+                skipped_update: skip_update,
+                retrieval: None,
+            };
+            let eval_due = cfg.eval.every > 0 && state.step % cfg.eval.every == 0 || state.step == total;
+            if let (true, Some(set)) = (eval_due, &eval_set) {
+                let r = itc_recall(&model.valid(), &vit, set, size, 64);
+                progress.println(&format!(
+                    "step {} held-out retrieval: i2t R@1 {:.1} R@5 {:.1} | t2i R@1 {:.1} R@5 {:.1} ({} images)",
+                    state.step, r.i2t_r1, r.i2t_r5, r.t2i_r1, r.t2i_r5, set.images
+                ));
+                last.retrieval = Some(r);
+                recall = Some(r);
+            }
+            metrics.append(&last)?;
+            progress.step(&last, total);
+            if state.step % cfg.checkpoint.every == 0 || state.step == total {
+                checkpoint::save(&run_dir, &cfg, &state, cfg.checkpoint.keep, |dir| {
+                    save_weights(&model, &cfg.model, &dir.join(MODEL_FILE))?;
+                    let meta = std::collections::HashMap::from([("step".to_string(), optim.step.to_string())]);
+                    write_atomic(&dir.join(OPTIMIZER_FILE), optim.state_tensors(), meta)
+                })?;
+            }
+        }
+        progress.finish();
+        Ok(TrainOutcome { run_dir, steps: state.step, last, recall })
+    }
+}

@@ -1,0 +1,222 @@
+//! Training runs end to end on a miniature config: exact resume, checkpoint integrity, the frozen
+//! encoder staying out of the optimizer, and the ablation table.
+
+use std::path::{Path, PathBuf};
+
+use qformer::backend::{dispatch, BackendKind};
+use qformer::config::TrainConfig;
+use qformer::interop::safetensors_io::SafetensorsFile;
+use qformer::train::ablate::ablate;
+use qformer::train::checkpoint::{self, MODEL_FILE, OPTIMIZER_FILE};
+use qformer::train::trainer::{TrainJob, TrainOutcome};
+
+fn workdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("qformer-train-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A miniature config over a generated shapes set in `dir`.
+fn config(dir: &Path, extra: &str) -> PathBuf {
+    let vocab = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/bert-base-uncased-vocab.txt");
+    let text = format!(
+        r#"
+[model]
+hidden_size = 32
+num_hidden_layers = 2
+num_attention_heads = 2
+intermediate_size = 48
+cross_attention_frequency = 2
+encoder_hidden_size = 24
+vocab_size = 30523
+max_position_embeddings = 32
+layer_norm_eps = 1e-12
+num_query_tokens = 4
+image_text_hidden_size = 16
+bos_token_id = 30522
+
+[encoder]
+image_size = 16
+patch_size = 8
+width = 24
+depth = 1
+heads = 2
+mlp_ratio = 2.0
+seed = 3
+
+[data]
+train = "{d}/shapes/train.json"
+eval = "{d}/shapes/eval.json"
+synth = {{ train = 40, eval = 12, seed = 1 }}
+
+[text]
+tokenizer = "{vocab}"
+max_len = 16
+
+[train]
+batch_size = 6
+steps = 4
+seed = 7
+{extra}
+
+[checkpoint]
+dir = "{d}/checkpoints"
+every = 2
+keep = 5
+
+[eval]
+every = 2
+"#,
+        d = dir.display(),
+        vocab = vocab.display()
+    );
+    let path = dir.join("mini.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Training draws dropout from the backend's process-wide RNG, so runs in one process must not
+/// overlap (as in real use: one run per process). Tests that train hold this lock.
+static ONE_RUN_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn train(cfg_path: &Path, overrides: &[String], resume: Option<PathBuf>) -> qformer::Result<TrainOutcome> {
+    let cfg = TrainConfig::load(cfg_path, overrides)?;
+    dispatch(BackendKind::Flex, TrainJob { cfg, run_name: "mini".into(), resume })
+}
+
+#[test]
+fn resumed_run_is_bit_identical_to_an_uninterrupted_one() {
+    let _guard = serial();
+    let dir = workdir("resume");
+    let cfg = config(&dir, "grad_accum = 2\nclip_grad_norm = 1.0");
+    let full = train(&cfg, &[], None).unwrap();
+    assert_eq!(full.steps, 4);
+    assert!(full.recall.is_some());
+
+    // Simulate a run killed after its step-2 checkpoint: a copy without the later state.
+    let run = full.run_dir.clone();
+    let copy = dir.join("interrupted");
+    std::fs::create_dir_all(copy.join("mini")).unwrap();
+    for entry in ["step-00000002", "config.toml", "metrics.jsonl"] {
+        let from = run.join(entry);
+        let to = copy.join("mini").join(entry);
+        if from.is_dir() {
+            std::fs::create_dir_all(&to).unwrap();
+            for f in std::fs::read_dir(&from).unwrap() {
+                let f = f.unwrap();
+                std::fs::copy(f.path(), to.join(f.file_name())).unwrap();
+            }
+        } else {
+            std::fs::copy(from, to).unwrap();
+        }
+    }
+    std::fs::write(copy.join("mini/latest"), "step-00000002").unwrap();
+    let resumed = train(&cfg, &[format!("checkpoint.dir=\"{}\"", copy.display())], Some(copy.join("mini"))).unwrap();
+    assert_eq!(resumed.steps, 4);
+    for f in [MODEL_FILE, OPTIMIZER_FILE] {
+        let a = SafetensorsFile::open(&run.join("step-00000004").join(f)).unwrap();
+        let b = SafetensorsFile::open(&copy.join("mini/step-00000004").join(f)).unwrap();
+        assert_eq!(a.names().unwrap().len(), b.names().unwrap().len());
+        for name in a.names().unwrap() {
+            let (x, y) = (a.f32(&name).unwrap().1, b.f32(&name).unwrap().1);
+            assert!(x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()), "{f}: {name} differs after resume");
+        }
+    }
+    let metrics = |p: &Path| std::fs::read_to_string(p.join("metrics.jsonl")).unwrap();
+    let strip = |s: String| s.lines().map(|l| l.split("\"pairs_per_s\"").next().unwrap().to_string()).collect::<Vec<_>>();
+    assert_eq!(strip(metrics(&run)), strip(metrics(&copy.join("mini"))), "per-step losses differ after resume");
+}
+
+#[test]
+fn checkpoints_are_verified_and_writes_are_atomic() {
+    let _guard = serial();
+    let dir = workdir("ckpt");
+    let cfg_path = config(&dir, "");
+    let out = train(&cfg_path, &["train.steps=2".into()], None).unwrap();
+    let cfg = TrainConfig::load(&cfg_path, &["train.steps=2".into()]).unwrap();
+    let step = checkpoint::resolve(&out.run_dir).unwrap();
+    assert!(step.ends_with("step-00000002"));
+    let state = checkpoint::verify(&step, &cfg).unwrap();
+    assert_eq!(state.step, 2);
+
+    // The frozen encoder is in neither the weights nor the optimizer state.
+    let model = SafetensorsFile::open(&step.join(MODEL_FILE)).unwrap().names().unwrap();
+    let optim = SafetensorsFile::open(&step.join(OPTIMIZER_FILE)).unwrap().names().unwrap();
+    assert_eq!(optim.len(), 2 * model.len());
+    assert!(model.iter().chain(&optim).all(|n| !n.contains("patch_embed") && !n.contains("blocks")));
+
+    // A write that fails half-way leaves the previous checkpoint current and loadable.
+    let state3 = qformer::train::checkpoint::TrainState { step: 3, ..state.clone() };
+    let failed = checkpoint::save(&out.run_dir, &cfg, &state3, 5, |d| {
+        std::fs::write(d.join(MODEL_FILE), b"partial").unwrap();
+        Err(qformer::Error::input("disk", "simulated failure"))
+    });
+    assert!(failed.is_err());
+    assert_eq!(checkpoint::resolve(&out.run_dir).unwrap(), step);
+    checkpoint::verify(&step, &cfg).unwrap();
+    assert!(!out.run_dir.join("step-00000003").exists());
+    assert!(std::fs::read_dir(&out.run_dir).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().contains(".tmp")));
+
+    // A flipped byte, a missing file, another model shape: refused, each with its reason.
+    let damaged = dir.join("damaged");
+    std::fs::create_dir_all(&damaged).unwrap();
+    for f in std::fs::read_dir(&step).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), damaged.join(f.file_name())).unwrap();
+    }
+    let mut bytes = std::fs::read(damaged.join(MODEL_FILE)).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(damaged.join(MODEL_FILE), &bytes).unwrap();
+    let e = checkpoint::verify(&damaged, &cfg).unwrap_err().to_string();
+    assert!(e.contains("model.safetensors") && e.contains("checksum"), "{e}");
+    std::fs::remove_file(damaged.join(MODEL_FILE)).unwrap();
+    let e = checkpoint::verify(&damaged, &cfg).unwrap_err().to_string();
+    assert!(e.contains("model.safetensors") && e.contains("missing"), "{e}");
+    let other = TrainConfig::load(&cfg_path, &["train.steps=2".into(), "model.intermediate_size=40".into()]).unwrap();
+    let e = checkpoint::verify(&step, &other).unwrap_err().to_string();
+    assert!(e.contains("model.intermediate_size"), "{e}");
+    // Resuming with more steps is allowed.
+    let longer = TrainConfig::load(&cfg_path, &["train.steps=9".into()]).unwrap();
+    checkpoint::verify(&step, &longer).unwrap();
+}
+
+#[test]
+fn ablation_writes_its_table() {
+    let _guard = serial();
+    let dir = workdir("ablate");
+    let cfg = config(&dir, "");
+    let variants: Vec<String> = ["all", "no-itc", "no-itm", "no-itg"].map(String::from).to_vec();
+    let (out, md) = ablate(&cfg, &["train.steps=2".into()], &variants, &[0], |cfg, name| {
+        dispatch(BackendKind::Flex, TrainJob { cfg, run_name: name, resume: None })
+    })
+    .unwrap();
+    let csv = std::fs::read_to_string(out.join("ablation.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 5, "{csv}");
+    assert!(md.contains("| no-itc | 0 | 2 |"), "{md}");
+    // A switched-off objective has no training loss in its row.
+    let no_itm = csv.lines().find(|l| l.starts_with("no-itm")).unwrap();
+    assert_eq!(no_itm.split(',').nth(5), Some(""), "{no_itm}");
+}
+
+#[test]
+fn config_errors_name_key_and_file() {
+    let dir = workdir("config");
+    let cfg = config(&dir, "");
+    let e = |o: &str| TrainConfig::load(&cfg, &[o.to_string()]).unwrap_err().to_string();
+    let unknown = e("train.batch_sise=3");
+    assert!(unknown.contains("batch_sise") && unknown.contains("mini.toml"), "{unknown}");
+    let wrong_type = e("train.batch_size=\"big\"");
+    assert!(wrong_type.contains("batch_size"), "{wrong_type}");
+    let range = e("optim.lr=-1");
+    assert!(range.contains("optim.lr must be > 0") || (range.contains("optim.lr") && range.contains("> 0")), "{range}");
+    assert!(range.contains("mini.toml"), "{range}");
+    let width = e("encoder.width=30");
+    assert!(width.contains("encoder.width"), "{width}");
+    assert!(e("bad").contains("section.key=value"));
+}
