@@ -173,3 +173,22 @@ impl BackendJob for Bench {
         Ok(BenchReport { steps: results, image_kv })
     }
 }
+
+/// Images per second the loader delivers (decode, augment, tokenise, on its background threads)
+/// when nothing else competes for the CPU: the ceiling the data side puts on a training step.
+pub fn data_throughput(cfg: &crate::config::TrainConfig, batches: usize) -> Result<f64> {
+    use crate::data::loader::{Dataset, Prefetcher, Transform};
+    use std::sync::Arc;
+    crate::train::trainer::ensure_data(cfg)?;
+    let text = Arc::new(crate::data::text::TextEncoder::load(&cfg.text.tokenizer, cfg.text.max_len, cfg.text.max_words)?);
+    let data = Arc::new(Dataset::load(&cfg.data.train, cfg.data.image_root.as_deref())?);
+    let transform = Transform { image_size: cfg.encoder.image_size as u32, max_pixels: cfg.data.max_pixels, augment: Some(cfg.data.augment.clone()) };
+    let mut loader = Prefetcher::start(data, text, transform, cfg.train.seed, 0, cfg.train.batch_size, cfg.data.prefetch);
+    loader.next()?;
+    let start = Instant::now();
+    let mut images = 0;
+    for _ in 0..batches {
+        images += loader.next()?.text.batch_size();
+    }
+    Ok(images as f64 / start.elapsed().as_secs_f64())
+}

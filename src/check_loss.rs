@@ -12,7 +12,7 @@ use crate::backend::BackendJob;
 use crate::error::{Error, Result};
 use crate::interop::batch_file::read_batch;
 use crate::interop::weights::{load_weights, save_gradients};
-use crate::model::QFormerConfig;
+use crate::model::{scalar, QFormerConfig};
 use crate::objectives::{stage1_loss, ItcGradient, NegativeMode, NegativeSampler, Objective, ObjectiveConfig};
 
 pub struct CheckLoss {
@@ -38,8 +38,8 @@ pub fn model_config_from_toml(path: &Path) -> Result<QFormerConfig> {
     Ok(cfg)
 }
 
-fn scalar<B: Backend>(t: &Option<Tensor<B, 1>>) -> Value {
-    t.as_ref().map_or(Value::Null, |t| json!(t.clone().into_scalar().into_f64_lossy()))
+fn optional<B: Backend>(t: &Option<Tensor<B, 1>>) -> Value {
+    t.as_ref().map_or(Value::Null, |t| json!(scalar(t.clone())))
 }
 
 fn matrix<B: Backend>(t: &Option<Tensor<B, 2>>) -> Value {
@@ -48,15 +48,6 @@ fn matrix<B: Backend>(t: &Option<Tensor<B, 2>>) -> Value {
         let v = t.clone().into_data().convert::<f64>().to_vec::<f64>().expect("f64 data");
         json!(v.chunks(c).map(<[f64]>::to_vec).collect::<Vec<_>>())
     })
-}
-
-trait LossyF64 {
-    fn into_f64_lossy(self) -> f64;
-}
-impl<E: burn::tensor::ElementConversion> LossyF64 for E {
-    fn into_f64_lossy(self) -> f64 {
-        self.elem::<f64>()
-    }
 }
 
 impl BackendJob for CheckLoss {
@@ -75,10 +66,10 @@ impl BackendJob for CheckLoss {
         let mut sampler = NegativeSampler::new(self.sample_seed.unwrap_or(0));
         let out = stage1_loss(&model, &file.batch, &objectives, &mut sampler, false)?;
         let report = json!({
-            "loss": out.loss.clone().into_scalar().into_f64_lossy(),
-            "loss_itc": scalar(&out.itc),
-            "loss_itm": scalar(&out.itm),
-            "loss_itg": scalar(&out.itg),
+            "loss": scalar(out.loss.clone()),
+            "loss_itc": optional(&out.itc),
+            "loss_itm": optional(&out.itm),
+            "loss_itg": optional(&out.itg),
             "sim_i2t": matrix(&out.sim_i2t),
             "itm_logits": matrix(&out.itm_logits),
             "sampler": out.sampler,

@@ -49,6 +49,15 @@ enum Command {
         #[arg(long = "set")]
         overrides: Vec<String>,
     },
+    /// Measure the data pipeline alone: images/s delivered by the loader for a config.
+    BenchData {
+        #[arg(long, default_value = "configs/tiny.toml")]
+        config: PathBuf,
+        #[arg(long = "set")]
+        overrides: Vec<String>,
+        #[arg(long, default_value_t = 20)]
+        batches: usize,
+    },
     /// Generate the synthetic shapes data set (train.json, eval.json, images/).
     Synth {
         #[arg(long)]
@@ -159,6 +168,11 @@ fn main() -> Result<()> {
             })?;
             println!("{table}");
             println!("written to {}/ablation.md and ablation.csv", dir.display());
+        }
+        Command::BenchData { config, overrides, batches } => {
+            let cfg = TrainConfig::load(&config, &overrides)?;
+            let rate = qformer::bench::data_throughput(&cfg, batches)?;
+            println!("data pipeline: {rate:.0} images/s ({} px, batch {}, {} threads)", cfg.encoder.image_size, cfg.train.batch_size, rayon::current_num_threads());
         }
         Command::Synth { out, n, n_eval, size, seed } => {
             let (train, eval) = synth::generate(&out, n, n_eval, size, seed)?;

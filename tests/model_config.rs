@@ -30,7 +30,7 @@ fn errors_name_the_key_and_file() {
     let e = model_config_from_toml(&p).unwrap_err().to_string();
     assert!(e.contains("model.hidden_size") && e.contains("heads.toml"), "{e}");
 
-    let p = write("type.toml", &base.replace("num_query_tokens = 16", "num_query_tokens = \"many\""));
+    let p = write("type.toml", &base.replace("num_query_tokens = 8", "num_query_tokens = \"many\""));
     let e = model_config_from_toml(&p).unwrap_err().to_string();
     assert!(e.contains("num_query_tokens"), "{e}");
 

@@ -57,12 +57,14 @@ pub struct AttentionConfig {
     pub layer_norm_eps: f64,
     pub attention_dropout: f64,
     pub hidden_dropout: f64,
+    pub init_std: f64,
 }
 
-/// BERT initialisation: N(0, 0.02) weights, zero biases (trainable, like every parameter).
-pub(crate) fn bert_linear<B: Backend>(d_in: usize, d_out: usize, device: &B::Device) -> Linear<B> {
+/// BERT initialisation: N(0, std) weights (std = `initializer_range`), zero biases (trainable,
+/// like every parameter).
+pub(crate) fn bert_linear<B: Backend>(d_in: usize, d_out: usize, std: f64, device: &B::Device) -> Linear<B> {
     let mut linear = LinearConfig::new(d_in, d_out)
-        .with_initializer(Initializer::Normal { mean: 0.0, std: 0.02 })
+        .with_initializer(Initializer::Normal { mean: 0.0, std })
         .init(device);
     linear.bias = Some(Param::from_tensor(Tensor::zeros([d_out], device)));
     linear
@@ -75,10 +77,10 @@ pub(crate) fn layer_norm<B: Backend>(width: usize, eps: f64, device: &B::Device)
 impl AttentionConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> Attention<B> {
         Attention {
-            query: bert_linear(self.hidden, self.hidden, device),
-            key: bert_linear(self.kv_width, self.hidden, device),
-            value: bert_linear(self.kv_width, self.hidden, device),
-            dense: bert_linear(self.hidden, self.hidden, device),
+            query: bert_linear(self.hidden, self.hidden, self.init_std, device),
+            key: bert_linear(self.kv_width, self.hidden, self.init_std, device),
+            value: bert_linear(self.kv_width, self.hidden, self.init_std, device),
+            dense: bert_linear(self.hidden, self.hidden, self.init_std, device),
             norm: layer_norm(self.hidden, self.layer_norm_eps, device),
             num_heads: self.num_heads,
             attention_dropout: self.attention_dropout,

@@ -29,6 +29,10 @@ pub struct QFormerConfig {
     pub hidden_dropout_prob: f64,
     #[serde(default = "default_dropout")]
     pub attention_probs_dropout_prob: f64,
+    /// Std of the normal initialisation of the trunk's weights, embeddings and query tokens
+    /// (BERT's 0.02; a from-scratch toy model learns sooner with a larger one).
+    #[serde(default = "default_init_range")]
+    pub initializer_range: f64,
     /// `ln_vision` keeps PyTorch's default LayerNorm eps, unlike the BERT layers.
     #[serde(default = "default_ln_vision_eps")]
     pub ln_vision_eps: f64,
@@ -36,6 +40,9 @@ pub struct QFormerConfig {
 
 fn default_dropout() -> f64 {
     0.1
+}
+fn default_init_range() -> f64 {
+    0.02
 }
 fn default_ln_vision_eps() -> f64 {
     1e-5
@@ -59,6 +66,7 @@ impl QFormerConfig {
             bos_token_id: 30522,
             hidden_dropout_prob: 0.1,
             attention_probs_dropout_prob: 0.1,
+            initializer_range: 0.02,
             ln_vision_eps: 1e-5,
         }
     }
@@ -67,13 +75,14 @@ impl QFormerConfig {
     pub fn tiny() -> Self {
         Self {
             hidden_size: 256,
-            num_hidden_layers: 4,
+            num_hidden_layers: 2,
             num_attention_heads: 4,
             intermediate_size: 1024,
-            cross_attention_frequency: 2,
+            cross_attention_frequency: 1,
             encoder_hidden_size: 384,
-            num_query_tokens: 16,
+            num_query_tokens: 8,
             image_text_hidden_size: 128,
+            initializer_range: 0.1,
             ..Self::blip2()
         }
     }
@@ -128,7 +137,7 @@ impl QFormerConfig {
                 return err(key, "must be in [0, 1)");
             }
         }
-        for (key, eps) in [("layer_norm_eps", self.layer_norm_eps), ("ln_vision_eps", self.ln_vision_eps)] {
+        for (key, eps) in [("layer_norm_eps", self.layer_norm_eps), ("ln_vision_eps", self.ln_vision_eps), ("initializer_range", self.initializer_range)] {
             if !(eps > 0.0 && eps.is_finite()) {
                 return err(key, "must be > 0");
             }

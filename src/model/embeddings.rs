@@ -20,7 +20,7 @@ impl<B: Backend> Embeddings<B> {
     pub fn new(cfg: &QFormerConfig, device: &B::Device) -> Self {
         let embedding = |n| {
             EmbeddingConfig::new(n, cfg.hidden_size)
-                .with_initializer(Initializer::Normal { mean: 0.0, std: 0.02 })
+                .with_initializer(Initializer::Normal { mean: 0.0, std: cfg.initializer_range })
                 .init(device)
         };
         Self {

@@ -18,7 +18,7 @@ pub struct LmHead<B: Backend> {
 impl<B: Backend> LmHead<B> {
     pub fn new(cfg: &QFormerConfig, device: &B::Device) -> Self {
         Self {
-            dense: bert_linear(cfg.hidden_size, cfg.hidden_size, device),
+            dense: bert_linear(cfg.hidden_size, cfg.hidden_size, cfg.initializer_range, device),
             norm: layer_norm(cfg.hidden_size, cfg.layer_norm_eps, device),
             bias: Param::from_tensor(Tensor::zeros([cfg.vocab_size], device)),
         }

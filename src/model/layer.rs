@@ -21,8 +21,8 @@ pub struct FeedForward<B: Backend> {
 impl<B: Backend> FeedForward<B> {
     pub fn new(cfg: &QFormerConfig, device: &B::Device) -> Self {
         Self {
-            intermediate: bert_linear(cfg.hidden_size, cfg.intermediate_size, device),
-            output: bert_linear(cfg.intermediate_size, cfg.hidden_size, device),
+            intermediate: bert_linear(cfg.hidden_size, cfg.intermediate_size, cfg.initializer_range, device),
+            output: bert_linear(cfg.intermediate_size, cfg.hidden_size, cfg.initializer_range, device),
             norm: layer_norm(cfg.hidden_size, cfg.layer_norm_eps, device),
             hidden_dropout: cfg.hidden_dropout_prob,
         }
@@ -67,6 +67,7 @@ impl<B: Backend> Layer<B> {
             layer_norm_eps: cfg.layer_norm_eps,
             attention_dropout: cfg.attention_probs_dropout_prob,
             hidden_dropout: cfg.hidden_dropout_prob,
+            init_std: cfg.initializer_range,
         };
         Self {
             attention: attention(cfg.hidden_size).init(device),

@@ -37,6 +37,11 @@ pub(crate) fn dropout<B: Backend, const D: usize>(x: Tensor<B, D>, p: f64, train
     x * mask.div_scalar(keep)
 }
 
+/// The value of a one-element tensor, on the host.
+pub fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
+    t.into_data().convert::<f64>().to_vec::<f64>().expect("f64 data")[0]
+}
+
 /// burn draws a parameter's initial value lazily, at its first use, from whatever the backend RNG
 /// holds then (a later step's dropout seed, say). Drawing every value right after construction
 /// makes a module depend only on the seed it was built under: required for exact resume.

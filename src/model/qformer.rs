@@ -48,7 +48,7 @@ impl<B: Backend> QFormer<B> {
     /// A randomly initialised model (BERT init for the trunk, PyTorch defaults for the heads).
     pub fn new(cfg: &QFormerConfig, device: &B::Device) -> Self {
         let default_linear = |d_in, d_out| LinearConfig::new(d_in, d_out).init(device);
-        let query_tokens = Initializer::Normal { mean: 0.0, std: 0.02 }
+        let query_tokens = Initializer::Normal { mean: 0.0, std: cfg.initializer_range }
             .init([1, cfg.num_query_tokens, cfg.hidden_size], device);
         super::materialize(Self {
             query_tokens,

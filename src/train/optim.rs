@@ -10,7 +10,7 @@ use burn::tensor::{Tensor, TensorData};
 use crate::config::OptimConfig;
 use crate::interop::safetensors_io::OwnedTensor;
 use crate::interop::weights::{visit_params, Layout, ParamVisitor};
-use crate::model::QFormer;
+use crate::model::{scalar, QFormer};
 
 /// Moments of one parameter, flattened.
 struct Moments<B: Backend> {
@@ -76,7 +76,7 @@ impl<B: AutodiffBackend> GradAccumulator<B> {
             .grads
             .iter()
             .flatten()
-            .map(|g| f64::from(g.clone().powf_scalar(2.0).sum().into_scalar().to_f64_lossy()))
+            .map(|g| scalar(g.clone().powf_scalar(2.0).sum()))
             .sum();
         sum.sqrt()
     }
@@ -85,15 +85,6 @@ impl<B: AutodiffBackend> GradAccumulator<B> {
         for g in self.grads.iter_mut().flatten() {
             *g = g.clone().mul_scalar(factor);
         }
-    }
-}
-
-trait ToF64 {
-    fn to_f64_lossy(self) -> f64;
-}
-impl<E: burn::tensor::ElementConversion> ToF64 for E {
-    fn to_f64_lossy(self) -> f64 {
-        self.elem::<f64>()
     }
 }
 

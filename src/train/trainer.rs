@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use burn::module::{AutodiffModule, Param};
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, TensorData};
 use serde::Serialize;
 
@@ -25,7 +25,7 @@ use crate::interop::safetensors_io::{write_atomic, SafetensorsFile};
 use crate::interop::weights::{load_weights, save_weights};
 use crate::model::qformer::TEMP_RANGE;
 use crate::model::vit::Vit;
-use crate::model::QFormer;
+use crate::model::{scalar, QFormer};
 use crate::objectives::{stage1_loss, NegativeSampler, Stage1Batch};
 
 /// Stream tags that keep the seeds of the different random consumers apart.
@@ -86,10 +86,6 @@ fn clamp_temperature<B: AutodiffBackend>(mut model: QFormer<B>) -> QFormer<B> {
     let value = model.temp.val().inner().clamp(TEMP_RANGE.0, TEMP_RANGE.1);
     model.temp = Param::initialized(id, Tensor::from_inner(value).require_grad());
     model
-}
-
-fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
-    t.into_data().convert::<f64>().to_vec::<f64>().expect("f64")[0]
 }
 
 impl BackendJob for TrainJob {
