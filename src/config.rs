@@ -11,7 +11,7 @@ use crate::data::images::AugmentConfig;
 use crate::error::{Error, Result};
 use crate::model::vit::VitConfig;
 use crate::model::QFormerConfig;
-use crate::objectives::{ItcGradient, NegativeMode, ObjectiveConfig, Switch};
+use crate::objectives::ObjectiveConfig;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -22,7 +22,7 @@ pub struct TrainConfig {
     #[serde(default)]
     pub text: TextConfig,
     #[serde(default)]
-    pub objectives: ObjectivesConfig,
+    pub objectives: ObjectiveConfig,
     #[serde(default)]
     pub optim: OptimConfig,
     #[serde(default)]
@@ -84,50 +84,6 @@ pub struct TextConfig {
 impl Default for TextConfig {
     fn default() -> Self {
         Self { tokenizer: PathBuf::from("data/bert-base-uncased-vocab.txt"), max_len: 32, max_words: 50 }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ObjectivesConfig {
-    #[serde(default)]
-    pub itc: Switch,
-    #[serde(default)]
-    pub itm: Switch,
-    #[serde(default)]
-    pub itg: Switch,
-    #[serde(default)]
-    pub itc_gradient: ItcGradient,
-    #[serde(default = "default_smoothing")]
-    pub label_smoothing: f64,
-    /// `sample` (softmax of the ITC logits, as LAVIS) or `argmax` (hardest negative).
-    #[serde(default = "default_negatives")]
-    pub negatives: String,
-}
-
-impl Default for ObjectivesConfig {
-    fn default() -> Self {
-        Self {
-            itc: Switch::default(),
-            itm: Switch::default(),
-            itg: Switch::default(),
-            itc_gradient: ItcGradient::Detached,
-            label_smoothing: default_smoothing(),
-            negatives: default_negatives(),
-        }
-    }
-}
-
-impl ObjectivesConfig {
-    pub fn to_objectives(&self) -> ObjectiveConfig {
-        ObjectiveConfig {
-            itc: self.itc,
-            itm: self.itm,
-            itg: self.itg,
-            itc_gradient: self.itc_gradient,
-            label_smoothing: self.label_smoothing,
-            negatives: if self.negatives == "argmax" { NegativeMode::Argmax } else { NegativeMode::Sample },
-        }
     }
 }
 
@@ -255,12 +211,6 @@ fn default_max_pixels() -> u64 {
 fn default_prefetch() -> usize {
     2
 }
-fn default_smoothing() -> f64 {
-    0.1
-}
-fn default_negatives() -> String {
-    "sample".into()
-}
 fn one() -> usize {
     1
 }
@@ -377,9 +327,6 @@ impl TrainConfig {
         }
         if !(0.0..1.0).contains(&o.label_smoothing) {
             return err("objectives.label_smoothing", "must be in [0, 1)".into());
-        }
-        if o.negatives != "sample" && o.negatives != "argmax" {
-            return err("objectives.negatives", format!("must be `sample` or `argmax`, not `{}`", o.negatives));
         }
         let p = &self.optim;
         if !(p.lr > 0.0 && p.lr.is_finite()) {

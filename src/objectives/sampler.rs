@@ -9,14 +9,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum NegativeMode {
     /// Draw from `softmax(logits)` over the non-positive columns (LAVIS).
     Sample,
     /// Take the hardest non-positive column (deterministic; for tests and debugging).
     Argmax,
     /// Use these indices, checked not to be positives: `images[b]` is the negative image of text
-    /// `b`, `texts[b]` the negative text of image `b`.
+    /// `b`, `texts[b]` the negative text of image `b`. Given by batch files, not configs.
+    #[serde(skip)]
     Explicit { images: Vec<usize>, texts: Vec<usize> },
 }
 

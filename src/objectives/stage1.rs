@@ -34,8 +34,10 @@ pub enum Objective {
     Itg,
 }
 
-/// Which objectives run, their weights and their options. Defaults match LAVIS HEAD.
-#[derive(Clone, Debug, PartialEq)]
+/// Which objectives run, their weights and their options (the `[objectives]` table of a config).
+/// Defaults match LAVIS HEAD.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct ObjectiveConfig {
     pub itc: Switch,
     pub itm: Switch,

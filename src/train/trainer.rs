@@ -161,7 +161,7 @@ impl BackendJob for TrainJob {
         let transform = Transform { image_size: size as u32, max_pixels: cfg.data.max_pixels, augment: Some(cfg.data.augment.clone()) };
         let mut loader = Prefetcher::start(train_data, text, transform, seed, state.data_position, t.batch_size, cfg.data.prefetch);
         let progress = Progress::new(state.step, total, cfg.log.every);
-        let objectives = cfg.objectives.to_objectives();
+        let objectives = cfg.objectives.clone();
         let accum = t.grad_accum;
         let mut consecutive_bad = 0usize;
         let mut last = StepMetrics::default();
