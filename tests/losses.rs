@@ -4,7 +4,7 @@
 mod common;
 
 use burn::tensor::{Distribution, Tensor};
-use common::{batch, small, B};
+use common::{batch, serial, small, B};
 use qformer::model::QFormer;
 use qformer::objectives::{stage1_loss, NegativeMode, NegativeSampler, Objective, ObjectiveConfig, Stage1Batch};
 
@@ -19,6 +19,7 @@ fn losses(b: usize, objectives: ObjectiveConfig) -> (f32, Option<f32>, Option<f3
 
 #[test]
 fn at_init_itc_is_ln_b_itm_ln_2_itg_ln_v() {
+    let _rng = serial();
     let b = 16;
     let (total, itc, itm, itg) = losses(b, ObjectiveConfig::default());
     let (itc, itm, itg) = (itc.unwrap(), itm.unwrap(), itg.unwrap());
@@ -31,6 +32,7 @@ fn at_init_itc_is_ln_b_itm_ln_2_itg_ln_v() {
 
 #[test]
 fn weights_scale_terms_and_switches_remove_them() {
+    let _rng = serial();
     let mut cfg = ObjectiveConfig::default();
     cfg.itm.weight = 0.5;
     cfg.itg.weight = 2.0;
@@ -49,6 +51,7 @@ fn weights_scale_terms_and_switches_remove_them() {
 
 #[test]
 fn batches_of_one_and_two_train() {
+    let _rng = serial();
     for (b, mode) in [(1, NegativeMode::Sample), (2, NegativeMode::Sample), (2, NegativeMode::Argmax)] {
         let device = Default::default();
         let model = QFormer::<B>::new(&small(), &device);
@@ -66,6 +69,7 @@ fn batches_of_one_and_two_train() {
 
 #[test]
 fn one_image_per_batch_has_no_negatives() {
+    let _rng = serial();
     let device = Default::default();
     let model = QFormer::<B>::new(&small(), &device);
     let out = stage1_loss(&model, &batch(3, Some(vec![4, 4, 4]), 1), &ObjectiveConfig::default(), &mut NegativeSampler::new(0), false).unwrap();
@@ -75,6 +79,7 @@ fn one_image_per_batch_has_no_negatives() {
 
 #[test]
 fn frozen_features_get_no_gradient_and_ln_vision_does() {
+    let _rng = serial();
     let device = Default::default();
     let model = QFormer::<B>::new(&small(), &device);
     let feats = Tensor::<B, 3>::random([4, 10, 48], Distribution::Normal(0.0, 1.0), &device).require_grad();
@@ -88,6 +93,7 @@ fn frozen_features_get_no_gradient_and_ln_vision_does() {
 
 #[test]
 fn every_parameter_of_a_fresh_model_is_trained() {
+    let _rng = serial();
     use burn::module::Param;
     use qformer::interop::weights::{visit_params, Layout, ParamVisitor};
     struct Untrained<'a>(&'a <B as burn::tensor::backend::AutodiffBackend>::Gradients, Vec<String>);

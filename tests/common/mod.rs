@@ -35,3 +35,10 @@ pub fn batch(b: usize, image_ids: Option<Vec<i64>>, seed: u64) -> Stage1Batch<B>
     Stage1Batch::new(feats, TextBatch::new(ids, mask, 1000).unwrap(), image_ids).unwrap()
 }
 
+
+/// The backend RNG is process-wide: tests that seed it and draw from it hold this lock so that
+/// parallel test threads cannot interleave their draws.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
