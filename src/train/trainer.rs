@@ -230,7 +230,7 @@ impl BackendJob for TrainJob {
                 skipped_update: skip_update,
                 retrieval: None,
             };
-            let eval_due = cfg.eval.every > 0 && state.step % cfg.eval.every == 0 || state.step == total;
+            let eval_due = (cfg.eval.every > 0 && state.step % cfg.eval.every == 0) || state.step == total;
             if let (true, Some(set)) = (eval_due, &eval_set) {
                 let r = itc_recall(&model.valid(), &vit, set, size, 64);
                 progress.println(&format!(
