@@ -50,43 +50,56 @@ pub fn write_atomic(path: &Path, tensors: Vec<(String, OwnedTensor)>, metadata: 
     })
 }
 
-/// A whole safetensors file in memory.
+/// Where one tensor lies in the file.
+struct Entry {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    range: std::ops::Range<usize>,
+}
+
+/// A whole safetensors file in memory, its header parsed and validated once at open.
 pub struct SafetensorsFile {
     pub path: std::path::PathBuf,
     bytes: Vec<u8>,
+    index: HashMap<String, Entry>,
+    metadata: HashMap<String, String>,
 }
 
 impl SafetensorsFile {
     pub fn open(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let file = Self { path: path.to_path_buf(), bytes };
-        file.parse()?;
-        Ok(file)
-    }
-
-    fn parse(&self) -> Result<SafeTensors<'_>> {
-        SafeTensors::deserialize(&self.bytes)
-            .map_err(|e| Error::file(&self.path, format!("not a valid safetensors file: {e}")))
+        let invalid = |e: safetensors::SafeTensorError| Error::file(path, format!("not a valid safetensors file: {e}"));
+        // Full validation (offsets inside the buffer, no overlaps) before anything is indexed.
+        SafeTensors::deserialize(&bytes).map_err(invalid)?;
+        let (header_len, meta) = SafeTensors::read_metadata(&bytes).map_err(invalid)?;
+        let data_start = 8 + header_len;
+        let index = meta
+            .tensors()
+            .into_iter()
+            .map(|(name, info)| {
+                let (a, b) = info.data_offsets;
+                (name, Entry { dtype: info.dtype, shape: info.shape.clone(), range: data_start + a..data_start + b })
+            })
+            .collect();
+        let metadata = meta.metadata().clone().unwrap_or_default();
+        Ok(Self { path: path.to_path_buf(), bytes, index, metadata })
     }
 
     pub fn metadata(&self) -> Result<HashMap<String, String>> {
-        let (_, meta) = SafeTensors::read_metadata(&self.bytes)
-            .map_err(|e| Error::file(&self.path, format!("not a valid safetensors file: {e}")))?;
-        Ok(meta.metadata().clone().unwrap_or_default())
+        Ok(self.metadata.clone())
     }
 
     pub fn names(&self) -> Result<Vec<String>> {
-        Ok(self.parse()?.names().into_iter().map(String::from).collect())
+        Ok(self.index.keys().cloned().collect())
     }
 
     pub fn contains(&self, name: &str) -> Result<bool> {
-        Ok(self.parse()?.tensor(name).is_ok())
+        Ok(self.index.contains_key(name))
     }
 
-    fn view(&self, name: &str) -> Result<(Dtype, Vec<usize>, Vec<u8>)> {
-        let st = self.parse()?;
-        let view = st.tensor(name).map_err(|_| Error::file(&self.path, format!("missing tensor `{name}`")))?;
-        Ok((view.dtype(), view.shape().to_vec(), view.data().to_vec()))
+    fn view(&self, name: &str) -> Result<(Dtype, Vec<usize>, &[u8])> {
+        let e = self.index.get(name).ok_or_else(|| Error::file(&self.path, format!("missing tensor `{name}`")))?;
+        Ok((e.dtype, e.shape.clone(), &self.bytes[e.range.clone()]))
     }
 
     /// An f32 tensor (f64, f16 and bf16 are converted) with its shape.
