@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::backend::BackendKind;
 use crate::data::images::AugmentConfig;
 use crate::error::{Error, Result};
-use crate::model::vit::VitConfig;
+use crate::model::vit::{Precision, VitConfig};
 use crate::model::QFormerConfig;
 use crate::objectives::ObjectiveConfig;
 
@@ -315,6 +315,9 @@ impl TrainConfig {
         self.encoder.validate(source)?;
         if self.encoder.width != self.model.encoder_hidden_size {
             return err("encoder.width", format!("must equal model.encoder_hidden_size ({})", self.model.encoder_hidden_size));
+        }
+        if self.encoder.precision != Precision::F32 && self.train.backend != BackendKind::Cuda {
+            return err("encoder.precision", "half precision needs train.backend = \"cuda\"; the CPU backends run the encoder in f32".into());
         }
         let o = &self.objectives;
         if !(o.itc.enabled || o.itm.enabled || o.itg.enabled) {

@@ -2,4 +2,5 @@
 
 pub mod batch_file;
 pub mod safetensors_io;
+pub mod source;
 pub mod weights;

@@ -12,6 +12,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 
 use super::safetensors_io::{write_atomic, OwnedTensor, SafetensorsFile};
+use super::source::transpose;
 use crate::error::{Error, Result};
 use crate::model::{QFormer, QFormerConfig};
 
@@ -85,17 +86,6 @@ fn to_file_layout<B: Backend, const D: usize>(t: Tensor<B, D>, layout: Layout) -
     let shape = if layout == Layout::Scalar { vec![] } else { t.dims().to_vec() };
     let values = t.into_data().convert::<f32>().to_vec::<f32>().expect("f32 data");
     OwnedTensor::f32(shape, &values)
-}
-
-/// `[rows, cols]` row-major to `[cols, rows]` row-major.
-fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0.0; values.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = values[r * cols + c];
-        }
-    }
-    out
 }
 
 /// Parameter names in file order.

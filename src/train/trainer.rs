@@ -121,7 +121,10 @@ impl BackendJob for TrainJob {
             }
             None => None,
         };
-        let vit = Vit::<B::InnerBackend>::random(&cfg.encoder, &device);
+        let (vit, report) = Vit::<B::InnerBackend>::build(&cfg.encoder, &device)?;
+        if let Some(r) = report {
+            eprintln!("{}", r.summary());
+        }
 
         let run_dir = cfg.checkpoint.dir.join(&self.run_name);
         std::fs::create_dir_all(&run_dir).map_err(|e| Error::io(&run_dir, e))?;

@@ -1,0 +1,117 @@
+//! Frozen-encoder parity with Hugging Face (`tools/make_encoder_fixtures.py`): a CLIP ViT from
+//! `CLIPVisionModel` safetensors, an EVA ViT from `Blip2VisionModel` safetensors and from a
+//! LAVIS-named PyTorch pickle, at the checkpoint's resolution and at a larger one (bicubic
+//! position interpolation). Tolerance: every feature within 1e-4 of the largest |feature|.
+
+use std::path::{Path, PathBuf};
+
+use burn::backend::Flex;
+use burn::tensor::{Tensor, TensorData};
+use qformer::interop::safetensors_io::SafetensorsFile;
+use qformer::interop::source::TensorSource;
+use qformer::model::vit::{bicubic_resize, Precision, Vit, VitConfig, VitKind};
+
+type B = Flex;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/encoders").join(name)
+}
+
+fn config(kind: VitKind, image_size: usize, depth: usize, weights: &str) -> VitConfig {
+    VitConfig {
+        kind,
+        image_size,
+        patch_size: 8,
+        width: 32,
+        depth,
+        heads: 4,
+        mlp_ratio: 4.0,
+        seed: 0,
+        layer_norm_eps: None,
+        weights: Some(fixture(weights)),
+        precision: Precision::F32,
+    }
+}
+
+/// Runs the encoder of `cfg` on the stored pixels and compares with the stored features.
+fn check(cfg: &VitConfig, pixels: &str, expected: &str) -> f32 {
+    let device = Default::default();
+    let (vit, report) = Vit::<B>::build(cfg, &device).unwrap();
+    let report = report.unwrap();
+    let file = SafetensorsFile::open(&fixture("expected.safetensors")).unwrap();
+    let (shape, values) = file.f32(pixels).unwrap();
+    let out = vit.forward(Tensor::from_data(TensorData::new(values, shape), &device));
+    let (want_shape, want) = file.f32(expected).unwrap();
+    assert_eq!(out.dims().to_vec(), want_shape, "{expected}: shape");
+    let got = out.into_data().to_vec::<f32>().unwrap();
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let err = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
+    eprintln!("{expected}: max error {err:.2e} of the largest feature");
+    assert!(err < 1e-4, "{expected}: max error {err:e} of the largest feature ({})", report.summary());
+    err
+}
+
+#[test]
+fn clip_penultimate_layer_matches_hf() {
+    check(&config(VitKind::Clip, 32, 2, "clip.safetensors"), "pixels_32", "clip_32");
+}
+
+#[test]
+fn clip_with_interpolated_positions_matches_hf() {
+    check(&config(VitKind::Clip, 48, 2, "clip.safetensors"), "pixels_48", "clip_48");
+}
+
+#[test]
+fn eva_from_hf_blip2_names_matches_hf() {
+    check(&config(VitKind::Eva, 32, 2, "eva_hf.safetensors"), "pixels_32", "eva_32");
+    check(&config(VitKind::Eva, 32, 1, "eva_hf.safetensors"), "pixels_32", "eva_32_depth1");
+}
+
+#[test]
+fn eva_from_lavis_pickle_matches_hf() {
+    check(&config(VitKind::Eva, 32, 2, "eva_lavis.pth"), "pixels_32", "eva_32");
+    check(&config(VitKind::Eva, 48, 2, "eva_lavis.pth"), "pixels_48", "eva_48");
+}
+
+#[test]
+fn unused_tensors_are_reported() {
+    let device = Default::default();
+    // One of the two blocks, as LAVIS keeps 39 of EVA's 40; ln_vision belongs to the Q-Former.
+    let (_, report) = Vit::<B>::build(&config(VitKind::Eva, 32, 1, "eva_lavis.pth"), &device).unwrap();
+    let unused = report.unwrap().unused;
+    assert!(unused.iter().any(|n| n.starts_with("visual_encoder.blocks.1.")), "{unused:?}");
+    assert!(unused.contains(&"ln_vision.weight".to_string()));
+    assert!(!unused.iter().any(|n| n.starts_with("visual_encoder.blocks.0.")));
+}
+
+#[test]
+fn wrong_family_or_shape_is_refused_by_name() {
+    let device = Default::default();
+    let err = Vit::<B>::build(&config(VitKind::Eva, 32, 2, "clip.safetensors"), &device).err().unwrap().to_string();
+    assert!(err.contains("clip") && err.contains("encoder.kind"), "{err}");
+    let mut wide = config(VitKind::Clip, 32, 2, "clip.safetensors");
+    wide.width = 64;
+    wide.heads = 4;
+    let err = Vit::<B>::build(&wide, &device).err().unwrap().to_string();
+    assert!(err.contains("patch_embedding.weight") && err.contains("shape"), "{err}");
+    let mut deep = config(VitKind::Eva, 32, 3, "eva_hf.safetensors");
+    deep.depth = 3;
+    let err = Vit::<B>::build(&deep, &device).err().unwrap().to_string();
+    assert!(err.contains("encoder.layers.2"), "{err}");
+}
+
+#[test]
+fn pickles_are_read_without_running_code() {
+    // The LAVIS file's non-tensor entries (an epoch counter) are skipped by the top-level key.
+    let src = TensorSource::open(&fixture("eva_lavis.pth")).unwrap();
+    assert!(src.contains("visual_encoder.blocks.0.attn.q_bias"));
+    assert!(!src.contains("epoch"));
+}
+
+#[test]
+fn bicubic_resize_keeps_a_constant_and_a_same_size_grid() {
+    let grid: Vec<f32> = (0..16).map(|i| i as f32 * 0.5).collect();
+    assert_eq!(bicubic_resize(&grid, 4, 4, 1), grid);
+    let flat = bicubic_resize(&[2.5; 9], 3, 7, 1);
+    assert!(flat.iter().all(|v| (v - 2.5).abs() < 1e-6), "{flat:?}");
+}
