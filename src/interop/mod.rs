@@ -1,6 +1,7 @@
 //! Files shared with other tools: Q-Former weights under Hugging Face names, and batch files.
 
 pub mod batch_file;
+pub mod bert;
 pub mod safetensors_io;
 pub mod source;
 pub mod weights;

@@ -29,6 +29,12 @@ pub struct TensorSource {
     inner: Inner,
 }
 
+impl From<SafetensorsFile> for TensorSource {
+    fn from(file: SafetensorsFile) -> Self {
+        Self { path: file.path.clone(), inner: Inner::Safetensors(file) }
+    }
+}
+
 impl TensorSource {
     /// Opens by extension: `.safetensors`, or a PyTorch checkpoint. A PyTorch file whose top level
     /// is a dict with a `model` (LAVIS) or `state_dict` entry is read from that entry.

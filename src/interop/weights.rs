@@ -12,7 +12,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 
 use super::safetensors_io::{write_atomic, OwnedTensor, SafetensorsFile};
-use super::source::transpose;
+use super::source::{transpose, TensorSource};
 use crate::error::{Error, Result};
 use crate::model::{QFormer, QFormerConfig};
 
@@ -148,6 +148,106 @@ pub fn read_config(file: &SafetensorsFile) -> Result<QFormerConfig> {
     QFormerConfig::from_json(json, &file.path.display().to_string())
 }
 
+/// Where one model parameter comes from in a foreign file.
+pub struct Mapped {
+    pub name: String,
+    /// The file may hold fewer leading rows than the model (a vocabulary without `[DEC]`) or more
+    /// (a longer position table); the model's own values fill any rows the file lacks.
+    pub partial_rows: bool,
+}
+
+impl Mapped {
+    pub fn exact(name: impl Into<String>) -> Self {
+        Self { name: name.into(), partial_rows: false }
+    }
+}
+
+/// What a mapped load did: parameters it left at their initial values, file tensors it ignored.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    pub loaded: usize,
+    pub kept: Vec<String>,
+    pub unused: Vec<String>,
+}
+
+/// Replaces the parameters of `model` for which `map` names a tensor in `src` (layouts converted,
+/// shapes checked, the tensor named on any mismatch). A mapped tensor missing from the file is an
+/// error; parameters that `map` skips keep their values.
+pub fn load_mapped<B: Backend>(
+    mut model: QFormer<B>,
+    src: &TensorSource,
+    map: impl Fn(&str) -> Option<Mapped>,
+    device: &B::Device,
+) -> Result<(QFormer<B>, LoadReport)> {
+    struct Load<'a, B: Backend, F> {
+        src: &'a TensorSource,
+        map: F,
+        device: &'a B::Device,
+        report: LoadReport,
+        used: HashSet<String>,
+        error: Option<Error>,
+    }
+    impl<B: Backend, F: Fn(&str) -> Option<Mapped>> ParamVisitor<B> for Load<'_, B, F> {
+        fn visit<const D: usize>(&mut self, name: &str, p: &mut Param<Tensor<B, D>>, layout: Layout) {
+            if self.error.is_some() {
+                return;
+            }
+            let Some(m) = (self.map)(name) else {
+                self.report.kept.push(name.to_string());
+                return;
+            };
+            match read_param(self.src, &m, p.val(), layout, self.device) {
+                Ok(t) => {
+                    *p = Param::initialized(p.id, t.require_grad());
+                    self.used.insert(m.name);
+                    self.report.loaded += 1;
+                }
+                Err(e) => self.error = Some(e),
+            }
+        }
+    }
+    let mut loader = Load::<B, _> { src, map, device, report: LoadReport::default(), used: HashSet::new(), error: None };
+    visit_params(&mut model, &mut loader);
+    if let Some(e) = loader.error {
+        return Err(e);
+    }
+    let mut report = loader.report;
+    report.unused = src.names().into_iter().filter(|n| !loader.used.contains(n)).collect();
+    Ok((model, report))
+}
+
+/// One parameter from the file, converted to burn's layout.
+fn read_param<B: Backend, const D: usize>(src: &TensorSource, m: &Mapped, current: Tensor<B, D>, layout: Layout, device: &B::Device) -> Result<Tensor<B, D>> {
+    let name = &m.name;
+    let want = current.dims().to_vec();
+    let file = src.get(name)?;
+    let file_shape: Vec<usize> = match layout {
+        Layout::Same => want.clone(),
+        Layout::Transposed => vec![want[1], want[0]],
+        Layout::Scalar => vec![],
+    };
+    let mismatch = || Error::file(&src.path, format!("tensor `{name}` has shape {:?}, the model needs {file_shape:?}", file.shape));
+    // A [1] temperature is accepted as well as a 0-D one.
+    if layout == Layout::Scalar && (file.shape.is_empty() || file.shape == [1]) {
+        return Ok(Tensor::from_data(TensorData::new(file.values, want), device));
+    }
+    if file.shape == file_shape {
+        // Transposed on the host so the parameter is contiguous, exactly like one that training
+        // produced: a strided view takes other matmul kernels, whose rounding differs, and a
+        // resumed run would drift from an uninterrupted one.
+        let values = if layout == Layout::Transposed { transpose(&file.values, file_shape[0], file_shape[1]) } else { file.values };
+        return Ok(Tensor::from_data(TensorData::new(values, want), device));
+    }
+    if !(m.partial_rows && layout == Layout::Same && file.shape.len() == want.len() && file.shape[1..] == want[1..]) {
+        return Err(mismatch());
+    }
+    let row: usize = want[1..].iter().product();
+    let rows = file.shape[0].min(want[0]);
+    let mut values = current.into_data().convert::<f32>().to_vec::<f32>().expect("f32 data");
+    values[..rows * row].copy_from_slice(&file.values[..rows * row]);
+    Ok(Tensor::from_data(TensorData::new(values, want), device))
+}
+
 /// Loads a model. Every parameter must be present with its exact shape, and the file must hold
 /// nothing else: a partial or mismatched load is refused, naming the tensor.
 pub fn load_weights<B: Backend>(path: &Path, cfg: Option<&QFormerConfig>, device: &B::Device) -> Result<(QFormer<B>, QFormerConfig)> {
@@ -156,54 +256,10 @@ pub fn load_weights<B: Backend>(path: &Path, cfg: Option<&QFormerConfig>, device
         Some(c) => c.clone(),
         None => read_config(&file)?,
     };
-    let mut model = QFormer::new(&cfg, device);
-    struct Load<'a, B: Backend> {
-        file: &'a SafetensorsFile,
-        device: &'a B::Device,
-        seen: HashSet<String>,
-        error: Option<Error>,
-    }
-    impl<B: Backend> ParamVisitor<B> for Load<'_, B> {
-        fn visit<const D: usize>(&mut self, name: &str, p: &mut Param<Tensor<B, D>>, layout: Layout) {
-            if self.error.is_some() {
-                return;
-            }
-            self.seen.insert(name.to_string());
-            let want = p.val().dims().to_vec();
-            let result = self.file.f32(name).and_then(|(shape, values)| {
-                let file_shape: Vec<usize> = match layout {
-                    Layout::Same => want.clone(),
-                    Layout::Transposed => vec![want[1], want[0]],
-                    Layout::Scalar => vec![],
-                };
-                // A [1] temperature is accepted as well as a 0-D one.
-                let ok = shape == file_shape || (layout == Layout::Scalar && shape == [1]);
-                if !ok {
-                    return Err(Error::file(
-                        &self.file.path,
-                        format!("tensor `{name}` has shape {shape:?}, the model needs {file_shape:?}"),
-                    ));
-                }
-                // Transposed on the host so the parameter is contiguous, exactly like one that
-                // training produced: a strided view takes other matmul kernels, whose rounding
-                // differs, and a resumed run would drift from an uninterrupted one.
-                let values = if layout == Layout::Transposed { transpose(&values, file_shape[0], file_shape[1]) } else { values };
-                Ok(Tensor::<B, D>::from_data(TensorData::new(values, want.clone()), self.device))
-            });
-            match result {
-                Ok(t) => *p = Param::initialized(p.id, t.require_grad()),
-                Err(e) => self.error = Some(e),
-            }
-        }
-    }
-    let mut loader = Load::<B> { file: &file, device, seen: HashSet::new(), error: None };
-    visit_params(&mut model, &mut loader);
-    if let Some(e) = loader.error {
-        return Err(e);
-    }
-    let extra: Vec<String> = file.names()?.into_iter().filter(|n| !loader.seen.contains(n)).collect();
-    if !extra.is_empty() {
-        return Err(Error::file(path, format!("tensors the model does not have: {}", extra.join(", "))));
+    let src = TensorSource::from(file);
+    let (model, report) = load_mapped(QFormer::new(&cfg, device), &src, |n| Some(Mapped::exact(n)), device)?;
+    if !report.unused.is_empty() {
+        return Err(Error::file(path, format!("tensors the model does not have: {}", report.unused.join(", "))));
     }
     Ok((model, cfg))
 }
