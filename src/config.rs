@@ -11,6 +11,7 @@ use crate::data::images::AugmentConfig;
 use crate::error::{Error, Result};
 use crate::model::vit::{Precision, VitConfig};
 use crate::model::QFormerConfig;
+use crate::interop::pretrained::InitConfig;
 use crate::objectives::ObjectiveConfig;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -18,6 +19,9 @@ use crate::objectives::ObjectiveConfig;
 pub struct TrainConfig {
     pub model: QFormerConfig,
     pub encoder: VitConfig,
+    /// Starting weights of a fresh run (BERT or a whole Q-Former); ignored on resume.
+    #[serde(default)]
+    pub init: InitConfig,
     pub data: DataConfig,
     #[serde(default)]
     pub text: TextConfig,
@@ -313,6 +317,7 @@ impl TrainConfig {
         let err = |key: &str, msg: String| Err(Error::config(key, msg, source));
         self.model.validate(source)?;
         self.encoder.validate(source)?;
+        self.init.validate(source)?;
         if self.encoder.width != self.model.encoder_hidden_size {
             return err("encoder.width", format!("must equal model.encoder_hidden_size ({})", self.model.encoder_hidden_size));
         }

@@ -11,5 +11,6 @@ pub mod interop;
 pub mod model;
 pub mod objectives;
 pub mod train;
+pub mod trained;
 
 pub use error::{Error, Result};

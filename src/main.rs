@@ -9,6 +9,9 @@ use qformer::backend::{dispatch, BackendKind};
 use qformer::bench::Bench;
 use qformer::check_loss::CheckLoss;
 use qformer::config::TrainConfig;
+use qformer::interop::hf;
+use qformer::trained::Trained;
+use burn::backend::Flex;
 use qformer::data::synth;
 use qformer::train::ablate::ablate;
 use qformer::train::trainer::TrainJob;
@@ -96,6 +99,22 @@ enum Command {
         /// Sample negatives with this seed when the batch has none (default: hardest negative).
         #[arg(long)]
         sample_seed: Option<u64>,
+    },
+    /// Export a trained Q-Former for Hugging Face `Blip2ForImageTextRetrieval`.
+    Export {
+        /// A run folder (its latest checkpoint) or a step folder.
+        #[arg(long, conflicts_with = "config")]
+        checkpoint: Option<PathBuf>,
+        /// Or a config whose [init] names the weights (e.g. a LAVIS checkpoint).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long = "set")]
+        overrides: Vec<String>,
+        /// Output format; `hf` is the one there is.
+        #[arg(long, default_value = "hf", value_parser = ["hf"])]
+        format: String,
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Time training steps (loss, backward, AdamW) on random features.
     Bench {
@@ -185,6 +204,19 @@ fn main() -> Result<()> {
             let job = CheckLoss { weights, batch, config, grads, objectives, itc_gradient, sample_seed };
             let report = dispatch(cli.backend, job).context("check-loss failed")?;
             println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        Command::Export { checkpoint, config, overrides, format: _, out } => {
+            let device = Default::default();
+            let trained = match (checkpoint, config) {
+                (Some(dir), None) => Trained::<Flex>::from_checkpoint(&dir, &device)?,
+                (None, Some(path)) => Trained::<Flex>::from_config(TrainConfig::load(&path, &overrides)?, &device)?,
+                _ => bail!("pass --checkpoint DIR or --config FILE"),
+            };
+            for m in &trained.messages {
+                eprintln!("{m}");
+            }
+            let e = hf::export(&trained.model, &trained.cfg.model, &trained.vit, &trained.cfg.encoder, &out)?;
+            println!("wrote {} ({} tensors, {}), {} and {} ({} tensors: temperature and ITG head)", e.dir.join(hf::MODEL_FILE).display(), e.hf_tensors, if e.vision_included { "vision model included" } else { "no vision model: HF's BLIP-2 vision tower cannot hold a CLIP ViT" }, hf::CONFIG_FILE, hf::SIDECAR_FILE, e.sidecar_tensors);
         }
         Command::Bench { preset, batch, image_tokens, text_len, warmup, steps, sets, seed, json } => {
             let sets = sets

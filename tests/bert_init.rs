@@ -1,5 +1,5 @@
 //! BERT initialisation. With the real pretrained all-MiniLM-L6-v2 (fetched by
-//! `tools/fetch_minilm.sh`, which `.ci/run` calls), a text-only pass of the initialised Q-Former
+//! `tools/fetch_minilm.py`, which `.ci/run` calls), a text-only pass of the initialised Q-Former
 //! must reproduce `transformers.BertModel`'s last hidden states (`tools/make_bert_fixtures.py`):
 //! exactly BERT's with `token_type = "fold"`, BERT's minus its token-type embedding with LAVIS's
 //! `drop`. Tolerance: every value within 1e-5 of the largest |value| (outputs are LayerNormed, so
@@ -24,7 +24,7 @@ fn root() -> &'static Path {
 
 fn minilm() -> PathBuf {
     let path = root().join("target/assets/minilm/model.safetensors");
-    assert!(path.exists(), "{} is missing: run tools/fetch_minilm.sh (the README's test command does)", path.display());
+    assert!(path.exists(), "{} is missing: run tools/fetch_minilm.py (the README's test command does)", path.display());
     path
 }
 

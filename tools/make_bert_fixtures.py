@@ -3,14 +3,14 @@
 
 - `minilm_expected.safetensors`: token ids and masks of four sentences (the shipped
   bert-base-uncased vocab, padded to 16) and the last hidden states of the real pretrained
-  all-MiniLM-L6-v2 (`tools/fetch_minilm.sh`) run by `transformers.BertModel`:
+  all-MiniLM-L6-v2 (`tools/fetch_minilm.py`) run by `transformers.BertModel`:
   `hidden_fold` with its token-type embedding as it is (every token has type 0), and
   `hidden_drop` with that embedding zeroed, which is what LAVIS's Q-Former (no token types)
   computes after initialisation.
 - `mlm_tiny.safetensors`: a small random `BertForMaskedLM` (keys with the `bert.` prefix and the
   MLM head `cls.predictions.*`), to check the head mapping and the prefix handling.
 
-    tools/fetch_minilm.sh && /path/to/venv/bin/python tools/make_bert_fixtures.py
+    tools/fetch_minilm.py && /path/to/venv/bin/python tools/make_bert_fixtures.py
 """
 import os
 

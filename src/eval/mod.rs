@@ -1,3 +1,4 @@
 //! Evaluation on held-out data.
 
 pub mod retrieval;
+pub mod scoring;

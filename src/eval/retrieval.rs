@@ -7,8 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::loader::EvalSet;
 use crate::model::vit::Vit;
 use crate::model::QFormer;
-use crate::objectives::itc::normalize;
-use crate::objectives::AttentionMask;
+use super::scoring::{image_embeds, itc_similarities, text_embeds};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Recall {
@@ -44,31 +43,20 @@ pub fn recall(sims: &[f32], images: usize, caption_image: &[usize]) -> Recall {
 /// Embeds every held-out image and caption (eval mode) and ranks by ITC similarity.
 pub fn itc_recall<B: Backend>(model: &QFormer<B>, vit: &Vit<B>, set: &EvalSet, image_size: usize, chunk: usize) -> Recall {
     let device = model.query_tokens.device();
-    let q = model.num_query;
     let plane = 3 * image_size * image_size;
-    let mut image_embeds = Vec::new();
+    let mut images = Vec::new();
     for start in (0..set.images).step_by(chunk) {
         let n = chunk.min(set.images - start);
         let px = set.pixels[start * plane..(start + n) * plane].to_vec();
         let feats = vit.forward(Tensor::from_data(TensorData::new(px, [n, 3, image_size, image_size]), &device));
-        let kv = model.image_key_values(feats);
-        let hidden = model.encode(model.embed(Some(model.queries(n)), None, false), q, None, &kv, None, false).hidden;
-        image_embeds.push(normalize(model.project_image(hidden)));
+        images.push(image_embeds(model, feats).0);
     }
     let texts = set.captions.batch_size();
-    let mut text_embeds = Vec::new();
-    for start in (0..texts).step_by(chunk) {
-        let rows: Vec<usize> = (start..(start + chunk).min(texts)).collect();
-        let text = set.captions.select(&rows);
-        let mask = AttentionMask::unimodal(0, &text.mask).to_additive::<B>(&device);
-        let hidden = model.encode(model.embed(None, Some(text.ids_tensor(&device)), false), 0, Some(mask), &[], None, false).hidden;
-        let [n, _, d] = hidden.dims();
-        text_embeds.push(normalize(model.project_text(hidden.slice([0..n, 0..1, 0..d]).reshape([n, d]))));
-    }
-    let image = Tensor::cat(image_embeds, 0);
-    let text = Tensor::cat(text_embeds, 0);
-    let [i, _, e] = image.dims();
-    let sims = image.reshape([i * q, e]).matmul(text.transpose()).reshape([i, q, texts]).max_dim(1).reshape([i, texts]);
+    let text: Vec<_> = (0..texts)
+        .step_by(chunk)
+        .map(|start| text_embeds(model, &set.captions.select(&(start..(start + chunk).min(texts)).collect::<Vec<_>>())))
+        .collect();
+    let sims = itc_similarities(Tensor::cat(images, 0), Tensor::cat(text, 0));
     let sims = sims.into_data().convert::<f32>().to_vec::<f32>().expect("f32");
     recall(&sims, set.images, &set.caption_image)
 }

@@ -2,6 +2,9 @@
 
 pub mod batch_file;
 pub mod bert;
+pub mod hf;
+pub mod lavis;
+pub mod pretrained;
 pub mod safetensors_io;
 pub mod source;
 pub mod weights;

@@ -105,8 +105,8 @@ fn metadata(cfg: &QFormerConfig) -> HashMap<String, String> {
     HashMap::from([("format".to_string(), "pt".to_string()), ("config".to_string(), cfg.to_json())])
 }
 
-/// Writes the model's weights (atomically) with its config in the metadata.
-pub fn save_weights<B: Backend>(model: &QFormer<B>, cfg: &QFormerConfig, path: &Path) -> Result<()> {
+/// Every parameter in the file layout, under our names, in file order.
+pub fn named_tensors<B: Backend>(model: &QFormer<B>) -> Vec<(String, OwnedTensor)> {
     struct Collect(Vec<(String, OwnedTensor)>);
     impl<B: Backend> ParamVisitor<B> for Collect {
         fn visit<const D: usize>(&mut self, name: &str, p: &mut Param<Tensor<B, D>>, layout: Layout) {
@@ -115,7 +115,12 @@ pub fn save_weights<B: Backend>(model: &QFormer<B>, cfg: &QFormerConfig, path: &
     }
     let mut out = Collect(Vec::new());
     visit_params(&mut model.clone(), &mut out);
-    write_atomic(path, out.0, metadata(cfg))
+    out.0
+}
+
+/// Writes the model's weights (atomically) with its config in the metadata.
+pub fn save_weights<B: Backend>(model: &QFormer<B>, cfg: &QFormerConfig, path: &Path) -> Result<()> {
+    write_atomic(path, named_tensors(model), metadata(cfg))
 }
 
 /// Writes d(loss)/d(parameter) for every parameter under the weights' names. A parameter the loss

@@ -307,7 +307,8 @@ impl<B: Backend> Vit<B> {
             compute: None,
         };
         let used = used.into_inner();
-        let unused = src.names().into_iter().filter(|k| !used.contains(k)).collect();
+        // In a whole-model file (LAVIS, HF BLIP-2) only the encoder's own part is reported.
+        let unused = src.names().into_iter().filter(|k| k.starts_with(n.prefix()) && !used.contains(k)).collect();
         Ok((vit, LoadReport { path: src.path.clone(), format: n.describe(), unused, interpolated_from }))
     }
 

@@ -133,8 +133,9 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// Config keys that may change when a run resumes (extending it, changing how often it logs).
-const RESUMABLE_CHANGES: [&str; 7] = ["train.steps", "train.epochs", "train.run_name", "checkpoint", "log", "eval", "data.prefetch"];
+/// Config keys that may change when a run resumes (extending it, changing how often it logs;
+/// starting weights only matter to a fresh run).
+const RESUMABLE_CHANGES: [&str; 8] = ["train.steps", "train.epochs", "train.run_name", "checkpoint", "log", "eval", "data.prefetch", "init"];
 
 fn flatten(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, String>) {
     match v {

@@ -21,6 +21,7 @@ use crate::data::synth;
 use crate::data::text::TextEncoder;
 use crate::error::{Error, Result};
 use crate::eval::retrieval::{itc_recall, Recall};
+use crate::trained::fresh_model;
 use crate::interop::safetensors_io::{write_atomic, SafetensorsFile};
 use crate::interop::weights::{load_weights, save_weights};
 use crate::model::qformer::TEMP_RANGE;
@@ -29,7 +30,6 @@ use crate::model::{scalar, QFormer};
 use crate::objectives::{stage1_loss, NegativeSampler, Stage1Batch};
 
 /// Stream tags that keep the seeds of the different random consumers apart.
-const INIT_STREAM: u64 = 0x1417;
 const SAMPLER_STREAM: u64 = 0x5a3b_1e00;
 
 pub struct TrainJob {
@@ -153,8 +153,10 @@ impl BackendJob for TrainJob {
                 (model, optim, state)
             }
             None => {
-                B::seed(&device, mix(seed, INIT_STREAM));
-                let model = QFormer::<B>::new(&cfg.model, &device);
+                let (model, lines) = fresh_model::<B>(&cfg, &device)?;
+                for line in lines {
+                    eprintln!("{line}");
+                }
                 let optim = AdamW::new(&cfg.optim, &model);
                 (model, optim, TrainState { seed, ..Default::default() })
             }

@@ -1,0 +1,58 @@
+//! A Q-Former with its frozen encoder and config, ready for inference or export: from a training
+//! checkpoint (verified), or built fresh from a config (its `[init]` weights, else random).
+
+use std::path::Path;
+
+use burn::tensor::backend::Backend;
+
+use crate::config::TrainConfig;
+use crate::data::loader::mix;
+use crate::error::{Error, Result};
+use crate::interop::pretrained;
+use crate::interop::weights::load_weights;
+use crate::model::vit::Vit;
+use crate::model::QFormer;
+use crate::train::checkpoint::{self, CONFIG_FILE, MODEL_FILE};
+
+/// Seed stream of a fresh model's random initialisation.
+const INIT_STREAM: u64 = 0x1417;
+
+/// A fresh model for `cfg`: random from (`train.seed`, init stream), then `[init]` applied.
+/// Returns log lines about what was loaded.
+pub fn fresh_model<B: Backend>(cfg: &TrainConfig, device: &B::Device) -> Result<(QFormer<B>, Vec<String>)> {
+    B::seed(device, mix(cfg.train.seed, INIT_STREAM));
+    pretrained::apply(QFormer::new(&cfg.model, device), &cfg.model, &cfg.init, device)
+}
+
+pub struct Trained<B: Backend> {
+    pub cfg: TrainConfig,
+    pub model: QFormer<B>,
+    pub vit: Vit<B>,
+    /// What was loaded from where, for the log.
+    pub messages: Vec<String>,
+}
+
+impl<B: Backend> Trained<B> {
+    /// From a run folder (its latest checkpoint) or a step folder; checksums are verified.
+    pub fn from_checkpoint(path: &Path, device: &B::Device) -> Result<Self> {
+        let dir = checkpoint::resolve(path)?;
+        let cfg = TrainConfig::load(&dir.join(CONFIG_FILE), &[])?;
+        let state = checkpoint::verify(&dir, &cfg)?;
+        let (model, _) = load_weights::<B>(&dir.join(MODEL_FILE), Some(&cfg.model), device)?;
+        let mut messages = vec![format!("checkpoint {} (step {})", dir.display(), state.step)];
+        let (vit, report) = Vit::build(&cfg.encoder, device)?;
+        messages.extend(report.map(|r| r.summary()));
+        Ok(Self { cfg, model, vit, messages })
+    }
+
+    /// A model as a fresh run of `cfg` would start it.
+    pub fn from_config(cfg: TrainConfig, device: &B::Device) -> Result<Self> {
+        if cfg.init.bert.is_none() && cfg.init.weights.is_none() {
+            return Err(Error::config("init.weights", "the config names no weights (set init.weights, or pass a checkpoint)", "config"));
+        }
+        let (model, mut messages) = fresh_model(&cfg, device)?;
+        let (vit, report) = Vit::build(&cfg.encoder, device)?;
+        messages.extend(report.map(|r| r.summary()));
+        Ok(Self { cfg, model, vit, messages })
+    }
+}

@@ -1,0 +1,135 @@
+//! LAVIS import, Hugging Face export and import (fixtures: `tools/make_lavis_fixture.py`,
+//! `qformer export --config tests/fixtures/lavis/continue.toml --out tests/fixtures/hf_export`,
+//! then `tools/check_hf_export.py`, which loads that export in `transformers` with no missing or
+//! unexpected keys and records HF's outputs).
+//!
+//! Tolerances: tensor mappings are exact; outputs (ITM logits, ITC cosine similarities) within
+//! 1e-5 of the largest |value|.
+
+use std::path::{Path, PathBuf};
+
+use burn::backend::Flex;
+use burn::tensor::{Tensor, TensorData};
+use qformer::backend::{dispatch, BackendKind};
+use qformer::config::TrainConfig;
+use qformer::eval::scoring::{image_embeds, itc_similarities, itm_logits, text_embeds};
+use qformer::interop::hf::{self, hf_name, sidecar_name};
+use qformer::interop::safetensors_io::SafetensorsFile;
+use qformer::interop::weights::named_tensors;
+use qformer::objectives::TextBatch;
+use qformer::trained::Trained;
+use qformer::train::trainer::TrainJob;
+
+type B = Flex;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn fixture(p: &str) -> PathBuf {
+    root().join("tests/fixtures").join(p)
+}
+
+fn config(overrides: &[String]) -> TrainConfig {
+    std::env::set_current_dir(root()).unwrap();
+    TrainConfig::load(&fixture("lavis/continue.toml"), overrides).unwrap()
+}
+
+fn lavis_model() -> Trained<B> {
+    Trained::from_config(config(&[]), &Default::default()).unwrap()
+}
+
+fn as_f32(t: &qformer::interop::safetensors_io::OwnedTensor) -> Vec<f32> {
+    t.bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+fn max_rel_error(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    got.iter().zip(want).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale
+}
+
+#[test]
+fn lavis_checkpoint_maps_to_hf_names_exactly() {
+    let trained = lavis_model();
+    let expected = SafetensorsFile::open(&fixture("lavis/expected_hf.safetensors")).unwrap();
+    let mut checked = 0;
+    for (ours, tensor) in named_tensors(&trained.model) {
+        let name = hf_name(&ours).or_else(|| sidecar_name(&ours)).unwrap();
+        let (shape, want) = expected.f32(&name).unwrap_or_else(|e| panic!("{ours}: {e}"));
+        assert_eq!(tensor.shape, shape, "{ours}");
+        assert_eq!(as_f32(&tensor), want, "{ours} differs from LAVIS `{name}`");
+        checked += 1;
+    }
+    assert_eq!(checked, expected.names().unwrap().len(), "every LAVIS Q-Former tensor is used");
+}
+
+#[test]
+fn export_is_the_one_hf_loaded_and_gives_hf_outputs() {
+    let trained = lavis_model();
+    let out = std::env::temp_dir().join(format!("qformer-export-{}", std::process::id()));
+    let e = hf::export(&trained.model, &trained.cfg.model, &trained.vit, &trained.cfg.encoder, &out).unwrap();
+    assert!(e.vision_included);
+    // Byte for byte the tensors and config that tools/check_hf_export.py loaded into HF.
+    for file in [hf::MODEL_FILE, hf::SIDECAR_FILE] {
+        let (a, b) = (SafetensorsFile::open(&out.join(file)).unwrap(), SafetensorsFile::open(&fixture("hf_export").join(file)).unwrap());
+        let mut names = a.names().unwrap();
+        names.sort();
+        let mut committed = b.names().unwrap();
+        committed.sort();
+        assert_eq!(names, committed, "{file}");
+        for n in &names {
+            assert_eq!(a.f32(n).unwrap(), b.f32(n).unwrap(), "{file}: {n}");
+        }
+        assert_eq!(a.metadata().unwrap().get("format").map(String::as_str), Some("pt"));
+    }
+    let json = |p: PathBuf| serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(p).unwrap()).unwrap();
+    assert_eq!(json(out.join(hf::CONFIG_FILE)), json(fixture("hf_export/config.json")));
+    let _ = std::fs::remove_dir_all(&out);
+
+    // Our ITM logits and ITC similarities on the same inputs equal HF's.
+    let device = Default::default();
+    let inputs = SafetensorsFile::open(&fixture("lavis/inputs.safetensors")).unwrap();
+    let (shape, pixels) = inputs.f32("pixel_values").unwrap();
+    let (ishape, ids) = inputs.i64("input_ids").unwrap();
+    let (_, mask) = inputs.i64("attention_mask").unwrap();
+    let rows = |v: &[i64]| v.chunks(ishape[1]).map(<[i64]>::to_vec).collect::<Vec<_>>();
+    let text = TextBatch::new(rows(&ids), rows(&mask), trained.cfg.model.vocab_size).unwrap();
+    let feats = trained.vit.forward(Tensor::from_data(TensorData::new(pixels, shape), &device));
+    let (images, kv) = image_embeds(&trained.model, feats);
+    let sims = itc_similarities(images, text_embeds(&trained.model, &text)).into_data().to_vec::<f32>().unwrap();
+    let itm = itm_logits(&trained.model, &kv, &text).into_data().to_vec::<f32>().unwrap();
+    let hf_out = SafetensorsFile::open(&fixture("hf_export/hf_outputs.safetensors")).unwrap();
+    for (name, ours) in [("itc_similarities", sims), ("itm_logits", itm)] {
+        let err = max_rel_error(&ours, &hf_out.f32(name).unwrap().1);
+        eprintln!("{name}: max error {err:.2e} of the largest value");
+        assert!(err < 1e-5, "{name}: {err:e}");
+    }
+}
+
+#[test]
+fn hf_export_imports_back_to_the_same_model() {
+    let trained = lavis_model();
+    let hf = fixture("hf_export/model.safetensors").display().to_string();
+    let back = Trained::<B>::from_config(config(&[format!("init.weights=\"{hf}\"")]), &Default::default()).unwrap();
+    assert!(back.messages[0].contains("Hugging Face"), "{:?}", back.messages);
+    for ((name, a), (_, b)) in named_tensors(&trained.model).iter().zip(named_tensors(&back.model).iter()) {
+        assert_eq!(as_f32(a), as_f32(b), "{name}");
+    }
+}
+
+#[test]
+fn lavis_checkpoint_continues_training() {
+    let dir = root().join("target/lavis-continue");
+    let _ = std::fs::remove_dir_all(&dir);
+    let cfg = config(&[]);
+    let outcome = dispatch(BackendKind::Flex, TrainJob { cfg: cfg.clone(), run_name: "continue".into(), resume: None }).unwrap();
+    assert_eq!(outcome.steps, 3);
+    assert!(outcome.last.loss.is_finite() && outcome.last.loss_itm.is_some() && outcome.last.loss_itg.is_some());
+    let metrics = std::fs::read_to_string(outcome.run_dir.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 3);
+    // The checkpoint resumes like any other.
+    let more = config(&["train.steps=4".to_string()]);
+    let resumed = dispatch(BackendKind::Flex, TrainJob { cfg: more, run_name: "continue".into(), resume: Some(outcome.run_dir.clone()) }).unwrap();
+    assert_eq!(resumed.steps, 4);
+}
