@@ -5,13 +5,15 @@ use std::time::Instant;
 
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::{Distribution, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::backend::BackendJob;
+use crate::data::feature_cache::{decode_values, encode_values, CacheDtype};
 use crate::error::{Error, Result};
+use crate::model::vit::{Vit, VitConfig};
 use crate::model::{QFormer, QFormerConfig};
 use crate::objectives::{stage1_loss, NegativeSampler, Objective, ObjectiveConfig, Stage1Batch, TextBatch};
 
@@ -26,6 +28,57 @@ pub struct Bench {
     /// Objective sets to time, e.g. `[[Itc, Itm, Itg], [Itc]]`.
     pub sets: Vec<Vec<Objective>>,
     pub seed: u64,
+    /// Where each step's image features come from.
+    pub features: BenchFeatures,
+}
+
+/// The feature source a benchmark step includes.
+#[derive(Clone, Debug)]
+pub enum BenchFeatures {
+    /// Random features, made outside the timed step (the Q-Former alone).
+    Random,
+    /// The frozen encoder of this shape (random weights, same compute) run on each batch.
+    Encoder(VitConfig),
+    /// Features read from a memory-mapped cache file and converted, as `data.features = "cache"`.
+    Cache(CacheDtype),
+}
+
+/// Produces each step's features inside the timed region (except `Random`).
+enum Source<B: AutodiffBackend> {
+    Random,
+    Encoder(Vit<B::InnerBackend>, usize),
+    Cache(memmap2::Mmap, CacheDtype, std::path::PathBuf),
+}
+
+impl<B: AutodiffBackend> Drop for Source<B> {
+    fn drop(&mut self) {
+        if let Source::Cache(_, _, path) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+fn feature_source<B: AutodiffBackend>(features: &BenchFeatures, shape: [usize; 3], seed: u64, device: &B::Device) -> Result<Source<B>> {
+    let [batch, tokens, width] = shape;
+    Ok(match features {
+        BenchFeatures::Random => Source::Random,
+        BenchFeatures::Encoder(vit) => {
+            if vit.width != width || vit.num_tokens() != tokens {
+                return Err(Error::config("encoder", format!("the encoder gives {} tokens of width {}; the bench shape has {tokens} of {width}", vit.num_tokens(), vit.width), "command line"));
+            }
+            Source::Encoder(Vit::random(vit, device), vit.image_size)
+        }
+        BenchFeatures::Cache(dtype) => {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let values: Vec<f32> = (0..batch * tokens * width).map(|_| rng.random_range(-2.0..2.0)).collect();
+            let path = std::env::temp_dir().join(format!("qformer-bench-cache-{}.bin", std::process::id()));
+            std::fs::write(&path, encode_values(&values, *dtype)).map_err(|e| Error::io(&path, e))?;
+            let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+            // SAFETY: a private temporary file that nothing else writes.
+            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
+            Source::Cache(map, *dtype, path)
+        }
+    })
 }
 
 #[derive(Debug, Serialize)]
@@ -144,12 +197,22 @@ impl BackendJob for Bench {
             let objectives = ObjectiveConfig::default().only(set);
             let mut sampler = NegativeSampler::new(self.seed);
             let mut times = Vec::with_capacity(self.steps);
+            let shape = [self.batch, self.image_tokens, cfg.encoder_hidden_size];
+            let source = feature_source::<B>(&self.features, shape, self.seed, &device)?;
             for step in 0..self.warmup + self.steps {
-                let feats = Tensor::<B, 3>::random([self.batch, self.image_tokens, cfg.encoder_hidden_size], Distribution::Normal(0.0, 1.0), &device);
                 let text = random_text(&mut rng, self.batch, self.text_len, cfg.vocab_size)?;
-                let batch = Stage1Batch::new(feats, text, None)?;
+                let random = matches!(source, Source::Random).then(|| Tensor::<B, 3>::random(shape, Distribution::Normal(0.0, 1.0), &device));
                 B::sync(&device).map_err(|e| Error::input("device", format!("{e:?}")))?;
                 let start = Instant::now();
+                let feats = match &source {
+                    Source::Random => random.expect("made above"),
+                    Source::Encoder(vit, s) => {
+                        let pixels = Tensor::random([self.batch, 3, *s, *s], Distribution::Normal(0.0, 1.0), &device);
+                        Tensor::from_inner(vit.forward(pixels))
+                    }
+                    Source::Cache(map, dtype, _) => Tensor::from_data(TensorData::new(decode_values(map, *dtype), shape), &device),
+                };
+                let batch = Stage1Batch::new(feats, text, None)?;
                 let out = stage1_loss(&model, &batch, &objectives, &mut sampler, true)?;
                 let grads = GradientsParams::from_grads(out.loss.backward(), &model);
                 model = optim.step(1e-4, model, grads);
@@ -182,7 +245,7 @@ pub fn data_throughput(cfg: &crate::config::TrainConfig, batches: usize) -> Resu
     crate::train::trainer::ensure_data(cfg)?;
     let text = Arc::new(crate::data::text::TextEncoder::load(&cfg.text.tokenizer, cfg.text.max_len, cfg.text.max_words)?);
     let data = Arc::new(Dataset::load(&cfg.data.train, cfg.data.image_root.as_deref())?);
-    let transform = Transform { image_size: cfg.encoder.image_size as u32, max_pixels: cfg.data.max_pixels, augment: Some(cfg.data.augment.clone()) };
+    let transform = Transform { image_size: cfg.encoder.image_size as u32, max_pixels: cfg.data.max_pixels, augment: cfg.data.augment.enabled.then(|| cfg.data.augment.clone()), cache: None };
     let mut loader = Prefetcher::start(data, text, transform, cfg.train.seed, 0, cfg.train.batch_size, cfg.data.prefetch);
     loader.next()?;
     let start = Instant::now();

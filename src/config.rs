@@ -11,6 +11,7 @@ use crate::data::images::AugmentConfig;
 use crate::error::{Error, Result};
 use crate::model::vit::{Precision, VitConfig};
 use crate::model::QFormerConfig;
+use crate::data::feature_cache::{CacheConfig, FeatureSource};
 use crate::interop::pretrained::InitConfig;
 use crate::objectives::ObjectiveConfig;
 
@@ -66,6 +67,12 @@ pub struct DataConfig {
     /// Training augmentation (random resized crop, flip).
     #[serde(default)]
     pub augment: AugmentConfig,
+    /// `images` (run the frozen encoder every step) or `cache` (read `[data.cache]`).
+    #[serde(default)]
+    pub features: FeatureSource,
+    /// The frozen-feature cache that `qformer cache-features` builds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheConfig>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -384,6 +391,14 @@ impl TrainConfig {
         }
         if self.data.prefetch == 0 {
             return err("data.prefetch", "must be > 0".into());
+        }
+        if self.data.features == FeatureSource::Cache && self.data.cache.is_none() {
+            return err("data.features", "\"cache\" needs a [data.cache] section (dir, dtype, views)".into());
+        }
+        if let Some(c) = &self.data.cache {
+            if c.views > 0 && !self.data.augment.enabled {
+                return err("data.cache.views", "augmented views need data.augment.enabled = true (views = 0 stores the eval transform)".into());
+            }
         }
         if self.checkpoint.every == 0 || self.checkpoint.keep == 0 {
             return err("checkpoint.every", "checkpoint.every and checkpoint.keep must be > 0".into());

@@ -2,6 +2,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod cache_features;
 pub mod check_loss;
 pub mod config;
 pub mod data;

@@ -6,7 +6,10 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 use qformer::backend::{dispatch, BackendKind};
-use qformer::bench::Bench;
+use qformer::bench::{Bench, BenchFeatures};
+use qformer::data::feature_cache::CacheDtype;
+use qformer::model::vit::VitConfig;
+use qformer::cache_features::CacheFeatures;
 use qformer::check_loss::CheckLoss;
 use qformer::config::TrainConfig;
 use qformer::interop::hf;
@@ -100,6 +103,16 @@ enum Command {
         #[arg(long)]
         sample_seed: Option<u64>,
     },
+    /// Run the frozen encoder once over a config's images and store the features in [data.cache].
+    CacheFeatures {
+        #[arg(long, default_value = "configs/tiny.toml")]
+        config: PathBuf,
+        #[arg(long = "set")]
+        overrides: Vec<String>,
+        /// Images per encoder forward.
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+    },
     /// Export a trained Q-Former for Hugging Face `Blip2ForImageTextRetrieval`.
     Export {
         /// A run folder (its latest checkpoint) or a step folder.
@@ -140,6 +153,13 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Image features per step: random (Q-Former alone), encoder (run the frozen encoder
+        /// each step), cache-f16 / cache-f32 (read from a memory-mapped feature cache).
+        #[arg(long, default_value = "random", value_parser = ["random", "encoder", "cache-f16", "cache-f32"])]
+        features: String,
+        /// Encoder shape for --features encoder: eva-g or clip-l.
+        #[arg(long, default_value = "eva-g")]
+        encoder: String,
     },
 }
 
@@ -205,6 +225,13 @@ fn main() -> Result<()> {
             let report = dispatch(cli.backend, job).context("check-loss failed")?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
+        Command::CacheFeatures { config, overrides, batch } => {
+            let cfg = TrainConfig::load(&config, &overrides)?;
+            let backend = cfg.train.backend;
+            for s in dispatch(backend, CacheFeatures { cfg, batch }).context("cache-features failed")? {
+                println!("{}: {} images, {} rows, {:.1} MB{}", s.split, s.images, s.rows, s.bytes as f64 / 1e6, if s.failed > 0 { format!(", {} images failed (their records are skipped in training)", s.failed) } else { String::new() });
+            }
+        }
         Command::Export { checkpoint, config, overrides, format: _, out } => {
             let device = Default::default();
             let trained = match (checkpoint, config) {
@@ -218,18 +245,25 @@ fn main() -> Result<()> {
             let e = hf::export(&trained.model, &trained.cfg.model, &trained.vit, &trained.cfg.encoder, &out)?;
             println!("wrote {} ({} tensors, {}), {} and {} ({} tensors: temperature and ITG head)", e.dir.join(hf::MODEL_FILE).display(), e.hf_tensors, if e.vision_included { "vision model included" } else { "no vision model: HF's BLIP-2 vision tower cannot hold a CLIP ViT" }, hf::CONFIG_FILE, hf::SIDECAR_FILE, e.sidecar_tensors);
         }
-        Command::Bench { preset, batch, image_tokens, text_len, warmup, steps, sets, seed, json } => {
+        Command::Bench { preset, batch, image_tokens, text_len, warmup, steps, sets, seed, json, features, encoder } => {
+            let label = if features == "encoder" { format!("encoder {encoder}") } else { features.clone() };
+            let features = match features.as_str() {
+                "encoder" => BenchFeatures::Encoder(VitConfig::preset(&encoder).with_context(|| format!("--encoder: unknown `{encoder}` (eva-g, clip-l)"))?),
+                "cache-f16" => BenchFeatures::Cache(CacheDtype::F16),
+                "cache-f32" => BenchFeatures::Cache(CacheDtype::F32),
+                _ => BenchFeatures::Random,
+            };
             let sets = sets
                 .split(';')
                 .map(|set| set.split(',').map(parse_objective).collect::<Result<Vec<_>, _>>().map_err(anyhow::Error::msg))
                 .collect::<Result<Vec<_>>>()?;
             let image_tokens = image_tokens.unwrap_or(if preset == "blip2" { 257 } else { 65 });
-            let job = Bench { preset: preset.clone(), batch, image_tokens, text_len, warmup, steps, sets, seed };
+            let job = Bench { preset: preset.clone(), batch, image_tokens, text_len, warmup, steps, sets, seed, features };
             let report = dispatch(cli.backend, job).context("bench failed")?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                println!("backend {:?}, preset {preset}, batch {batch}, image tokens {image_tokens}, text {text_len}, {steps} steps", cli.backend);
+                println!("backend {:?}, preset {preset}, batch {batch}, image tokens {image_tokens}, text {text_len}, {steps} steps, features {label}", cli.backend);
                 println!("{:<12} {:>10} {:>10} {:>10}", "objectives", "median ms", "min ms", "pairs/s");
                 for r in &report.steps {
                     println!("{:<12} {:>10.1} {:>10.1} {:>10.2}", r.objectives, r.median_ms, r.min_ms, r.pairs_per_s);

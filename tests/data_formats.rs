@@ -141,11 +141,11 @@ fn loader_skips_bad_images_and_counts_them() {
     let data = Arc::new(Dataset::load(&d.join("ann.json"), None).unwrap());
     let vocab = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/bert-base-uncased-vocab.txt");
     let text = Arc::new(TextEncoder::load(&vocab, 8, 50).unwrap());
-    let transform = Transform { image_size: 8, max_pixels: 1 << 20, augment: Some(AugmentConfig::default()) };
+    let transform = Transform { image_size: 8, max_pixels: 1 << 20, augment: Some(AugmentConfig::default()), cache: None };
     let mut loader = Prefetcher::start(data, text, transform, 0, 0, 4, 1);
     let b = loader.next().unwrap();
     assert_eq!(b.text.batch_size(), 4);
-    assert_eq!(b.pixels.len(), 4 * 3 * 8 * 8);
+    assert_eq!(b.inputs.len(), 4 * 3 * 8 * 8);
     assert_eq!(b.skipped.len() as u64, b.seen - 4);
     let mut skipped = b.skipped;
     skipped.extend(loader.next().unwrap().skipped);

@@ -116,3 +116,23 @@ fn bicubic_resize_keeps_a_constant_and_a_same_size_grid() {
     let flat = bicubic_resize(&[2.5; 9], 3, 7, 1);
     assert!(flat.iter().all(|v| (v - 2.5).abs() < 1e-6), "{flat:?}");
 }
+
+#[test]
+fn half_precision_matmuls_stay_close_to_f32() {
+    // Config validation keeps half precision to CUDA; the cast path itself is backend-generic and
+    // is checked here on the CPU backend.
+    let want = SafetensorsFile::open(&fixture("expected.safetensors")).unwrap().f32("eva_32").unwrap().1;
+    for (precision, tol) in [(Precision::Bf16, 3e-2), (Precision::F16, 5e-3)] {
+        let mut cfg = config(VitKind::Eva, 32, 2, "eva_hf.safetensors");
+        cfg.precision = precision;
+        let device = Default::default();
+        let (vit, _) = Vit::<B>::build(&cfg, &device).unwrap();
+        let file = SafetensorsFile::open(&fixture("expected.safetensors")).unwrap();
+        let (shape, values) = file.f32("pixels_32").unwrap();
+        let got = vit.forward(Tensor::from_data(TensorData::new(values, shape), &device)).into_data().convert::<f32>().to_vec::<f32>().unwrap();
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let err = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
+        eprintln!("{precision:?}: max error {err:.2e} of the largest feature");
+        assert!(err < tol && err > 0.0, "{precision:?}: {err:e}");
+    }
+}

@@ -45,3 +45,20 @@ fn json_metadata_round_trips() {
     assert_eq!(QFormerConfig::from_json(&cfg.to_json(), "x").unwrap(), cfg);
     assert!(QFormerConfig::from_json("{\"hidden_size\": 1}", "w.safetensors").unwrap_err().to_string().contains("w.safetensors"));
 }
+
+#[test]
+fn every_shipped_config_loads() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::env::set_current_dir(root).unwrap();
+    let mut files: Vec<_> = std::fs::read_dir(root.join("configs")).unwrap().map(|e| e.unwrap().path()).collect();
+    files.extend(std::fs::read_dir(root.join("configs/ablations")).unwrap().map(|e| e.unwrap().path()));
+    let mut loaded = 0;
+    for f in files.iter().filter(|f| f.extension().is_some_and(|e| e == "toml") && !f.ends_with("blip2.toml")) {
+        let cfg = qformer::config::TrainConfig::load(f, &[]).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        if f.ends_with("lavis_stage1_vitL.toml") {
+            assert_eq!((cfg.encoder.kind, cfg.model.encoder_hidden_size), (qformer::model::vit::VitKind::Clip, 1024));
+        }
+        loaded += 1;
+    }
+    assert!(loaded >= 12, "{loaded}");
+}

@@ -220,3 +220,63 @@ fn config_errors_name_key_and_file() {
     assert!(width.contains("encoder.width"), "{width}");
     assert!(e("bad").contains("section.key=value"));
 }
+
+fn losses(run: &Path) -> Vec<f64> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap())
+        .collect()
+}
+
+fn cache_features(cfg_path: &Path, overrides: &[String]) -> qformer::Result<Vec<qformer::data::feature_cache::BuildSummary>> {
+    let cfg = TrainConfig::load(cfg_path, overrides)?;
+    dispatch(BackendKind::Flex, qformer::cache_features::CacheFeatures { cfg, batch: 7 })
+}
+
+#[test]
+fn training_from_the_feature_cache_equals_training_from_images() {
+    let _guard = serial();
+    let dir = workdir("cache");
+    let cfg = config(&dir, "");
+    let cache = |dtype: &str, views: usize| {
+        vec![format!("data.cache.dir=\"{}/cache-{dtype}-{views}\"", dir.display()), format!("data.cache.dtype=\"{dtype}\""), format!("data.cache.views={views}")]
+    };
+    let eval_transform = vec!["data.augment.enabled=false".to_string()];
+    let with = |a: &[String], b: &[String]| [a, b].concat();
+    let built = cache_features(&cfg, &with(&eval_transform, &cache("f32", 0))).unwrap();
+    assert_eq!((built[0].split.as_str(), built[0].images, built[0].failed), ("train", 40, 0));
+    assert_eq!((built[1].split.as_str(), built[1].images), ("eval", 12));
+
+    let images = train(&cfg, &with(&eval_transform, &["checkpoint.dir=\"{}/a\"".replace("{}", &dir.display().to_string())]), None).unwrap();
+    let cached_overrides = with(&with(&eval_transform, &cache("f32", 0)), &["data.features=\"cache\"".to_string(), format!("checkpoint.dir=\"{}/b\"", dir.display())]);
+    let cached = train(&cfg, &cached_overrides, None).unwrap();
+    let (a, b) = (losses(&images.run_dir), losses(&cached.run_dir));
+    assert_eq!(a.len(), 4);
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() <= 1e-6 * x.abs(), "from images {a:?}, from the cache {b:?}");
+    }
+    assert_eq!(images.recall, cached.recall, "held-out retrieval from cached eval features");
+
+    // Half precision and augmented views train too; the f16 losses stay close to f32.
+    cache_features(&cfg, &cache("f16", 0).into_iter().chain(eval_transform.clone()).collect::<Vec<_>>()).unwrap();
+    let half = train(&cfg, &with(&with(&eval_transform, &cache("f16", 0)), &["data.features=\"cache\"".to_string(), format!("checkpoint.dir=\"{}/c\"", dir.display())]), None).unwrap();
+    for (x, y) in a.iter().zip(&losses(&half.run_dir)) {
+        assert!((x - y).abs() <= 1e-2 * x.abs(), "f16 cache: {x} vs {y}");
+    }
+    let views = cache_features(&cfg, &cache("f16", 3)).unwrap();
+    assert_eq!(views[0].rows, 120);
+    train(&cfg, &with(&cache("f16", 3), &["data.features=\"cache\"".to_string(), format!("checkpoint.dir=\"{}/d\"", dir.display())]), None).unwrap();
+
+    // A cache built for another encoder, or cut short, is refused with the reason.
+    let other = with(&cached_overrides, &["encoder.seed=4".to_string()]);
+    let err = train(&cfg, &other, None).err().unwrap().to_string();
+    assert!(err.contains("different encoder") && err.contains("cache-features"), "{err}");
+    let bin = dir.join("cache-f32-0/train.bin");
+    let len = std::fs::metadata(&bin).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&bin).unwrap().set_len(len - 4).unwrap();
+    let err = train(&cfg, &cached_overrides, None).err().unwrap().to_string();
+    assert!(err.contains("train.bin") && err.contains("truncated"), "{err}");
+    let err = train(&cfg, &["data.features=\"cache\"".to_string()], None).err().unwrap().to_string();
+    assert!(err.contains("data.features"), "{err}");
+}

@@ -15,8 +15,11 @@ pub const MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 pub const STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_1];
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct AugmentConfig {
+    /// Off: training images take the eval transform (resize only), as a feature cache with
+    /// `views = 0` stores them.
+    pub enabled: bool,
     /// Smallest crop area as a fraction of the image (LAVIS: 0.5).
     pub crop_scale_min: f64,
     /// Random horizontal flip (LAVIS: on). Turn it off when captions say left or right.
@@ -25,7 +28,7 @@ pub struct AugmentConfig {
 
 impl Default for AugmentConfig {
     fn default() -> Self {
-        Self { crop_scale_min: 0.5, hflip: true }
+        Self { enabled: true, crop_scale_min: 0.5, hflip: true }
     }
 }
 

@@ -15,6 +15,7 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use super::annotations::{self, Record, Skip};
+use super::feature_cache::FeatureCache;
 use super::images::{decode, eval_transform, train_transform, AugmentConfig};
 use super::text::TextEncoder;
 use crate::error::{Error, Result};
@@ -57,19 +58,21 @@ impl Dataset {
     }
 }
 
-/// How samples become pixels.
+/// How samples become encoder inputs: pixels, or cached features.
 #[derive(Clone, Debug)]
 pub struct Transform {
     pub image_size: u32,
     pub max_pixels: u64,
     /// Training augmentation; `None` for the eval transform.
     pub augment: Option<AugmentConfig>,
+    /// Read frozen features from here instead of decoding images.
+    pub cache: Option<Arc<FeatureCache>>,
 }
 
 /// A batch on the host.
 pub struct HostBatch {
-    /// `[n, 3, size, size]`, normalised.
-    pub pixels: Vec<f32>,
+    /// `[n, 3, size, size]` normalised pixels, or `[n, tokens, width]` cached features.
+    pub inputs: Vec<f32>,
     pub text: TextBatch,
     pub image_ids: Vec<i64>,
     /// Records skipped while building this batch.
@@ -112,6 +115,10 @@ fn prepare_sample(record: &Record, transform: &Transform, seed: u64, position: u
     let skip = |reason: String| Skip { origin: record.origin.clone(), reason };
     let mut rng = ChaCha8Rng::seed_from_u64(mix(seed, position));
     let caption = record.captions[rng.random_range(0..record.captions.len())].clone();
+    if let Some(cache) = &transform.cache {
+        let view = cache.pick_view(&mut rng);
+        return cache.features(&record.image, view).map(|f| (f, caption)).map_err(skip);
+    }
     let bytes = record.image.read().map_err(|e| skip(format!("cannot read image: {e}")))?;
     let img = decode(&bytes, transform.max_pixels).map_err(skip)?;
     let pixels = match &transform.augment {
@@ -131,7 +138,7 @@ fn build_batch(
     start: u64,
     batch_size: usize,
 ) -> Result<HostBatch> {
-    let mut pixels = Vec::new();
+    let mut inputs = Vec::new();
     let mut captions = Vec::new();
     let mut image_ids = Vec::new();
     let mut skipped = Vec::new();
@@ -158,7 +165,7 @@ fn build_batch(
         for r in results {
             match r {
                 Ok((px, cap, i)) => {
-                    pixels.extend(px);
+                    inputs.extend(px);
                     captions.push(cap);
                     image_ids.push(data.image_ids[i]);
                 }
@@ -168,7 +175,7 @@ fn build_batch(
     }
     let (ids, mask) = text.encode(&captions)?;
     Ok(HostBatch {
-        pixels,
+        inputs,
         text: TextBatch::new(ids, mask, text.vocab_size)?,
         image_ids,
         skipped,
@@ -221,8 +228,8 @@ impl Drop for Prefetcher {
 
 /// Every record of an eval set in file order, eval transform, all captions: for retrieval.
 pub struct EvalSet {
-    /// `[images, 3, S, S]`.
-    pub pixels: Vec<f32>,
+    /// `[images, 3, S, S]` pixels, or `[images, tokens, width]` cached features.
+    pub inputs: Vec<f32>,
     pub images: usize,
     pub captions: TextBatch,
     /// Image index of each caption.
@@ -231,15 +238,15 @@ pub struct EvalSet {
 }
 
 impl EvalSet {
-    pub fn load(data: &Dataset, text: &TextEncoder, image_size: u32, max_pixels: u64, max_images: usize) -> Result<Self> {
-        let transform = Transform { image_size, max_pixels, augment: None };
+    /// `transform` should be the eval transform (no augmentation) or an eval-split cache.
+    pub fn load(data: &Dataset, text: &TextEncoder, transform: &Transform, max_images: usize) -> Result<Self> {
         let take = if max_images == 0 { data.records.len() } else { max_images.min(data.records.len()) };
-        let results: Vec<_> = data.records[..take].par_iter().map(|r| prepare_sample(r, &transform, 0, 0).map(|(px, _)| (px, r))).collect();
-        let (mut pixels, mut captions, mut caption_image, mut skipped, mut images) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), 0);
+        let results: Vec<_> = data.records[..take].par_iter().map(|r| prepare_sample(r, transform, 0, 0).map(|(px, _)| (px, r))).collect();
+        let (mut inputs, mut captions, mut caption_image, mut skipped, mut images) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), 0);
         for res in results {
             match res {
                 Ok((px, r)) => {
-                    pixels.extend(px);
+                    inputs.extend(px);
                     for c in &r.captions {
                         captions.push(c.clone());
                         caption_image.push(images);
@@ -253,6 +260,6 @@ impl EvalSet {
             return Err(Error::input("data.eval", "no usable held-out image"));
         }
         let (ids, mask) = text.encode(&captions)?;
-        Ok(Self { pixels, images, captions: TextBatch::new(ids, mask, text.vocab_size)?, caption_image, skipped })
+        Ok(Self { inputs, images, captions: TextBatch::new(ids, mask, text.vocab_size)?, caption_image, skipped })
     }
 }

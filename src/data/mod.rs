@@ -2,6 +2,7 @@
 //! synthetic set, and the batch loader.
 
 pub mod annotations;
+pub mod feature_cache;
 pub mod images;
 pub mod loader;
 pub mod synth;

@@ -1,11 +1,11 @@
 //! Image-text retrieval by ITC similarity (query-max cosine, no temperature): recall@K in both
 //! directions. An image counts a hit when any of its captions is within the top K.
 
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::{backend::Backend, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::data::loader::EvalSet;
-use crate::model::vit::Vit;
+use crate::model::frozen::Frozen;
 use crate::model::QFormer;
 use super::scoring::{image_embeds, itc_similarities, text_embeds};
 
@@ -41,14 +41,13 @@ pub fn recall(sims: &[f32], images: usize, caption_image: &[usize]) -> Recall {
 }
 
 /// Embeds every held-out image and caption (eval mode) and ranks by ITC similarity.
-pub fn itc_recall<B: Backend>(model: &QFormer<B>, vit: &Vit<B>, set: &EvalSet, image_size: usize, chunk: usize) -> Recall {
+pub fn itc_recall<B: Backend>(model: &QFormer<B>, frozen: &Frozen<B>, set: &EvalSet, chunk: usize) -> Recall {
     let device = model.query_tokens.device();
-    let plane = 3 * image_size * image_size;
+    let per = frozen.input_len();
     let mut images = Vec::new();
     for start in (0..set.images).step_by(chunk) {
         let n = chunk.min(set.images - start);
-        let px = set.pixels[start * plane..(start + n) * plane].to_vec();
-        let feats = vit.forward(Tensor::from_data(TensorData::new(px, [n, 3, image_size, image_size]), &device));
+        let feats = frozen.features(set.inputs[start * per..(start + n) * per].to_vec(), &device);
         images.push(image_embeds(model, feats).0);
     }
     let texts = set.captions.batch_size();

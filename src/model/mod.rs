@@ -3,6 +3,7 @@
 pub mod attention;
 pub mod config;
 pub mod embeddings;
+pub mod frozen;
 pub mod heads;
 pub mod layer;
 pub mod qformer;

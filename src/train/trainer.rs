@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use burn::module::{AutodiffModule, Param};
-use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::Tensor;
 use serde::Serialize;
 
 use super::checkpoint::{self, TrainState, MODEL_FILE, OPTIMIZER_FILE};
@@ -25,6 +25,8 @@ use crate::trained::fresh_model;
 use crate::interop::safetensors_io::{write_atomic, SafetensorsFile};
 use crate::interop::weights::{load_weights, save_weights};
 use crate::model::qformer::TEMP_RANGE;
+use crate::data::feature_cache::{FeatureCache, FeatureSource};
+use crate::model::frozen::Frozen;
 use crate::model::vit::Vit;
 use crate::model::{scalar, QFormer};
 use crate::objectives::{stage1_loss, NegativeSampler, Stage1Batch};
@@ -74,10 +76,32 @@ fn check_skips(skipped: u64, seen: u64, max: f64) -> Result<()> {
     Ok(())
 }
 
-/// Frozen encoder forward (no autodiff): `[n, 3, S, S]` pixels to features.
-fn encode_images<B: AutodiffBackend>(vit: &Vit<B::InnerBackend>, pixels: Vec<f32>, size: usize, device: &B::Device) -> Tensor<B, 3> {
-    let n = pixels.len() / (3 * size * size);
-    Tensor::from_inner(vit.forward(Tensor::from_data(TensorData::new(pixels, [n, 3, size, size]), device)))
+/// The run's frozen-feature source, with the training and held-out transforms that feed it.
+fn frozen_source<B: Backend>(cfg: &TrainConfig, device: &B::Device) -> Result<(Frozen<B>, Transform, Transform)> {
+    let d = &cfg.data;
+    let mut train = Transform { image_size: cfg.encoder.image_size as u32, max_pixels: d.max_pixels, augment: d.augment.enabled.then(|| d.augment.clone()), cache: None };
+    let mut eval = Transform { augment: None, ..train.clone() };
+    let frozen = match (d.features, &d.cache) {
+        (FeatureSource::Cache, Some(cache)) => {
+            let open = |path: &Path, split| FeatureCache::open(cache, &cfg.encoder, path, &d.augment, split).map(Arc::new);
+            let c = open(&d.train, "train")?;
+            eprintln!("features from the cache in {} ({} views per image); the encoder is not run", cache.dir.display(), c.views());
+            let frozen = Frozen::Cache { tokens: c.tokens(), width: c.width() };
+            train.cache = Some(c);
+            if let Some(path) = &d.eval {
+                eval.cache = Some(open(path, "eval")?);
+            }
+            frozen
+        }
+        _ => {
+            let (vit, report) = Vit::build(&cfg.encoder, device)?;
+            if let Some(r) = report {
+                eprintln!("{}", r.summary());
+            }
+            Frozen::Encoder { vit, image_size: cfg.encoder.image_size }
+        }
+    };
+    Ok((frozen, train, eval))
 }
 
 /// Projects the temperature back into range after an update.
@@ -109,11 +133,11 @@ impl BackendJob for TrainJob {
         }
         let n_records = train_data.records.len() as u64;
         check_skips(train_data.skipped.len() as u64, n_records + train_data.skipped.len() as u64, cfg.data.max_skip_fraction)?;
-        let size = cfg.encoder.image_size;
+        let (frozen, transform, eval_transform) = frozen_source::<B::InnerBackend>(&cfg, &device)?;
         let eval_set = match &cfg.data.eval {
             Some(path) => {
                 let data = Dataset::load(path, cfg.data.image_root.as_deref())?;
-                let set = EvalSet::load(&data, &text, size as u32, cfg.data.max_pixels, cfg.eval.max_images)?;
+                let set = EvalSet::load(&data, &text, &eval_transform, cfg.eval.max_images)?;
                 for s in data.skipped.iter().chain(&set.skipped) {
                     eprintln!("skipped (held-out) {s}");
                 }
@@ -121,10 +145,6 @@ impl BackendJob for TrainJob {
             }
             None => None,
         };
-        let (vit, report) = Vit::<B::InnerBackend>::build(&cfg.encoder, &device)?;
-        if let Some(r) = report {
-            eprintln!("{}", r.summary());
-        }
 
         let run_dir = cfg.checkpoint.dir.join(&self.run_name);
         std::fs::create_dir_all(&run_dir).map_err(|e| Error::io(&run_dir, e))?;
@@ -163,7 +183,6 @@ impl BackendJob for TrainJob {
         };
 
         let metrics = MetricsLog::open(&run_dir, state.step)?;
-        let transform = Transform { image_size: size as u32, max_pixels: cfg.data.max_pixels, augment: Some(cfg.data.augment.clone()) };
         let mut loader = Prefetcher::start(train_data, text, transform, seed, state.data_position, t.batch_size, cfg.data.prefetch);
         let progress = Progress::new(state.step, total, cfg.log.every);
         let objectives = cfg.objectives.clone();
@@ -186,7 +205,7 @@ impl BackendJob for TrainJob {
                 state.samples_skipped += hb.skipped.len() as u64;
                 state.data_position = hb.end;
                 check_skips(state.samples_skipped, state.samples_seen, cfg.data.max_skip_fraction)?;
-                let feats = encode_images::<B>(&vit, hb.pixels, size, &device);
+                let feats = Tensor::<B, 3>::from_inner(frozen.features(hb.inputs, &device));
                 let batch = Stage1Batch::new(feats, hb.text, Some(hb.image_ids))?;
                 // Dropout and negatives are drawn from (seed, micro-step): a resumed run repeats them.
                 let k = state.step * accum as u64 + micro as u64;
@@ -237,7 +256,7 @@ impl BackendJob for TrainJob {
             };
             let eval_due = (cfg.eval.every > 0 && state.step % cfg.eval.every == 0) || state.step == total;
             if let (true, Some(set)) = (eval_due, &eval_set) {
-                let r = itc_recall(&model.valid(), &vit, set, size, 64);
+                let r = itc_recall(&model.valid(), &frozen, set, 64);
                 progress.println(&format!(
                     "step {} held-out retrieval: i2t R@1 {:.1} R@5 {:.1} | t2i R@1 {:.1} R@5 {:.1} ({} images)",
                     state.step, r.i2t_r1, r.i2t_r5, r.t2i_r1, r.t2i_r5, set.images

@@ -1,0 +1,66 @@
+//! `qformer cache-features`: runs the frozen encoder once over a config's training and held-out
+//! images and stores the features in `[data.cache]`, for runs with `data.features = "cache"`.
+
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Tensor, TensorData};
+
+use crate::backend::BackendJob;
+use crate::config::TrainConfig;
+use crate::data::feature_cache::{build, BuildSummary};
+use crate::data::loader::Dataset;
+use crate::error::{Error, Result};
+use crate::model::vit::Vit;
+use crate::train::trainer::ensure_data;
+
+pub struct CacheFeatures {
+    pub cfg: TrainConfig,
+    /// Images per encoder forward.
+    pub batch: usize,
+}
+
+impl BackendJob for CacheFeatures {
+    type Output = Vec<BuildSummary>;
+
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Vec<BuildSummary>> {
+        let cfg = self.cfg;
+        let d = &cfg.data;
+        let cache = d.cache.as_ref().ok_or_else(|| Error::config("data.cache", "no [data.cache] section (dir, dtype, views)", "config"))?;
+        ensure_data(&cfg)?;
+        let (vit, report) = Vit::<B::InnerBackend>::build(&cfg.encoder, &device)?;
+        if let Some(r) = report {
+            eprintln!("{}", r.summary());
+        }
+        let s = cfg.encoder.image_size;
+        let mut out = Vec::new();
+        let splits = [("train", Some(&d.train)), ("eval", d.eval.as_ref())];
+        for (split, path) in splits.into_iter().filter_map(|(n, p)| p.map(|p| (n, p))) {
+            let data = Dataset::load(path, d.image_root.as_deref())?;
+            for skip in &data.skipped {
+                eprintln!("skipped {skip}");
+            }
+            let mut last_report = 0;
+            let summary = build(
+                cache,
+                &cfg.encoder,
+                path,
+                &d.augment,
+                d.max_pixels,
+                &data,
+                split,
+                self.batch,
+                |pixels, n| {
+                    let feats = vit.forward(Tensor::from_data(TensorData::new(pixels, [n, 3, s, s]), &device));
+                    feats.into_data().convert::<f32>().to_vec::<f32>().expect("f32 features")
+                },
+                |done, total| {
+                    if done * 10 / total.max(1) > last_report || done == total {
+                        last_report = done * 10 / total.max(1);
+                        eprintln!("{split}: {done}/{total} images");
+                    }
+                },
+            )?;
+            out.push(summary);
+        }
+        Ok(out)
+    }
+}

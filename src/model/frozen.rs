@@ -1,0 +1,30 @@
+//! Where a run's frozen image features come from: the encoder run on pixels, or a feature cache
+//! (then no encoder exists in the process). Either way the result is the input of `ln_vision`.
+
+use burn::tensor::{backend::Backend, Tensor, TensorData};
+
+use super::vit::Vit;
+
+pub enum Frozen<B: Backend> {
+    Encoder { vit: Vit<B>, image_size: usize },
+    Cache { tokens: usize, width: usize },
+}
+
+impl<B: Backend> Frozen<B> {
+    /// Values per sample in the host inputs this source takes.
+    pub fn input_len(&self) -> usize {
+        match self {
+            Frozen::Encoder { image_size, .. } => 3 * image_size * image_size,
+            Frozen::Cache { tokens, width } => tokens * width,
+        }
+    }
+
+    /// Features `[n, tokens, width]` from host inputs (pixels or cached features) of `n` samples.
+    pub fn features(&self, inputs: Vec<f32>, device: &B::Device) -> Tensor<B, 3> {
+        let n = inputs.len() / self.input_len();
+        match self {
+            Frozen::Encoder { vit, image_size: s } => vit.forward(Tensor::from_data(TensorData::new(inputs, [n, 3, *s, *s]), device)),
+            Frozen::Cache { tokens, width } => Tensor::from_data(TensorData::new(inputs, [n, *tokens, *width]), device),
+        }
+    }
+}
