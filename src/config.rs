@@ -201,15 +201,35 @@ impl Default for LogConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EvalConfig {
-    /// Steps between held-out retrieval evaluations (0: only at the end).
+    /// Steps between held-out ITC retrieval evaluations (0: only at the end).
     pub every: u64,
     /// Held-out images used (all when 0).
     pub max_images: usize,
+    /// Steps between full evaluations: ITM re-ranking, ITM accuracy, ITG perplexity (0: never
+    /// during training; `qformer eval` does it afterwards). A multiple of `every`.
+    pub rerank_every: u64,
+    /// Candidates ITM re-ranks per query.
+    pub k_test: usize,
+    /// Keep the checkpoint with the best value of this metric in `<run>/best/`: `itc.X` or
+    /// `itm.X` (the latter needs `rerank_every`), X one of `i2t_r1` ... `t2i_r10`, `i2t_mean`,
+    /// `t2i_mean`, `mean`. Empty: no best checkpoint.
+    pub best_metric: String,
 }
 
 impl Default for EvalConfig {
     fn default() -> Self {
-        Self { every: 0, max_images: 0 }
+        Self { every: 0, max_images: 0, rerank_every: 0, k_test: 16, best_metric: String::new() }
+    }
+}
+
+impl EvalConfig {
+    /// The best-checkpoint metric as (uses re-ranking, recall field); `None` when unset.
+    pub fn best(&self) -> Option<(bool, &str)> {
+        match self.best_metric.split_once('.')? {
+            ("itc", field) => Some((false, field)),
+            ("itm", field) => Some((true, field)),
+            _ => None,
+        }
     }
 }
 
@@ -402,6 +422,22 @@ impl TrainConfig {
         }
         if self.checkpoint.every == 0 || self.checkpoint.keep == 0 {
             return err("checkpoint.every", "checkpoint.every and checkpoint.keep must be > 0".into());
+        }
+        let e = &self.eval;
+        if e.rerank_every > 0 && (e.every == 0 || e.rerank_every % e.every != 0) {
+            return err("eval.rerank_every", "must be a multiple of eval.every (> 0)".into());
+        }
+        if e.k_test == 0 {
+            return err("eval.k_test", "must be > 0".into());
+        }
+        if !e.best_metric.is_empty() {
+            let ok = match e.best() {
+                Some((rerank, field)) => crate::eval::retrieval::Recall::default().get(field).is_some() && (!rerank || e.rerank_every > 0),
+                None => false,
+            };
+            if !ok || self.data.eval.is_none() {
+                return err("eval.best_metric", "expected itc.<field> or itm.<field> (itm needs eval.rerank_every), field one of i2t_r1, i2t_r5, i2t_r10, t2i_r1, t2i_r5, t2i_r10, i2t_mean, t2i_mean, mean; and data.eval set".into());
+            }
         }
         if self.log.every == 0 {
             return err("log.every", "must be > 0".into());

@@ -11,6 +11,7 @@ pub mod eval;
 pub mod interop;
 pub mod model;
 pub mod objectives;
+pub mod report;
 pub mod train;
 pub mod trained;
 

@@ -12,6 +12,9 @@ use qformer::model::vit::VitConfig;
 use qformer::cache_features::CacheFeatures;
 use qformer::check_loss::CheckLoss;
 use qformer::config::TrainConfig;
+use qformer::eval::caption::DecodeOptions;
+use qformer::eval::evaluate;
+use qformer::eval::jobs::{CaptionJob, EvalJob};
 use qformer::interop::hf;
 use qformer::trained::Trained;
 use burn::backend::Flex;
@@ -113,6 +116,49 @@ enum Command {
         #[arg(long, default_value_t = 32)]
         batch: usize,
     },
+    /// Evaluate a checkpoint on held-out data: ITC and ITM re-ranked retrieval, ITM accuracy, ITG
+    /// perplexity.
+    Eval {
+        /// A run folder (its latest checkpoint), a step folder, or `<run>/best`.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Annotations (default: the run's data.eval).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Candidates ITM re-ranks per query.
+        #[arg(long, default_value_t = 128)]
+        k_test: usize,
+        /// Images used (all when 0).
+        #[arg(long, default_value_t = 0)]
+        max_images: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Caption images with the ITG decoder of a checkpoint.
+    Caption {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Image files.
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        /// Beam width; 1 is greedy decoding.
+        #[arg(long, default_value_t = 3)]
+        beams: usize,
+        #[arg(long, default_value_t = 30)]
+        max_len: usize,
+        #[arg(long, default_value_t = 10)]
+        min_len: usize,
+    },
+    /// Plot runs' curves (losses, lr, temperature, held-out retrieval) into one PNG, overlaid, with
+    /// a markdown summary table.
+    Report {
+        /// Run folders (each with its metrics.jsonl).
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        #[arg(long, default_value = "report")]
+        out: PathBuf,
+    },
     /// Export a trained Q-Former for Hugging Face `Blip2ForImageTextRetrieval`.
     Export {
         /// A run folder (its latest checkpoint) or a step folder.
@@ -157,7 +203,7 @@ enum Command {
         /// each step), cache-f16 / cache-f32 (read from a memory-mapped feature cache).
         #[arg(long, default_value = "random", value_parser = ["random", "encoder", "cache-f16", "cache-f32"])]
         features: String,
-        /// Encoder shape for --features encoder: eva-g or clip-l.
+        /// Encoder shape for --features encoder: eva-g, clip-l or tiny.
         #[arg(long, default_value = "eva-g")]
         encoder: String,
     },
@@ -206,7 +252,7 @@ fn main() -> Result<()> {
                 dispatch(backend, TrainJob { cfg, run_name: name, resume: None })
             })?;
             println!("{table}");
-            println!("written to {}/ablation.md and ablation.csv", dir.display());
+            println!("written to {0}/ablation.md, ablation.csv, report.png and report.md", dir.display());
         }
         Command::BenchData { config, overrides, batches } => {
             let cfg = TrainConfig::load(&config, &overrides)?;
@@ -232,6 +278,24 @@ fn main() -> Result<()> {
                 println!("{}: {} images, {} rows, {:.1} MB{}", s.split, s.images, s.rows, s.bytes as f64 / 1e6, if s.failed > 0 { format!(", {} images failed (their records are skipped in training)", s.failed) } else { String::new() });
             }
         }
+        Command::Eval { checkpoint, data, k_test, max_images, json } => {
+            let report = dispatch(cli.backend, EvalJob { checkpoint, data, k_test, max_images }).context("eval failed")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{}", evaluate::table(&report));
+            }
+        }
+        Command::Caption { checkpoint, images, beams, max_len, min_len } => {
+            let options = DecodeOptions { beams, max_len, min_len, ..DecodeOptions::default() };
+            for c in dispatch(cli.backend, CaptionJob { checkpoint, images, options }).context("caption failed")? {
+                println!("{}\t{}", c.image.display(), c.caption);
+            }
+        }
+        Command::Report { runs, out } => {
+            let (png, md) = qformer::report::write(&runs, &out)?;
+            println!("wrote {} and {}", png.display(), md.display());
+        }
         Command::Export { checkpoint, config, overrides, format: _, out } => {
             let device = Default::default();
             let trained = match (checkpoint, config) {
@@ -248,7 +312,7 @@ fn main() -> Result<()> {
         Command::Bench { preset, batch, image_tokens, text_len, warmup, steps, sets, seed, json, features, encoder } => {
             let label = if features == "encoder" { format!("encoder {encoder}") } else { features.clone() };
             let features = match features.as_str() {
-                "encoder" => BenchFeatures::Encoder(VitConfig::preset(&encoder).with_context(|| format!("--encoder: unknown `{encoder}` (eva-g, clip-l)"))?),
+                "encoder" => BenchFeatures::Encoder(VitConfig::preset(&encoder).with_context(|| format!("--encoder: unknown `{encoder}` (eva-g, clip-l, tiny)"))?),
                 "cache-f16" => BenchFeatures::Cache(CacheDtype::F16),
                 "cache-f32" => BenchFeatures::Cache(CacheDtype::F32),
                 _ => BenchFeatures::Random,

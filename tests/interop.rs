@@ -12,7 +12,7 @@ use burn::backend::Flex;
 use burn::tensor::{Tensor, TensorData};
 use qformer::backend::{dispatch, BackendKind};
 use qformer::config::TrainConfig;
-use qformer::eval::scoring::{image_embeds, itc_similarities, itm_logits, text_embeds};
+use qformer::eval::scoring::{image_side, itc_similarities, itm_logits, text_embeds};
 use qformer::interop::hf::{self, hf_name, sidecar_name};
 use qformer::interop::safetensors_io::SafetensorsFile;
 use qformer::interop::weights::named_tensors;
@@ -96,9 +96,9 @@ fn export_is_the_one_hf_loaded_and_gives_hf_outputs() {
     let rows = |v: &[i64]| v.chunks(ishape[1]).map(<[i64]>::to_vec).collect::<Vec<_>>();
     let text = TextBatch::new(rows(&ids), rows(&mask), trained.cfg.model.vocab_size).unwrap();
     let feats = trained.vit.forward(Tensor::from_data(TensorData::new(pixels, shape), &device));
-    let (images, kv) = image_embeds(&trained.model, feats);
-    let sims = itc_similarities(images, text_embeds(&trained.model, &text)).into_data().to_vec::<f32>().unwrap();
-    let itm = itm_logits(&trained.model, &kv, &text).into_data().to_vec::<f32>().unwrap();
+    let side = image_side(&trained.model, feats);
+    let sims = itc_similarities(side.embeds, text_embeds(&trained.model, &text)).into_data().to_vec::<f32>().unwrap();
+    let itm = itm_logits(&trained.model, &side.image_kv, &text).into_data().to_vec::<f32>().unwrap();
     let hf_out = SafetensorsFile::open(&fixture("hf_export/hf_outputs.safetensors")).unwrap();
     for (name, ours) in [("itc_similarities", sims), ("itm_logits", itm)] {
         let err = max_rel_error(&ours, &hf_out.f32(name).unwrap().1);

@@ -55,6 +55,13 @@ fn every_shipped_config_loads() {
     let mut loaded = 0;
     for f in files.iter().filter(|f| f.extension().is_some_and(|e| e == "toml") && !f.ends_with("blip2.toml")) {
         let cfg = qformer::config::TrainConfig::load(f, &[]).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        if f.ends_with("tiny.toml") {
+            assert_eq!(cfg.encoder, qformer::model::vit::VitConfig::preset("tiny").unwrap(), "bench's tiny encoder is the default run's");
+        }
+        if f.ends_with("lavis_stage1.toml") {
+            let eva = qformer::model::vit::VitConfig::preset("eva-g").unwrap();
+            assert_eq!((cfg.encoder.width, cfg.encoder.depth, cfg.encoder.mlp_hidden()), (eva.width, eva.depth, 6144));
+        }
         if f.ends_with("lavis_stage1_vitL.toml") {
             assert_eq!((cfg.encoder.kind, cfg.model.encoder_hidden_size), (qformer::model::vit::VitKind::Clip, 1024));
         }

@@ -280,3 +280,44 @@ fn training_from_the_feature_cache_equals_training_from_images() {
     let err = train(&cfg, &["data.features=\"cache\"".to_string()], None).err().unwrap().to_string();
     assert!(err.contains("data.features"), "{err}");
 }
+
+#[test]
+fn evaluation_during_training_keeps_the_best_checkpoint_and_reports() {
+    let _guard = serial();
+    let dir = workdir("evaluate");
+    let cfg = config(&dir, "");
+    let overrides = ["eval.every=1", "eval.rerank_every=2", "eval.k_test=4", "eval.best_metric=\"itm.mean\""].map(String::from);
+    let run = train(&cfg, &overrides, None).unwrap();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(run.run_dir.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let evaluated: Vec<u64> = lines.iter().filter(|l| l.get("evaluation").is_some()).map(|l| l["step"].as_u64().unwrap()).collect();
+    assert_eq!(evaluated, vec![2, 4]);
+    assert!(lines.iter().all(|l| l.get("retrieval").is_some()), "ITC retrieval every step");
+    let mean = |l: &serde_json::Value| {
+        let r = &l["evaluation"]["itm"];
+        let f = |k: &str| r[k].as_f64().unwrap();
+        (f("i2t_r1") + f("i2t_r5") + f("i2t_r10") + f("t2i_r1") + f("t2i_r5") + f("t2i_r10")) / 6.0
+    };
+    let (best_step, best_value) = lines.iter().filter(|l| l.get("evaluation").is_some()).map(|l| (l["step"].as_u64().unwrap(), mean(l))).fold((0, f64::NEG_INFINITY), |a, b| if b.1 > a.1 { b } else { a });
+    let best_dir = run.run_dir.join(checkpoint::BEST);
+    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(best_dir.join("state.json")).unwrap()).unwrap();
+    assert_eq!(state["step"].as_u64(), Some(best_step));
+    assert!((state["best"][1].as_f64().unwrap() - best_value).abs() < 1e-9);
+
+    // `qformer eval` on the final checkpoint repeats the last in-training evaluation.
+    let job = qformer::eval::jobs::EvalJob { checkpoint: run.run_dir.clone(), data: None, k_test: 4, max_images: 0 };
+    let report = dispatch(BackendKind::Flex, job).unwrap();
+    let last: qformer::eval::evaluate::EvalReport = serde_json::from_value(lines[3]["evaluation"].clone()).unwrap();
+    assert_eq!((report.itc, report.itm, report.itg_perplexity), (last.itc, last.itm, last.itg_perplexity));
+    assert!(report.itg_perplexity.is_finite() && report.itg_perplexity > 1.0);
+    assert!(report.timing.itm_pairs >= report.images * 4);
+    // The best checkpoint is a checkpoint like any other.
+    dispatch(BackendKind::Flex, qformer::eval::jobs::EvalJob { checkpoint: best_dir, data: None, k_test: 4, max_images: 3 }).unwrap();
+
+    // The report draws every curve of this run and of a second one, overlaid.
+    let other = train(&cfg, &[format!("checkpoint.dir=\"{}/other\"", dir.display()), "objectives.itm.enabled=false".into()], None).unwrap();
+    let (png, md) = qformer::report::write(&[run.run_dir.clone(), other.run_dir.clone()], &dir.join("report")).unwrap();
+    let img = image::open(&png).unwrap();
+    assert!(img.width() >= 1600 && img.height() == 760, "{}x{}", img.width(), img.height());
+    let md = std::fs::read_to_string(md).unwrap();
+    assert_eq!(md.lines().filter(|l| l.starts_with("| mini")).count(), 2, "{md}");
+}

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
 use tokenizers::models::wordpiece::WordPiece;
 use tokenizers::normalizers::bert::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
@@ -47,6 +48,7 @@ impl TextEncoder {
             let id = |tok: &str| t.token_to_id(tok).ok_or_else(|| Error::file(path, format!("vocabulary lacks {tok}")));
             let (cls, sep) = (id("[CLS]")?, id("[SEP]")?);
             t.with_post_processor(Some(BertProcessing::new(("[SEP]".into(), sep), ("[CLS]".into(), cls))));
+            t.with_decoder(Some(WordPieceDecoder::default()));
             t
         };
         let pad_id = tokenizer.token_to_id("[PAD]").ok_or_else(|| Error::file(path, "vocabulary lacks [PAD]"))?;
@@ -82,6 +84,17 @@ impl TextEncoder {
         let ids = encodings.iter().map(|e| e.get_ids().iter().map(|&i| i64::from(i)).collect()).collect();
         let mask = encodings.iter().map(|e| e.get_attention_mask().iter().map(|&m| i64::from(m)).collect()).collect();
         Ok((ids, mask))
+    }
+
+    /// Token ids back to text, special tokens dropped and word pieces joined.
+    pub fn decode(&self, ids: &[i64]) -> Result<String> {
+        let ids: Vec<u32> = ids.iter().filter_map(|&i| u32::try_from(i).ok()).collect();
+        self.tokenizer.decode(&ids, true).map_err(|e| Error::input("ids", format!("tokenizer failed: {e}")))
+    }
+
+    /// The id of a token in the vocabulary.
+    pub fn token_id(&self, token: &str) -> Option<i64> {
+        self.tokenizer.token_to_id(token).map(i64::from)
     }
 }
 

@@ -1,4 +1,7 @@
 //! Evaluation on held-out data.
 
+pub mod caption;
+pub mod evaluate;
+pub mod jobs;
 pub mod retrieval;
 pub mod scoring;

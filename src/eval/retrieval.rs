@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::loader::EvalSet;
 use crate::model::frozen::Frozen;
 use crate::model::QFormer;
-use super::scoring::{image_embeds, itc_similarities, text_embeds};
+use super::scoring::{image_side, itc_similarities, text_embeds};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Recall {
@@ -21,26 +21,62 @@ pub struct Recall {
     pub t2i_r10: f64,
 }
 
-/// `sims`: `images × texts`, row-major; `caption_image[t]`: the image caption `t` describes.
-pub fn recall(sims: &[f32], images: usize, caption_image: &[usize]) -> Recall {
-    let texts = caption_image.len();
-    let rank_of = |scores: &[f32], hit: &dyn Fn(usize) -> bool| -> usize {
-        // Rank of the best-scoring ground truth: how many candidates score strictly higher.
-        let best = (0..scores.len()).filter(|&j| hit(j)).map(|j| scores[j]).fold(f32::NEG_INFINITY, f32::max);
-        scores.iter().filter(|&&s| s > best).count()
-    };
-    let i2t: Vec<usize> = (0..images).map(|i| rank_of(&sims[i * texts..(i + 1) * texts], &|t| caption_image[t] == i)).collect();
-    let t2i: Vec<usize> = (0..texts)
-        .map(|t| {
-            let column: Vec<f32> = (0..images).map(|i| sims[i * texts + t]).collect();
-            rank_of(&column, &|i| i == caption_image[t])
+impl Recall {
+    /// Mean of image → text R@1/5/10 (LAVIS's `txt_r_mean`).
+    pub fn i2t_mean(&self) -> f64 {
+        (self.i2t_r1 + self.i2t_r5 + self.i2t_r10) / 3.0
+    }
+
+    /// Mean of text → image R@1/5/10 (LAVIS's `img_r_mean`).
+    pub fn t2i_mean(&self) -> f64 {
+        (self.t2i_r1 + self.t2i_r5 + self.t2i_r10) / 3.0
+    }
+
+    /// Mean of both (LAVIS's `r_mean`).
+    pub fn mean(&self) -> f64 {
+        (self.i2t_mean() + self.t2i_mean()) / 2.0
+    }
+
+    /// A named figure: `i2t_r1` ... `t2i_r10`, `i2t_mean`, `t2i_mean`, `mean`.
+    pub fn get(&self, name: &str) -> Option<f64> {
+        Some(match name {
+            "i2t_r1" => self.i2t_r1,
+            "i2t_r5" => self.i2t_r5,
+            "i2t_r10" => self.i2t_r10,
+            "t2i_r1" => self.t2i_r1,
+            "t2i_r5" => self.t2i_r5,
+            "t2i_r10" => self.t2i_r10,
+            "i2t_mean" => self.i2t_mean(),
+            "t2i_mean" => self.t2i_mean(),
+            "mean" => self.mean(),
+            _ => return None,
         })
-        .collect();
+    }
+}
+
+/// Rank of the best-scoring ground truth among `scores`: how many candidates score strictly higher.
+fn rank_of(scores: &[f32], hit: impl Fn(usize) -> bool) -> usize {
+    let best = (0..scores.len()).filter(|&j| hit(j)).map(|j| scores[j]).fold(f32::NEG_INFINITY, f32::max);
+    scores.iter().filter(|&&s| s > best).count()
+}
+
+/// Recall from one score matrix per direction: `i2t` is `images × texts`, `t2i` is
+/// `texts × images`, row-major; `caption_image[t]` is the image caption `t` describes.
+pub fn recall_from_scores(i2t: &[f32], t2i: &[f32], images: usize, caption_image: &[usize]) -> Recall {
+    let texts = caption_image.len();
+    let i2t: Vec<usize> = (0..images).map(|i| rank_of(&i2t[i * texts..(i + 1) * texts], |t| caption_image[t] == i)).collect();
+    let t2i: Vec<usize> = (0..texts).map(|t| rank_of(&t2i[t * images..(t + 1) * images], |i| i == caption_image[t])).collect();
     let r = |ranks: &[usize], k: usize| 100.0 * ranks.iter().filter(|&&r| r < k).count() as f64 / ranks.len().max(1) as f64;
     Recall { i2t_r1: r(&i2t, 1), i2t_r5: r(&i2t, 5), i2t_r10: r(&i2t, 10), t2i_r1: r(&t2i, 1), t2i_r5: r(&t2i, 5), t2i_r10: r(&t2i, 10) }
 }
 
-/// Embeds every held-out image and caption (eval mode) and ranks by ITC similarity.
+/// Recall from one similarity matrix `images × texts` used in both directions.
+pub fn recall(sims: &[f32], images: usize, caption_image: &[usize]) -> Recall {
+    let texts = caption_image.len();
+    let t2i: Vec<f32> = (0..texts).flat_map(|t| (0..images).map(move |i| sims[i * texts + t])).collect();
+    recall_from_scores(sims, &t2i, images, caption_image)
+}
+
 pub fn itc_recall<B: Backend>(model: &QFormer<B>, frozen: &Frozen<B>, set: &EvalSet, chunk: usize) -> Recall {
     let device = model.query_tokens.device();
     let per = frozen.input_len();
@@ -48,7 +84,7 @@ pub fn itc_recall<B: Backend>(model: &QFormer<B>, frozen: &Frozen<B>, set: &Eval
     for start in (0..set.images).step_by(chunk) {
         let n = chunk.min(set.images - start);
         let feats = frozen.features(set.inputs[start * per..(start + n) * per].to_vec(), &device);
-        images.push(image_embeds(model, feats).0);
+        images.push(image_side(model, feats).embeds);
     }
     let texts = set.captions.batch_size();
     let text: Vec<_> = (0..texts)
@@ -82,5 +118,19 @@ mod tests {
         // Caption 3: image 0 (0.3) beats image 2 (0.4)? no: rank 0.
         assert!((r.t2i_r1 - 75.0).abs() < 1e-9);
         assert!((r.t2i_r5 - 100.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn recall_from_separate_direction_scores_and_means() {
+        // 2 images, 3 captions: captions 0 and 2 show image 0, caption 1 image 1.
+        let caption_image = [0, 1, 0];
+        let i2t = [0.1, 0.5, 0.9, 0.8, 0.2, 0.1]; // image 0: caption 2 first (hit); image 1: rank 1
+        let t2i = [0.2, 0.9, 0.3, 0.1, 0.7, 0.6]; // caption 0: rank 1; caption 1: rank 1; caption 2: hit
+        let r = recall_from_scores(&i2t, &t2i, 2, &caption_image);
+        assert_eq!((r.i2t_r1, r.i2t_r5), (50.0, 100.0));
+        assert!((r.t2i_r1 - 100.0 / 3.0).abs() < 1e-9);
+        assert!((r.i2t_mean() - (50.0 + 100.0 + 100.0) / 3.0).abs() < 1e-9);
+        assert_eq!(r.get("mean"), Some(r.mean()));
+        assert_eq!(r.get("nope"), None);
     }
 }

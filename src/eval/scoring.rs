@@ -1,19 +1,58 @@
 //! Inference-time scores of image-text pairs, shared by retrieval, export checks and captioning:
 //! ITC embeddings and similarities (max over queries, as LAVIS and HF), and ITM logits.
 
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 
 use crate::model::{KeyValue, QFormer};
 use crate::objectives::itc::normalize;
 use crate::objectives::{AttentionMask, TextBatch};
 
-/// Image side of ITC for frozen features `[N, P, W]`: normalised projected queries `[N, Q, E]`,
-/// and the image keys/values (to reuse for ITM).
-pub fn image_embeds<B: Backend>(model: &QFormer<B>, feats: Tensor<B, 3>) -> (Tensor<B, 3>, Vec<Option<KeyValue<B>>>) {
+/// What the query pass over some images yields.
+pub struct ImageSide<B: Backend> {
+    /// Normalised projected query outputs `[N, Q, E]` (the ITC image side).
+    pub embeds: Tensor<B, 3>,
+    /// Per-layer image keys/values (reused by ITM pairs).
+    pub image_kv: Vec<Option<KeyValue<B>>>,
+    /// Per-layer query self-attention keys/values `[N, H, Q, head_dim]` (the ITG prefix).
+    pub query_kv: Vec<KeyValue<B>>,
+}
+
+impl<B: Backend> ImageSide<B> {
+    /// Rows in the given order (pairs for ITM, captions' images for ITG).
+    pub fn select(&self, rows: &[usize]) -> Self {
+        let device = self.embeds.device();
+        let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(rows.iter().map(|&r| r as i64).collect::<Vec<_>>(), [rows.len()]), &device);
+        Self {
+            embeds: self.embeds.clone().select(0, idx.clone()),
+            image_kv: self.image_kv.iter().map(|kv| kv.as_ref().map(|kv| kv.select(idx.clone()))).collect(),
+            query_kv: self.query_kv.iter().map(|kv| kv.select(idx.clone())).collect(),
+        }
+    }
+
+    /// Concatenates chunks along the batch.
+    pub fn cat(parts: Vec<Self>) -> Self {
+        let layers = parts.first().map_or(0, |p| p.image_kv.len());
+        let kv_cat = |kvs: Vec<KeyValue<B>>| KeyValue {
+            key: Tensor::cat(kvs.iter().map(|k| k.key.clone()).collect(), 0),
+            value: Tensor::cat(kvs.iter().map(|k| k.value.clone()).collect(), 0),
+        };
+        Self {
+            embeds: Tensor::cat(parts.iter().map(|p| p.embeds.clone()).collect(), 0),
+            image_kv: (0..layers)
+                .map(|l| parts[0].image_kv[l].as_ref().map(|_| kv_cat(parts.iter().map(|p| p.image_kv[l].clone().expect("same layers")).collect())))
+                .collect(),
+            query_kv: (0..layers).map(|l| kv_cat(parts.iter().map(|p| p.query_kv[l].clone()).collect())).collect(),
+        }
+    }
+}
+
+/// The query pass over frozen features `[N, P, W]`.
+pub fn image_side<B: Backend>(model: &QFormer<B>, feats: Tensor<B, 3>) -> ImageSide<B> {
     let n = feats.dims()[0];
-    let kv = model.image_key_values(feats);
-    let hidden = model.encode(model.embed(Some(model.queries(n)), None, false), model.num_query, None, &kv, None, false).hidden;
-    (normalize(model.project_image(hidden)), kv)
+    let q = model.num_query;
+    let image_kv = model.image_key_values(feats);
+    let enc = model.encode(model.embed(Some(model.queries(n)), None, false), q, None, &image_kv, None, false);
+    ImageSide { embeds: normalize(model.project_image(enc.hidden)), image_kv, query_kv: enc.key_values }
 }
 
 /// Text side of ITC: normalised projected `[CLS]` outputs `[T, E]`.

@@ -76,12 +76,14 @@ pub struct VitConfig {
 
 impl VitConfig {
     /// Random-weight stand-ins with the compute of the real encoders (for benchmarks): `eva-g`
-    /// (EVA ViT-g/14, 39 blocks, as LAVIS) and `clip-l` (CLIP ViT-L/14, 23 blocks), at 224 px.
+    /// (EVA ViT-g/14, 39 blocks, as LAVIS) and `clip-l` (CLIP ViT-L/14, 23 blocks), at 224 px;
+    /// `tiny`, the default run's encoder (configs/tiny.toml).
     pub fn preset(name: &str) -> Option<Self> {
         let base = Self { kind: VitKind::Eva, image_size: 224, patch_size: 14, width: 1408, depth: 39, heads: 16, mlp_ratio: 4.3637, seed: 0, layer_norm_eps: None, weights: None, precision: Precision::F32 };
         match name {
             "eva-g" => Some(base),
             "clip-l" => Some(Self { kind: VitKind::Clip, width: 1024, depth: 23, mlp_ratio: 4.0, ..base }),
+            "tiny" => Some(Self { image_size: 64, patch_size: 8, width: 384, depth: 2, heads: 6, mlp_ratio: 4.0, ..base }),
             _ => None,
         }
     }

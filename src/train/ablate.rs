@@ -87,5 +87,7 @@ pub fn ablate(
     let base = TrainConfig::load(config, base_overrides)?;
     let dir = base.checkpoint.dir.join(format!("{stem}-ablate"));
     let md = write_table(&dir, &rows)?;
+    let runs: Vec<PathBuf> = rows.iter().map(|r| r.outcome.run_dir.clone()).collect();
+    crate::report::write(&runs, &dir)?;
     Ok((dir, md))
 }

@@ -17,6 +17,8 @@ pub const MODEL_FILE: &str = "model.safetensors";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const CONFIG_FILE: &str = "config.toml";
 pub const STATE_FILE: &str = "state.json";
+/// Folder of the best checkpoint by `eval.best_metric`.
+pub const BEST: &str = "best";
 const LATEST: &str = "latest";
 
 /// Where training stands. Every random choice is derived from `(seed, step)` or `(seed, data
@@ -34,6 +36,9 @@ pub struct TrainState {
     /// SHA-256 of each other file of the checkpoint.
     #[serde(default)]
     pub checksums: BTreeMap<String, String>,
+    /// Best value so far of `eval.best_metric`, and its step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best: Option<(u64, f64)>,
 }
 
 fn sha256(path: &Path) -> Result<String> {
@@ -46,10 +51,24 @@ fn step_dir_name(step: u64) -> String {
 }
 
 /// Writes a checkpoint. `write_files` fills the temporary folder with the model and optimizer
-/// files; this adds the config and the state with checksums, then publishes it.
+/// files; this adds the config and the state with checksums, publishes it as the step's folder,
+/// points `latest` at it and prunes to the last `keep`.
 pub fn save(run_dir: &Path, cfg: &TrainConfig, state: &TrainState, keep: usize, write_files: impl FnOnce(&Path) -> Result<()>) -> Result<PathBuf> {
-    let final_dir = run_dir.join(step_dir_name(state.step));
-    let tmp = run_dir.join(format!(".{}.tmp-{}", step_dir_name(state.step), std::process::id()));
+    let dir = write_checkpoint(run_dir, &step_dir_name(state.step), cfg, state, write_files)?;
+    write_atomic_text(&run_dir.join(LATEST), &step_dir_name(state.step))?;
+    prune(run_dir, keep)?;
+    Ok(dir)
+}
+
+/// Writes the best checkpoint so far to `<run>/best/` (a full, resumable checkpoint).
+pub fn save_best(run_dir: &Path, cfg: &TrainConfig, state: &TrainState, write_files: impl FnOnce(&Path) -> Result<()>) -> Result<PathBuf> {
+    write_checkpoint(run_dir, BEST, cfg, state, write_files)
+}
+
+/// Fills `.<name>.tmp-<pid>` and renames it to `name`: a reader sees the old folder or the new one.
+fn write_checkpoint(run_dir: &Path, name: &str, cfg: &TrainConfig, state: &TrainState, write_files: impl FnOnce(&Path) -> Result<()>) -> Result<PathBuf> {
+    let final_dir = run_dir.join(name);
+    let tmp = run_dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let io = |p: &Path, e| Error::io(p, e);
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
@@ -69,14 +88,12 @@ pub fn save(run_dir: &Path, cfg: &TrainConfig, state: &TrainState, keep: usize, 
             std::fs::remove_dir_all(&final_dir).map_err(|e| io(&final_dir, e))?;
         }
         std::fs::rename(&tmp, &final_dir).map_err(|e| io(&final_dir, e))?;
-        write_atomic_text(&run_dir.join(LATEST), &step_dir_name(state.step))?;
         Ok(())
     })();
     if let Err(e) = result {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }
-    prune(run_dir, keep)?;
     Ok(final_dir)
 }
 

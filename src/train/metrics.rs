@@ -8,6 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::eval::evaluate::EvalReport;
 use crate::eval::retrieval::Recall;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -28,6 +29,9 @@ pub struct StepMetrics {
     pub skipped_update: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retrieval: Option<Recall>,
+    /// Full held-out evaluation (ITM re-ranking, accuracy, perplexity) on `eval.rerank_every`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluation: Option<EvalReport>,
 }
 
 impl StepMetrics {

@@ -20,6 +20,7 @@ use crate::data::loader::{mix, Dataset, EvalSet, Prefetcher, Transform};
 use crate::data::synth;
 use crate::data::text::TextEncoder;
 use crate::error::{Error, Result};
+use crate::eval::evaluate::{evaluate, EvalOptions};
 use crate::eval::retrieval::{itc_recall, Recall};
 use crate::trained::fresh_model;
 use crate::interop::safetensors_io::{write_atomic, SafetensorsFile};
@@ -253,25 +254,47 @@ impl BackendJob for TrainJob {
                 skipped_total: state.samples_skipped,
                 skipped_update: skip_update,
                 retrieval: None,
+                evaluation: None,
             };
             let eval_due = (cfg.eval.every > 0 && state.step % cfg.eval.every == 0) || state.step == total;
+            let rerank_due = cfg.eval.rerank_every > 0 && (state.step % cfg.eval.rerank_every == 0 || state.step == total);
+            let mut best_candidate = None;
             if let (true, Some(set)) = (eval_due, &eval_set) {
-                let r = itc_recall(&model.valid(), &frozen, set, 64);
+                let valid = model.valid();
+                let r = itc_recall(&valid, &frozen, set, 64);
                 progress.println(&format!(
                     "step {} held-out retrieval: i2t R@1 {:.1} R@5 {:.1} | t2i R@1 {:.1} R@5 {:.1} ({} images)",
                     state.step, r.i2t_r1, r.i2t_r5, r.t2i_r1, r.t2i_r5, set.images
                 ));
                 last.retrieval = Some(r);
                 recall = Some(r);
+                if rerank_due {
+                    let report = evaluate(&valid, &frozen, set, &EvalOptions { k_test: cfg.eval.k_test, chunk: 64 });
+                    progress.println(&format!(
+                        "step {} re-ranked (top {}): i2t R@1 {:.1} | t2i R@1 {:.1}; ITM accuracy {:.1}/{:.1}; ITG perplexity {:.2}",
+                        state.step, report.k_test, report.itm.i2t_r1, report.itm.t2i_r1, report.itm_acc_positive, report.itm_acc_negative, report.itg_perplexity
+                    ));
+                    last.evaluation = Some(report);
+                }
+                if let Some((rerank, field)) = cfg.eval.best() {
+                    let source = if rerank { last.evaluation.as_ref().map(|e| e.itm) } else { Some(r) };
+                    best_candidate = source.and_then(|x| x.get(field)).filter(|v| state.best.is_none_or(|(_, b)| *v > b));
+                }
             }
             metrics.append(&last)?;
             progress.step(&last, total);
+            let write_files = |dir: &Path| {
+                save_weights(&model, &cfg.model, &dir.join(MODEL_FILE))?;
+                let meta = std::collections::HashMap::from([("step".to_string(), optim.step.to_string())]);
+                write_atomic(&dir.join(OPTIMIZER_FILE), optim.state_tensors(), meta)
+            };
+            if let Some(value) = best_candidate {
+                state.best = Some((state.step, value));
+                let dir = checkpoint::save_best(&run_dir, &cfg, &state, write_files)?;
+                progress.println(&format!("step {}: best {} so far ({value:.2}), saved to {}", state.step, cfg.eval.best_metric, dir.display()));
+            }
             if state.step % cfg.checkpoint.every == 0 || state.step == total {
-                checkpoint::save(&run_dir, &cfg, &state, cfg.checkpoint.keep, |dir| {
-                    save_weights(&model, &cfg.model, &dir.join(MODEL_FILE))?;
-                    let meta = std::collections::HashMap::from([("step".to_string(), optim.step.to_string())]);
-                    write_atomic(&dir.join(OPTIMIZER_FILE), optim.state_tensors(), meta)
-                })?;
+                checkpoint::save(&run_dir, &cfg, &state, cfg.checkpoint.keep, write_files)?;
             }
         }
         progress.finish();

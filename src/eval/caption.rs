@@ -1,0 +1,103 @@
+//! Captions from the ITG decoder, as LAVIS's stage-one `generate`: the query pass over the image
+//! gives the per-layer query keys/values; the text decoder starts from `[DEC]` and attends to all
+//! of them and to its own earlier tokens (the multimodal causal mask). Greedy or beam search, with
+//! minimum and maximum length; a caption ends at `[SEP]`.
+
+use burn::tensor::{activation::log_softmax, backend::Backend, Int, Tensor, TensorData};
+
+use crate::model::{KeyValue, QFormer};
+use crate::objectives::AttentionMask;
+
+#[derive(Clone, Debug)]
+pub struct DecodeOptions {
+    /// 1 is greedy decoding.
+    pub beams: usize,
+    /// Tokens after `[DEC]`, `[SEP]` included (LAVIS: 30).
+    pub max_len: usize,
+    /// `[SEP]` is not allowed before this many tokens (LAVIS: 10 for beam search).
+    pub min_len: usize,
+    /// Finished beams are ranked by log-probability / length^penalty (HF's default 1.0).
+    pub length_penalty: f64,
+}
+
+impl Default for DecodeOptions {
+    fn default() -> Self {
+        Self { beams: 3, max_len: 30, min_len: 10, length_penalty: 1.0 }
+    }
+}
+
+/// Log-probabilities of the next token after each prefix: `prefixes` rows of equal length, all
+/// starting with `[DEC]`, against one image's query keys/values.
+fn next_token_logprobs<B: Backend>(model: &QFormer<B>, query_kv: &[KeyValue<B>], prefixes: &[Vec<i64>]) -> Vec<Vec<f32>> {
+    let device = model.query_tokens.device();
+    let (n, t, q) = (prefixes.len(), prefixes[0].len(), model.num_query);
+    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(prefixes.concat(), [n, t]), &device);
+    let zeros = Tensor::<B, 1, Int>::zeros([n], &device);
+    let prefix: Vec<KeyValue<B>> = query_kv.iter().map(|kv| kv.select(zeros.clone())).collect();
+    let mask = AttentionMask::multimodal_causal(q, &vec![vec![1; t]; n]).select_rows(q, t).to_additive::<B>(&device);
+    let hidden = model.encode(model.embed(None, Some(ids), false), 0, Some(mask), &[], Some(&prefix), false).hidden;
+    let d = hidden.dims()[2];
+    let last = hidden.slice([0..n, t - 1..t, 0..d]).reshape([n, d]);
+    let logp = log_softmax(model.lm_logits(last), 1);
+    let vocab = logp.dims()[1];
+    let flat = logp.into_data().convert::<f32>().to_vec::<f32>().expect("f32");
+    flat.chunks(vocab).map(<[f32]>::to_vec).collect()
+}
+
+/// Token ids of one caption (without `[DEC]` and `[SEP]`) for one image's query keys/values
+/// (`[1, H, Q, head_dim]` per layer).
+pub fn generate<B: Backend>(model: &QFormer<B>, query_kv: &[KeyValue<B>], eos: i64, opts: &DecodeOptions) -> Vec<i64> {
+    let bos = model.bos_token_id as i64;
+    let beams = opts.beams.max(1);
+    // (tokens after [DEC], summed log-probability)
+    let mut alive: Vec<(Vec<i64>, f64)> = vec![(Vec::new(), 0.0)];
+    let mut finished: Vec<(Vec<i64>, f64)> = Vec::new();
+    let score = |tokens: &[i64], logp: f64| logp / ((tokens.len() + 1) as f64).powf(opts.length_penalty);
+    for step in 0..opts.max_len {
+        let prefixes: Vec<Vec<i64>> = alive.iter().map(|(t, _)| [vec![bos], t.clone()].concat()).collect();
+        let logprobs = next_token_logprobs(model, query_kv, &prefixes);
+        // Each beam offers its 2×beams best tokens, so that beams ending here can be replaced.
+        let width = 2 * beams;
+        let mut candidates: Vec<(usize, i64, f64)> = Vec::new();
+        for (b, lp) in logprobs.iter().enumerate() {
+            let mut order: Vec<usize> = (0..lp.len()).filter(|&tok| (tok as i64 != eos || step + 1 >= opts.min_len) && tok as i64 != bos).collect();
+            let keep = width.min(order.len());
+            order.select_nth_unstable_by(keep - 1, |&x, &y| lp[y].total_cmp(&lp[x]));
+            candidates.extend(order[..keep].iter().map(|&tok| (b, tok as i64, alive[b].1 + f64::from(lp[tok]))));
+        }
+        candidates.sort_by(|a, b| b.2.total_cmp(&a.2));
+        let mut next = Vec::with_capacity(beams);
+        for (rank, (b, tok, logp)) in candidates.into_iter().enumerate() {
+            if next.len() == beams {
+                break;
+            }
+            let tokens = alive[b].0.clone();
+            if tok == eos {
+                // An ending counts only when it ranks among the best `beams` continuations.
+                if rank < beams {
+                    finished.push((tokens, logp));
+                }
+            } else {
+                next.push(([tokens, vec![tok]].concat(), logp));
+            }
+        }
+        alive = next;
+        if finished.len() >= beams {
+            let mut kept: Vec<f64> = finished.iter().map(|(t, l)| score(t, *l)).collect();
+            kept.sort_by(|a, b| b.total_cmp(a));
+            let best_alive = alive.iter().map(|(t, l)| score(t, *l)).fold(f64::NEG_INFINITY, f64::max);
+            if best_alive <= kept[beams - 1] {
+                break;
+            }
+        }
+        if alive.is_empty() {
+            break;
+        }
+    }
+    finished.extend(alive);
+    finished
+        .into_iter()
+        .max_by(|a, b| score(&a.0, a.1).total_cmp(&score(&b.0, b.1)))
+        .map(|(tokens, _)| tokens)
+        .unwrap_or_default()
+}

@@ -1,0 +1,250 @@
+//! Held-out evaluation of a stage-one model, as LAVIS evaluates retrieval: rank by ITC similarity
+//! (query-max cosine, no temperature), then re-rank each query's top `k_test` candidates by
+//! ITM (score = ITC cosine + the positive-class ITM logit, averaged over queries); everything
+//! else keeps −100. Also ITM accuracy on positives and on the hardest ITC negatives, and ITG
+//! token perplexity of the captions given their images.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use burn::tensor::{backend::Backend, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::retrieval::{recall, recall_from_scores, Recall};
+use super::scoring::{image_side, itc_similarities, itm_logits, text_embeds, ImageSide};
+use crate::data::loader::EvalSet;
+use crate::model::frozen::Frozen;
+use crate::model::QFormer;
+use crate::objectives::itg::{itg_loss, targets};
+
+#[derive(Clone, Debug)]
+pub struct EvalOptions {
+    /// Candidates re-ranked by ITM per query (LAVIS: 128 on COCO, 256 on Flickr).
+    pub k_test: usize,
+    /// Images or captions per forward.
+    pub chunk: usize,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EvalTiming {
+    pub features_ms: f64,
+    pub itc_ms: f64,
+    pub rerank_ms: f64,
+    pub itg_ms: f64,
+    /// Image-text pairs scored by ITM (re-ranking and accuracy pairs, each pair once).
+    pub itm_pairs: usize,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EvalReport {
+    pub images: usize,
+    pub texts: usize,
+    pub k_test: usize,
+    /// Ranked by ITC similarity.
+    pub itc: Recall,
+    /// Top `k_test` re-ranked by ITM.
+    pub itm: Recall,
+    /// ITM accuracy (percent) on every (image, own caption) pair.
+    pub itm_acc_positive: f64,
+    /// ITM accuracy (percent) on each image's hardest ITC negative caption and each caption's
+    /// hardest ITC negative image.
+    pub itm_acc_negative: f64,
+    /// exp(mean token negative log-likelihood) of the captions under ITG.
+    pub itg_perplexity: f64,
+    pub timing: EvalTiming,
+}
+
+/// Indices of the `k` largest values (ties: lower index first).
+pub fn top_k(scores: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    idx.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    idx.truncate(k);
+    idx
+}
+
+/// The best-scoring candidate that `exclude` does not rule out.
+fn hardest(scores: &[f32], exclude: impl Fn(usize) -> bool) -> Option<usize> {
+    (0..scores.len()).filter(|&j| !exclude(j)).max_by(|&a, &b| scores[a].total_cmp(&scores[b]).then(b.cmp(&a)))
+}
+
+/// LAVIS's re-ranked score matrices (`i2t`: images × texts, `t2i`: texts × images): each
+/// query's ITC top-k candidates get `itm(image, text) + sim`, everything else −100.
+pub fn rerank_scores(sims: &[f32], n_img: usize, n_txt: usize, i2t_top: &[Vec<usize>], t2i_top: &[Vec<usize>], itm: impl Fn(usize, usize) -> f32) -> (Vec<f32>, Vec<f32>) {
+    let mut i2t = vec![-100f32; n_img * n_txt];
+    for (i, tops) in i2t_top.iter().enumerate() {
+        for &t in tops {
+            i2t[i * n_txt + t] = itm(i, t) + sims[i * n_txt + t];
+        }
+    }
+    let mut t2i = vec![-100f32; n_txt * n_img];
+    for (t, tops) in t2i_top.iter().enumerate() {
+        for &i in tops {
+            t2i[t * n_img + i] = itm(i, t) + sims[i * n_txt + t];
+        }
+    }
+    (i2t, t2i)
+}
+
+pub fn evaluate<B: Backend>(model: &QFormer<B>, frozen: &Frozen<B>, set: &EvalSet, opts: &EvalOptions) -> EvalReport {
+    let device = model.query_tokens.device();
+    let (n_img, n_txt) = (set.images, set.captions.batch_size());
+    let chunk = opts.chunk.max(1);
+    let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
+    let mut timing = EvalTiming::default();
+
+    let started = Instant::now();
+    let per = frozen.input_len();
+    let side = ImageSide::cat(
+        (0..n_img)
+            .step_by(chunk)
+            .map(|s| {
+                let n = chunk.min(n_img - s);
+                image_side(model, frozen.features(set.inputs[s * per..(s + n) * per].to_vec(), &device))
+            })
+            .collect(),
+    );
+    timing.features_ms = ms(started);
+
+    let started = Instant::now();
+    let text: Vec<Tensor<B, 2>> = (0..n_txt).step_by(chunk).map(|s| text_embeds(model, &set.captions.select(&(s..(s + chunk).min(n_txt)).collect::<Vec<_>>()))).collect();
+    let sims = itc_similarities(side.embeds.clone(), Tensor::cat(text, 0)).into_data().convert::<f32>().to_vec::<f32>().expect("f32");
+    let column = |t: usize| (0..n_img).map(|i| sims[i * n_txt + t]).collect::<Vec<f32>>();
+    let itc = recall(&sims, n_img, &set.caption_image);
+    timing.itc_ms = ms(started);
+
+    // Every pair ITM must score, each once: (image, text) → (positive-class logit, predicted 1?).
+    let started = Instant::now();
+    let k = opts.k_test.max(1);
+    let mut pairs: BTreeMap<(usize, usize), (f32, bool)> = BTreeMap::new();
+    let i2t_top: Vec<Vec<usize>> = (0..n_img).map(|i| top_k(&sims[i * n_txt..(i + 1) * n_txt], k)).collect();
+    let t2i_top: Vec<Vec<usize>> = (0..n_txt).map(|t| top_k(&column(t), k)).collect();
+    let positives: Vec<(usize, usize)> = (0..n_txt).map(|t| (set.caption_image[t], t)).collect();
+    let mut negatives: Vec<(usize, usize)> = (0..n_img).filter_map(|i| hardest(&sims[i * n_txt..(i + 1) * n_txt], |t| set.caption_image[t] == i).map(|t| (i, t))).collect();
+    negatives.extend((0..n_txt).filter_map(|t| hardest(&column(t), |i| i == set.caption_image[t]).map(|i| (i, t))));
+    for (i, tops) in i2t_top.iter().enumerate() {
+        pairs.extend(tops.iter().map(|&t| ((i, t), (0.0, false))));
+    }
+    for (t, tops) in t2i_top.iter().enumerate() {
+        pairs.extend(tops.iter().map(|&i| ((i, t), (0.0, false))));
+    }
+    pairs.extend(positives.iter().chain(&negatives).map(|&p| (p, (0.0, false))));
+    let keys: Vec<(usize, usize)> = pairs.keys().copied().collect();
+    for batch in keys.chunks(chunk) {
+        let images: Vec<usize> = batch.iter().map(|p| p.0).collect();
+        let texts: Vec<usize> = batch.iter().map(|p| p.1).collect();
+        let logits = itm_logits(model, &side.select(&images).image_kv, &set.captions.select(&texts));
+        let host = logits.into_data().convert::<f32>().to_vec::<f32>().expect("f32");
+        for (j, key) in batch.iter().enumerate() {
+            pairs.insert(*key, (host[2 * j + 1], host[2 * j + 1] > host[2 * j]));
+        }
+    }
+    let (i2t, t2i) = rerank_scores(&sims, n_img, n_txt, &i2t_top, &t2i_top, |i, t| pairs[&(i, t)].0);
+    let itm = recall_from_scores(&i2t, &t2i, n_img, &set.caption_image);
+    let accuracy = |list: &[(usize, usize)], want: bool| 100.0 * list.iter().filter(|p| pairs[p].1 == want).count() as f64 / list.len().max(1) as f64;
+    let (itm_acc_positive, itm_acc_negative) = (accuracy(&positives, true), accuracy(&negatives, false));
+    timing.rerank_ms = ms(started);
+    timing.itm_pairs = keys.len();
+
+    // ITG: token-mean NLL per chunk, weighted back to a mean over every target token.
+    let started = Instant::now();
+    let (mut nll, mut tokens) = (0.0f64, 0usize);
+    for s in (0..n_txt).step_by(chunk) {
+        let rows: Vec<usize> = (s..(s + chunk).min(n_txt)).collect();
+        let captions = set.captions.select(&rows);
+        let n = targets(&captions).0.len();
+        if n == 0 {
+            continue;
+        }
+        let images: Vec<usize> = rows.iter().map(|&t| set.caption_image[t]).collect();
+        let query_kv = side.select(&images).query_kv;
+        let loss = itg_loss(model, &query_kv, &captions, model.bos_token_id, 0.0, false);
+        nll += crate::model::scalar(loss) * n as f64;
+        tokens += n;
+    }
+    timing.itg_ms = ms(started);
+
+    EvalReport {
+        images: n_img,
+        texts: n_txt,
+        k_test: k,
+        itc,
+        itm,
+        itm_acc_positive,
+        itm_acc_negative,
+        itg_perplexity: (nll / tokens.max(1) as f64).exp(),
+        timing,
+    }
+}
+
+/// The report as a terminal table.
+pub fn table(r: &EvalReport) -> String {
+    let row = |name: &str, x: &Recall| {
+        format!(
+            "{name:<14} {:>6.1} {:>6.1} {:>6.1} {:>7.1} | {:>6.1} {:>6.1} {:>6.1} {:>7.1} | {:>6.1}\n",
+            x.i2t_r1, x.i2t_r5, x.i2t_r10, x.i2t_mean(), x.t2i_r1, x.t2i_r5, x.t2i_r10, x.t2i_mean(), x.mean()
+        )
+    };
+    let mut s = format!("{} images, {} captions; ITM re-ranks the top {} of each query\n", r.images, r.texts, r.k_test);
+    s += &format!("{:<14} {:>6} {:>6} {:>6} {:>7} | {:>6} {:>6} {:>6} {:>7} | {:>6}\n", "ranking", "i2t@1", "@5", "@10", "mean", "t2i@1", "@5", "@10", "mean", "mean");
+    s += &row("ITC", &r.itc);
+    s += &row("ITC + ITM", &r.itm);
+    s += &format!("ITM accuracy: positives {:.1}%, hard negatives {:.1}%\n", r.itm_acc_positive, r.itm_acc_negative);
+    s += &format!("ITG perplexity: {:.3}\n", r.itg_perplexity);
+    let t = &r.timing;
+    s += &format!(
+        "time: features {:.0} ms, ITC {:.0} ms, ITM re-ranking {:.0} ms ({} pairs), ITG {:.0} ms",
+        t.features_ms, t.itc_ms, t.rerank_ms, t.itm_pairs, t.itg_ms
+    );
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{hardest, rerank_scores, top_k};
+    use crate::eval::retrieval::recall_from_scores;
+
+    #[test]
+    fn itm_reranking_changes_only_the_top_k() {
+        // 3 images × 4 captions; caption t describes image t (caption 3: image 0).
+        let caption_image = [0, 1, 2, 0];
+        #[rustfmt::skip]
+        let sims = [
+            0.50, 0.60, 0.10, 0.40,
+            0.30, 0.20, 0.55, 0.10,
+            0.20, 0.25, 0.30, 0.05,
+        ];
+        let (n_img, n_txt, k) = (3, 4, 2);
+        let i2t_top: Vec<Vec<usize>> = (0..n_img).map(|i| top_k(&sims[i * n_txt..(i + 1) * n_txt], k)).collect();
+        let t2i_top: Vec<Vec<usize>> = (0..n_txt).map(|t| top_k(&(0..n_img).map(|i| sims[i * n_txt + t]).collect::<Vec<_>>(), k)).collect();
+        // An ITM that is sure about the true pairs and dislikes every other.
+        let itm = |i: usize, t: usize| if caption_image[t] == i { 5.0 } else { -5.0 };
+        let (i2t, t2i) = rerank_scores(&sims, n_img, n_txt, &i2t_top, &t2i_top, itm);
+        for i in 0..n_img {
+            for t in 0..n_txt {
+                let inside = i2t_top[i].contains(&t);
+                assert_eq!(i2t[i * n_txt + t] == -100.0, !inside, "i2t ({i},{t})");
+                if inside {
+                    assert!((i2t[i * n_txt + t] - (itm(i, t) + sims[i * n_txt + t])).abs() < 1e-6);
+                }
+                assert_eq!(t2i[t * n_img + i] == -100.0, !t2i_top[t].contains(&i), "t2i ({t},{i})");
+            }
+        }
+        // ITC ranks a wrong caption first for images 0 and 1. ITM fixes image 0, whose own caption
+        // is in its top 2, but not image 1, whose caption ITC left out of the top 2.
+        let itc = crate::eval::retrieval::recall(&sims, n_img, &caption_image);
+        let both = recall_from_scores(&i2t, &t2i, n_img, &caption_image);
+        assert!((itc.i2t_r1 - 100.0 / 3.0).abs() < 1e-9, "{itc:?}");
+        assert!((both.i2t_r1 - 200.0 / 3.0).abs() < 1e-9, "{both:?}");
+        // Caption 2's top-2 images by ITC are 1 and 2: re-ranking puts image 2 first.
+        assert!(t2i[2 * n_img + 2] > t2i[2 * n_img + 1]);
+    }
+
+    #[test]
+    fn top_k_and_hardest_negative() {
+        let s = [0.1, 0.9, 0.5, 0.9, -1.0];
+        assert_eq!(top_k(&s, 3), vec![1, 3, 2]);
+        assert_eq!(top_k(&s, 9).len(), 5);
+        assert_eq!(hardest(&s, |j| j == 1), Some(3));
+        assert_eq!(hardest(&s, |_| true), None);
+    }
+}

@@ -1,0 +1,82 @@
+//! `qformer eval` and `qformer caption` on a trained checkpoint.
+
+use std::path::PathBuf;
+
+use burn::tensor::backend::AutodiffBackend;
+use serde::Serialize;
+
+use super::caption::{generate, DecodeOptions};
+use super::evaluate::{evaluate, EvalOptions, EvalReport};
+use super::scoring::image_side;
+use crate::backend::BackendJob;
+use crate::data::images::{decode, eval_transform};
+use crate::data::loader::{Dataset, EvalSet, Transform};
+use crate::data::text::TextEncoder;
+use crate::error::{Error, Result};
+use crate::model::frozen::Frozen;
+use crate::trained::Trained;
+
+pub struct EvalJob {
+    pub checkpoint: PathBuf,
+    /// Annotations to evaluate on (default: the run's `data.eval`).
+    pub data: Option<PathBuf>,
+    pub k_test: usize,
+    /// Images used (all when 0).
+    pub max_images: usize,
+}
+
+impl BackendJob for EvalJob {
+    type Output = EvalReport;
+
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<EvalReport> {
+        let trained = Trained::<B::InnerBackend>::from_checkpoint(&self.checkpoint, &device)?;
+        for m in &trained.messages {
+            eprintln!("{m}");
+        }
+        let cfg = &trained.cfg;
+        let path = self.data.or_else(|| cfg.data.eval.clone()).ok_or_else(|| Error::config("data.eval", "the run has no held-out set: pass --data", "command line"))?;
+        let text = TextEncoder::load(&cfg.text.tokenizer, cfg.text.max_len, cfg.text.max_words)?;
+        let data = Dataset::load(&path, cfg.data.image_root.as_deref())?;
+        let transform = Transform { image_size: cfg.encoder.image_size as u32, max_pixels: cfg.data.max_pixels, augment: None, cache: None };
+        let set = EvalSet::load(&data, &text, &transform, self.max_images)?;
+        for s in data.skipped.iter().chain(&set.skipped) {
+            eprintln!("skipped {s}");
+        }
+        let frozen = Frozen::Encoder { vit: trained.vit, image_size: cfg.encoder.image_size };
+        Ok(evaluate(&trained.model, &frozen, &set, &EvalOptions { k_test: self.k_test, chunk: 64 }))
+    }
+}
+
+pub struct CaptionJob {
+    pub checkpoint: PathBuf,
+    pub images: Vec<PathBuf>,
+    pub options: DecodeOptions,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Caption {
+    pub image: PathBuf,
+    pub caption: String,
+}
+
+impl BackendJob for CaptionJob {
+    type Output = Vec<Caption>;
+
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Vec<Caption>> {
+        let trained = Trained::<B::InnerBackend>::from_checkpoint(&self.checkpoint, &device)?;
+        let cfg = &trained.cfg;
+        let text = TextEncoder::load(&cfg.text.tokenizer, cfg.text.max_len, cfg.text.max_words)?;
+        let eos = text.token_id("[SEP]").ok_or_else(|| Error::file(&cfg.text.tokenizer, "vocabulary lacks [SEP]"))?;
+        let size = cfg.encoder.image_size;
+        let frozen = Frozen::Encoder { vit: trained.vit, image_size: size };
+        let mut out = Vec::with_capacity(self.images.len());
+        for image in self.images {
+            let bytes = std::fs::read(&image).map_err(|e| Error::io(&image, e))?;
+            let img = decode(&bytes, cfg.data.max_pixels).map_err(|e| Error::file(&image, e))?;
+            let side = image_side(&trained.model, frozen.features(eval_transform(&img, size as u32), &device));
+            let ids = generate(&trained.model, &side.query_kv, eos, &self.options);
+            out.push(Caption { image, caption: text.decode(&ids)? });
+        }
+        Ok(out)
+    }
+}
