@@ -9,7 +9,7 @@ use plotters::prelude::*;
 use plotters::style::{register_font, FontStyle};
 
 use crate::error::{Error, Result};
-use crate::train::metrics::StepMetrics;
+use crate::train::metrics::{MetricsLog, StepMetrics};
 
 /// Embedded so that plots render the same without system fonts (assets/README.md).
 const FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
@@ -27,17 +27,9 @@ pub struct Run {
 impl Run {
     /// Reads `dir/metrics.jsonl`; the run is named after its folder.
     pub fn load(dir: &Path) -> Result<Self> {
-        let path = dir.join("metrics.jsonl");
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let mut steps = Vec::new();
-        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-            let m: StepMetrics = serde_json::from_str(line).map_err(|e| Error::file(&path, format!("line {}: {e}", i + 1)))?;
-            // A resumed run appends again from its checkpoint: the later record of a step wins.
-            steps.retain(|s: &StepMetrics| s.step < m.step);
-            steps.push(m);
-        }
+        let steps = MetricsLog::read(dir)?;
         if steps.is_empty() {
-            return Err(Error::file(&path, "no steps recorded"));
+            return Err(Error::file(dir.join("metrics.jsonl"), "no steps recorded"));
         }
         let name = dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned());
         Ok(Self { name, steps })

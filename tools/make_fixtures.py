@@ -51,14 +51,16 @@ def perturb(name, p, gen):
             p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(p.shape[-1]))
 
 
-def build(s, gen):
+def build(s, gen, dtype=torch.float64, dropout=0.0):
+    """The reference model: HF's trunk plus every other tensor, random. Fixtures use float64
+    (from float32 values) and no dropout; tools/bench_torch.py uses float32 and dropout 0.1."""
     V, D, Dv, Q, E = s["vocab_size"], s["hidden_size"], s["encoder_hidden_size"], s["num_query_tokens"], s["image_text_hidden_size"]
     qcfg = Blip2QFormerConfig(
         vocab_size=V, hidden_size=D, num_hidden_layers=s["num_hidden_layers"],
         num_attention_heads=s["num_attention_heads"], intermediate_size=s["intermediate_size"],
         cross_attention_frequency=s["cross_attention_frequency"], encoder_hidden_size=Dv,
         max_position_embeddings=s["max_position_embeddings"], layer_norm_eps=1e-12,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, use_qformer_text_input=True,
+        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, use_qformer_text_input=True,
     )
     trunk = Blip2QFormerModel(qcfg).eval()
     params = {f"qformer.{k}": v for k, v in trunk.named_parameters()}
@@ -85,20 +87,23 @@ def build(s, gen):
     for name, p in params.items():
         if name != "temp":
             perturb(name, p, gen)
-    # Round to float32 (what the file holds), then compute in float64.
+    # Round to float32 (what the file holds), then compute in `dtype`.
     with torch.no_grad():
         for p in params.values():
             p.copy_(p.float())
-    trunk.double()
+    trunk.to(dtype)
     for p in extra.values():
-        p.data = p.data.double()
+        p.data = p.data.to(dtype)
     params = {f"qformer.{k}": v for k, v in trunk.named_parameters()}
     params.update(extra)
     return trunk, params
 
 
 def stage1(trunk, P, batch, s, itc_full=False, objectives=("itc", "itm", "itg")):
-    feats, ids, mask = batch["image_feats"].double(), batch["input_ids"], batch["attention_mask"]
+    """LAVIS's stage-one losses, computing only what `objectives` need. ITM negatives come from
+    the batch (`neg_image_idx`, `neg_text_idx`) or, when it has none, are sampled as LAVIS does
+    from the softmax of the detached similarities with positives excluded."""
+    feats, ids, mask = batch["image_feats"].to(P["ln_vision.weight"].dtype), batch["input_ids"], batch["attention_mask"]
     B, T = ids.shape
     Q, V = s["num_query_tokens"], s["vocab_size"]
     bos = V - 1
@@ -113,51 +118,59 @@ def stage1(trunk, P, batch, s, itc_full=False, objectives=("itc", "itm", "itg"))
     queries = P["query_tokens"].expand(B, -1, -1)
     out = {}
 
-    # Pass A (queries and image) and pass B (text alone).
-    qo = trunk(query_embeds=queries, query_length=Q, encoder_hidden_states=img).last_hidden_state
-    to = trunk(query_embeds=text_embed(ids), query_length=0, attention_mask=mask).last_hidden_state
-    z = F.normalize(linear(qo, "vision_proj"), dim=-1)
-    t = F.normalize(linear(to[:, 0], "text_proj"), dim=-1)
-    z_all, t_all = (z, t) if itc_full else (z.detach(), t.detach())
-    sim_i2t = torch.einsum("bqe,ne->bnq", z, t_all).max(-1).values / P["temp"]
-    sim_t2i = torch.einsum("be,nqe->bnq", t, z_all).max(-1).values / P["temp"]
-    if s["image_ids"] is None:
-        target = torch.arange(B)
-        loss_itc = (F.cross_entropy(sim_i2t, target, label_smoothing=0.1) + F.cross_entropy(sim_t2i, target, label_smoothing=0.1)) / 2
-    else:
-        iid = torch.tensor(s["image_ids"])
-        pos = (iid[:, None] == iid[None, :]).double()
-        tgt = 0.9 * pos / pos.sum(1, keepdim=True) + 0.1 / B
-        loss_itc = (-(F.log_softmax(sim_i2t, 1) * tgt).sum(1).mean() - (F.log_softmax(sim_t2i, 1) * tgt).sum(1).mean()) / 2
-    out["loss_itc"], out["sim_i2t"] = loss_itc, sim_i2t
+    iid = torch.tensor(s["image_ids"]) if s["image_ids"] is not None else torch.arange(B)
+    pos = (iid[:, None] == iid[None, :]).to(img.dtype)
+    if "itc" in objectives or "itm" in objectives:
+        # Pass A (queries and image) and pass B (text alone).
+        qo = trunk(query_embeds=queries, query_length=Q, encoder_hidden_states=img).last_hidden_state
+        to = trunk(query_embeds=text_embed(ids), query_length=0, attention_mask=mask).last_hidden_state
+        z = F.normalize(linear(qo, "vision_proj"), dim=-1)
+        t = F.normalize(linear(to[:, 0], "text_proj"), dim=-1)
+        z_all, t_all = (z, t) if itc_full else (z.detach(), t.detach())
+        sim_i2t = torch.einsum("bqe,ne->bnq", z, t_all).max(-1).values / P["temp"]
+        sim_t2i = torch.einsum("be,nqe->bnq", t, z_all).max(-1).values / P["temp"]
+        if s["image_ids"] is None:
+            target = torch.arange(B)
+            loss_itc = (F.cross_entropy(sim_i2t, target, label_smoothing=0.1) + F.cross_entropy(sim_t2i, target, label_smoothing=0.1)) / 2
+        else:
+            tgt = 0.9 * pos / pos.sum(1, keepdim=True) + 0.1 / B
+            loss_itc = (-(F.log_softmax(sim_i2t, 1) * tgt).sum(1).mean() - (F.log_softmax(sim_t2i, 1) * tgt).sum(1).mean()) / 2
+        out["loss_itc"], out["sim_i2t"] = loss_itc, sim_i2t
 
     # ITM: texts [pos; pos; neg], images [pos; neg; pos].
-    ni, nt = batch["neg_image_idx"], batch["neg_text_idx"]
-    ids_all = torch.cat([ids, ids, ids[nt]])
-    mask_all = torch.cat([mask, mask, mask[nt]])
-    img_all = torch.cat([img, img[ni], img])
-    emb = torch.cat([P["query_tokens"].expand(3 * B, -1, -1), text_embed(ids_all)], 1)
-    att = torch.cat([torch.ones(3 * B, Q, dtype=mask.dtype), mask_all], 1)
-    h = trunk(query_embeds=emb, query_length=Q, attention_mask=att, encoder_hidden_states=img_all).last_hidden_state
-    itm_logits = linear(h[:, :Q], "itm_head").mean(1)
-    labels = torch.cat([torch.ones(B, dtype=torch.long), torch.zeros(2 * B, dtype=torch.long)])
-    out["loss_itm"], out["itm_logits"] = F.cross_entropy(itm_logits, labels), itm_logits
+    if "itm" in objectives:
+        if "neg_image_idx" in batch:
+            ni, nt = batch["neg_image_idx"], batch["neg_text_idx"]
+        else:
+            with torch.no_grad():
+                ni = torch.multinomial(F.softmax(sim_t2i, 1) * (1 - pos) + 1e-12 * (1 - pos), 1).squeeze(1)
+                nt = torch.multinomial(F.softmax(sim_i2t, 1) * (1 - pos) + 1e-12 * (1 - pos), 1).squeeze(1)
+        ids_all = torch.cat([ids, ids, ids[nt]])
+        mask_all = torch.cat([mask, mask, mask[nt]])
+        img_all = torch.cat([img, img[ni], img])
+        emb = torch.cat([P["query_tokens"].expand(3 * B, -1, -1), text_embed(ids_all)], 1)
+        att = torch.cat([torch.ones(3 * B, Q, dtype=mask.dtype), mask_all], 1)
+        h = trunk(query_embeds=emb, query_length=Q, attention_mask=att, encoder_hidden_states=img_all).last_hidden_state
+        itm_logits = linear(h[:, :Q], "itm_head").mean(1)
+        labels = torch.cat([torch.ones(B, dtype=torch.long), torch.zeros(2 * B, dtype=torch.long)])
+        out["loss_itm"], out["itm_logits"] = F.cross_entropy(itm_logits, labels), itm_logits
 
     # ITG as one pass under the prefix-causal ("UniLM") mask.
-    dec = ids.clone()
-    dec[:, 0] = bos
-    S = Q + T
-    m3 = torch.zeros(B, S, S, dtype=torch.long)
-    m3[:, :Q, :Q] = 1
-    m3[:, Q:, :Q] = 1
-    m3[:, Q:, Q:] = torch.tril(torch.ones(T, T, dtype=torch.long))
-    m3 = m3 * torch.cat([torch.ones(B, Q, dtype=torch.long), mask], 1)[:, None, :]
-    emb = torch.cat([queries, text_embed(dec)], 1)
-    h = trunk(query_embeds=emb, query_length=Q, attention_mask=m3, encoder_hidden_states=img).last_hidden_state[:, Q:]
-    h = F.layer_norm(F.gelu(linear(h, "lm_head.transform.dense")), (h.shape[-1],), P["lm_head.transform.LayerNorm.weight"], P["lm_head.transform.LayerNorm.bias"], eps=1e-12)
-    logits = h @ P["embeddings.word_embeddings.weight"].T + P["lm_head.bias"]
-    lab = dec.masked_fill(mask == 0, -100)
-    out["loss_itg"] = F.cross_entropy(logits[:, :-1].reshape(-1, V), lab[:, 1:].reshape(-1), ignore_index=-100, label_smoothing=0.1)
+    if "itg" in objectives:
+        dec = ids.clone()
+        dec[:, 0] = bos
+        S = Q + T
+        m3 = torch.zeros(B, S, S, dtype=torch.long)
+        m3[:, :Q, :Q] = 1
+        m3[:, Q:, :Q] = 1
+        m3[:, Q:, Q:] = torch.tril(torch.ones(T, T, dtype=torch.long))
+        m3 = m3 * torch.cat([torch.ones(B, Q, dtype=torch.long), mask], 1)[:, None, :]
+        emb = torch.cat([queries, text_embed(dec)], 1)
+        h = trunk(query_embeds=emb, query_length=Q, attention_mask=m3, encoder_hidden_states=img).last_hidden_state[:, Q:]
+        h = F.layer_norm(F.gelu(linear(h, "lm_head.transform.dense")), (h.shape[-1],), P["lm_head.transform.LayerNorm.weight"], P["lm_head.transform.LayerNorm.bias"], eps=1e-12)
+        logits = h @ P["embeddings.word_embeddings.weight"].T + P["lm_head.bias"]
+        lab = dec.masked_fill(mask == 0, -100)
+        out["loss_itg"] = F.cross_entropy(logits[:, :-1].reshape(-1, V), lab[:, 1:].reshape(-1), ignore_index=-100, label_smoothing=0.1)
 
     out["loss"] = sum(out[f"loss_{o}"] for o in objectives)
     return out

@@ -75,13 +75,17 @@ pub fn load(path: &Path, image_root: Option<&Path>) -> Result<Annotations> {
     match ext.as_str() {
         "tar" => read_tar(path),
         "json" | "jsonl" | "csv" | "tsv" => {
+            // Text is checked for UTF-8 where it is read: a bad line (or row) is a skip naming it;
+            // a JSON list, one document, is refused whole.
             let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-            let text = String::from_utf8_lossy(&bytes);
             match ext.as_str() {
-                "json" => parse_json(&text, path, &root),
-                "jsonl" => Ok(parse_jsonl(&text, path, &root)),
-                "csv" => parse_delimited(&text, b',', path, &root),
-                _ => parse_delimited(&text, b'\t', path, &root),
+                "json" => {
+                    let text = std::str::from_utf8(&bytes).map_err(|e| Error::file(path, format!("not valid UTF-8 (byte {})", e.valid_up_to())))?;
+                    parse_json(text, path, &root)
+                }
+                "jsonl" => Ok(parse_jsonl(&bytes, path, &root)),
+                "csv" => parse_delimited(&bytes, b',', path, &root),
+                _ => parse_delimited(&bytes, b'\t', path, &root),
             }
         }
         _ => Err(Error::file(path, "unknown annotation format: use .json, .jsonl, .csv, .tsv or .tar")),
@@ -174,10 +178,11 @@ fn parse_json(text: &str, path: &Path, root: &Path) -> Result<Annotations> {
     })))
 }
 
-fn parse_jsonl(text: &str, path: &Path, root: &Path) -> Annotations {
+fn parse_jsonl(bytes: &[u8], path: &Path, root: &Path) -> Annotations {
     let name = path.display();
-    collect(text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).map(|(i, line)| {
+    collect(bytes.split(|&b| b == b'\n').enumerate().filter(|(_, l)| !l.trim_ascii().is_empty()).map(|(i, line)| {
         let origin = format!("{name}:{}", i + 1);
+        let line = std::str::from_utf8(line).map_err(|e| Skip { origin: origin.clone(), reason: format!("not valid UTF-8 (byte {} of the line)", e.valid_up_to()) })?;
         match serde_json::from_str::<Value>(line) {
             Ok(v) => record_from_object(&v, root, origin),
             Err(e) => Err(Skip { origin, reason: format!("invalid JSON: {e}") }),
@@ -185,9 +190,9 @@ fn parse_jsonl(text: &str, path: &Path, root: &Path) -> Annotations {
     }))
 }
 
-fn parse_delimited(text: &str, delimiter: u8, path: &Path, root: &Path) -> Result<Annotations> {
+fn parse_delimited(bytes: &[u8], delimiter: u8, path: &Path, root: &Path) -> Result<Annotations> {
     let name = path.display();
-    let mut reader = csv::ReaderBuilder::new().delimiter(delimiter).flexible(true).from_reader(text.as_bytes());
+    let mut reader = csv::ReaderBuilder::new().delimiter(delimiter).flexible(true).from_reader(bytes);
     let headers = reader.headers().map_err(|e| Error::file(path, format!("unreadable header: {e}")))?.clone();
     let col = |n: &str| headers.iter().position(|h| h.trim() == n);
     let (image_col, caption_col) = match (col("image"), col("caption")) {

@@ -89,17 +89,17 @@ fn scene(size: u32, rng: &mut ChaCha8Rng) -> (RgbImage, [String; 2]) {
     (img, [first, second])
 }
 
-/// Writes `n_train` + `n_eval` scenes of `size` px under `out`: `images/`, `train.json`,
-/// `eval.json`. Returns the two annotation paths.
+/// Writes `n_train` + `n_eval` scenes of `size` px under `out`: `images/`, `eval.json`, then
+/// `train.json`, each atomically: `train.json` existing means the set is complete, so a run
+/// killed while generating regenerates it.
 pub fn generate(out: &Path, n_train: usize, n_eval: usize, size: u32, seed: u64) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
     let images = out.join("images");
     std::fs::create_dir_all(&images).map_err(|e| Error::io(&images, e))?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut write_split = |name: &str, n: usize, offset: usize| -> Result<std::path::PathBuf> {
-        let mut entries = Vec::with_capacity(n);
-        for i in 0..n {
+    let write_split = |name: &str, scenes: Vec<(RgbImage, [String; 2])>, offset: usize| -> Result<std::path::PathBuf> {
+        let mut entries = Vec::with_capacity(scenes.len());
+        for (i, (img, captions)) in scenes.into_iter().enumerate() {
             let id = offset + i;
-            let (img, captions) = scene(size, &mut rng);
             let file = format!("images/{id:06}.png");
             let path = out.join(&file);
             img.save(&path).map_err(|e| Error::file(&path, e.to_string()))?;
@@ -107,11 +107,14 @@ pub fn generate(out: &Path, n_train: usize, n_eval: usize, size: u32, seed: u64)
         }
         let path = out.join(format!("{name}.json"));
         let text = serde_json::to_string_pretty(&entries).expect("json");
-        std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
+        crate::train::checkpoint::write_atomic_text(&path, &text)?;
         Ok(path)
     };
-    let train = write_split("train", n_train, 0)?;
-    let eval = write_split("eval", n_eval, n_train)?;
+    // Scenes are drawn train first, as always; the files are written eval first.
+    let train_scenes: Vec<_> = (0..n_train).map(|_| scene(size, &mut rng)).collect();
+    let eval_scenes: Vec<_> = (0..n_eval).map(|_| scene(size, &mut rng)).collect();
+    let eval = write_split("eval", eval_scenes, n_train)?;
+    let train = write_split("train", train_scenes, 0)?;
     Ok((train, eval))
 }
 

@@ -107,10 +107,28 @@ fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(|e| Error::io(dir, e))
 }
 
-fn write_atomic_text(path: &Path, text: &str) -> Result<()> {
+/// Replaces a small text file atomically (temporary file, sync, rename).
+pub(crate) fn write_atomic_text(path: &Path, text: &str) -> Result<()> {
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
     write_synced(&tmp, text.as_bytes())?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// Removes what an interrupted write left behind in a run folder (`.step-*.tmp-PID`,
+/// `.best.tmp-PID`, `latest.tmp-PID`): published checkpoints are never touched.
+pub fn clean_stale(run_dir: &Path) -> Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(run_dir).map_err(|e| Error::io(run_dir, e))?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.contains(".tmp-") {
+            continue;
+        }
+        let path = entry.path();
+        let result = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        result.map_err(|e| Error::io(&path, e))?;
+        removed += 1;
+    }
+    Ok(removed)
 }
 
 /// Step folders of a run, oldest first.

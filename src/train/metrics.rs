@@ -11,15 +11,22 @@ use crate::error::{Error, Result};
 use crate::eval::evaluate::EvalReport;
 use crate::eval::retrieval::Recall;
 
+/// JSON has no NaN: a non-finite value is written as `null` and read back as NaN, so a bad step's
+/// record survives a resume. A switched-off objective's term is absent.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct StepMetrics {
     pub step: u64,
+    #[serde(deserialize_with = "null_is_nan")]
     pub loss: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "null_is_nan_term")]
     pub loss_itc: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "null_is_nan_term")]
     pub loss_itm: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "null_is_nan_term")]
     pub loss_itg: Option<f64>,
     pub lr: f64,
     pub temp: f64,
+    #[serde(deserialize_with = "null_is_nan")]
     pub grad_norm: f64,
     pub pairs_per_s: f64,
     pub sampler_fallbacks: usize,
@@ -32,6 +39,14 @@ pub struct StepMetrics {
     /// Full held-out evaluation (ITM re-ranking, accuracy, perplexity) on `eval.rerank_every`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evaluation: Option<EvalReport>,
+}
+
+fn null_is_nan<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
+fn null_is_nan_term<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<f64>, D::Error> {
+    null_is_nan(d).map(Some)
 }
 
 impl StepMetrics {
@@ -69,7 +84,7 @@ impl MetricsLog {
             if !out.is_empty() {
                 out.push('\n');
             }
-            std::fs::write(&path, out).map_err(|e| Error::io(&path, e))?;
+            crate::train::checkpoint::write_atomic_text(&path, &out)?;
         }
         Ok(Self { path })
     }
@@ -79,11 +94,16 @@ impl MetricsLog {
         writeln!(f, "{}", serde_json::to_string(m).expect("metrics json")).map_err(|e| Error::io(&self.path, e))
     }
 
+    /// Every recorded step. A last line without its newline (a run killed while appending) is
+    /// ignored, as resuming drops it.
     pub fn read(run_dir: &Path) -> Result<Vec<StepMetrics>> {
         let path = run_dir.join("metrics.jsonl");
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        text.lines()
+        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+        complete
+            .lines()
             .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
             .map(|(i, l)| serde_json::from_str(l).map_err(|e| Error::file(&path, format!("line {}: {e}", i + 1))))
             .collect()
     }

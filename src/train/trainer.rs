@@ -149,6 +149,10 @@ impl BackendJob for TrainJob {
 
         let run_dir = cfg.checkpoint.dir.join(&self.run_name);
         std::fs::create_dir_all(&run_dir).map_err(|e| Error::io(&run_dir, e))?;
+        let stale = checkpoint::clean_stale(&run_dir)?;
+        if stale > 0 {
+            eprintln!("removed {stale} partial checkpoint write(s) left by an interrupted run");
+        }
         std::fs::write(run_dir.join("config.toml"), cfg.to_toml()).map_err(|e| Error::io(&run_dir, e))?;
 
         let per_step = (t.batch_size * t.grad_accum) as u64;
@@ -225,12 +229,13 @@ impl BackendJob for TrainJob {
             }
             let grad_norm = grads.norm();
             let skip_update = !(finite && grad_norm.is_finite());
+            let mut stop = None;
             if skip_update {
                 consecutive_bad += 1;
                 state.bad_steps_total += 1;
                 progress.println(&format!("step {}: non-finite loss or gradient, update skipped ({consecutive_bad} in a row)", state.step + 1));
                 if consecutive_bad >= t.max_bad_steps {
-                    return Err(Error::input("train.max_bad_steps", format!("{consecutive_bad} consecutive non-finite steps; stopping. The last checkpoint in {} is intact", run_dir.display())));
+                    stop = Some(Error::input("train.max_bad_steps", format!("{consecutive_bad} consecutive non-finite steps; stopping. The last checkpoint in {} is intact", run_dir.display())));
                 }
             } else {
                 consecutive_bad = 0;
@@ -283,6 +288,11 @@ impl BackendJob for TrainJob {
             }
             metrics.append(&last)?;
             progress.step(&last, total);
+            // The step that trips the limit is recorded, and no checkpoint is written after it.
+            if let Some(e) = stop {
+                progress.finish();
+                return Err(e);
+            }
             let write_files = |dir: &Path| {
                 save_weights(&model, &cfg.model, &dir.join(MODEL_FILE))?;
                 let meta = std::collections::HashMap::from([("step".to_string(), optim.step.to_string())]);

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: a small model shape and a deterministic batch.
 #![allow(dead_code)]
 
+use std::path::{Path, PathBuf};
+
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Distribution, Tensor};
 use qformer::model::QFormerConfig;
@@ -41,4 +43,80 @@ pub fn batch(b: usize, image_ids: Option<Vec<i64>>, seed: u64) -> Stage1Batch<B>
 pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A whole training run in miniature (the 32-word fixture vocabulary, 16 px images, checkpoint every
+/// step), written to `dir/run.toml`; `extra` lands in `[train]`.
+pub fn run_config(dir: &Path, steps: u64, extra: &str) -> PathBuf {
+    let vocab = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lavis/vocab.txt");
+    let text = format!(
+        r#"
+[model]
+hidden_size = 32
+num_hidden_layers = 2
+num_attention_heads = 2
+intermediate_size = 48
+cross_attention_frequency = 2
+encoder_hidden_size = 24
+vocab_size = 33
+max_position_embeddings = 32
+layer_norm_eps = 1e-12
+num_query_tokens = 4
+image_text_hidden_size = 16
+bos_token_id = 32
+
+[encoder]
+image_size = 16
+patch_size = 8
+width = 24
+depth = 1
+heads = 2
+mlp_ratio = 2.0
+seed = 3
+
+[data]
+train = "{d}/shapes/train.json"
+eval = "{d}/shapes/eval.json"
+synth = {{ train = 48, eval = 8, seed = 1 }}
+
+[text]
+tokenizer = "{vocab}"
+max_len = 14
+
+[optim]
+lr = 1e-3
+
+[train]
+batch_size = 6
+steps = {steps}
+grad_accum = 2
+clip_grad_norm = 1.0
+seed = 5
+{extra}
+
+[checkpoint]
+dir = "{d}/checkpoints"
+every = 1
+keep = 2
+
+[log]
+every = 1
+
+[eval]
+every = 0
+"#,
+        d = dir.display(),
+        vocab = vocab.display()
+    );
+    let path = dir.join("run.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Every tensor of a safetensors file, by name.
+pub fn tensors(path: &Path) -> Vec<(String, Vec<f32>)> {
+    let f = qformer::interop::safetensors_io::SafetensorsFile::open(path).unwrap();
+    let mut names = f.names().unwrap();
+    names.sort();
+    names.into_iter().map(|n| (n.clone(), f.f32(&n).unwrap().1)).collect()
 }

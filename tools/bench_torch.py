@@ -1,0 +1,86 @@
+#!/usr/bin/env python3
+"""The PyTorch side of tools/bench_compare.sh: the same stage-one training step as
+`qformer bench`, in PyTorch with `transformers`' `Blip2QFormerModel` trunk and LAVIS's losses
+(tools/make_fixtures.py's reference, float32, dropout 0.1, negatives sampled from the similarities
+as LAVIS does), AdamW with LAVIS's parameter groups (no weight decay on 1-D tensors and biases).
+Prints JSON: median ms per step and pairs/s per objective set, and peak RSS.
+
+    python tools/bench_torch.py --preset tiny --batch 32 --text-len 20 --steps 3 --threads 2
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_fixtures import build, stage1  # noqa: E402
+
+# qformer's presets (src/model/config.rs): QFormerConfig::tiny() and ::blip2().
+PRESETS = {
+    "tiny": dict(hidden_size=256, num_hidden_layers=2, num_attention_heads=4, intermediate_size=1024, cross_attention_frequency=1,
+                 encoder_hidden_size=384, vocab_size=30523, max_position_embeddings=512, num_query_tokens=8, image_text_hidden_size=128,
+                 image_tokens=65),
+    "blip2": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, cross_attention_frequency=2,
+                  encoder_hidden_size=1408, vocab_size=30523, max_position_embeddings=512, num_query_tokens=32, image_text_hidden_size=256,
+                  image_tokens=257),
+}
+
+
+def random_batch(s, batch, text_len, gen):
+    """Random features and captions of varying length ([CLS] ... [SEP], padding), as qformer's."""
+    feats = torch.randn(batch, s["image_tokens"], s["encoder_hidden_size"], generator=gen)
+    ids = torch.zeros(batch, text_len, dtype=torch.long)
+    mask = torch.zeros(batch, text_len, dtype=torch.long)
+    for b in range(batch):
+        n = int(torch.randint(min(text_len, 8), text_len + 1, (1,), generator=gen))
+        ids[b, 0], ids[b, n - 1] = 101, 102
+        ids[b, 1:n - 1] = torch.randint(1000, 30522, (n - 2,), generator=gen)
+        mask[b, :n] = 1
+    return {"image_feats": feats, "input_ids": ids, "attention_mask": mask}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--preset", default="tiny", choices=PRESETS)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--text-len", type=int, default=32)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--sets", default="itc,itm,itg", help="objective sets separated by ';'")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    s = dict(PRESETS[args.preset], image_ids=None)
+    gen = torch.Generator().manual_seed(args.seed)
+    results = []
+    for objectives in [tuple(x.split(",")) for x in args.sets.split(";")]:
+        torch.manual_seed(args.seed)
+        trunk, P = build(s, gen, dtype=torch.float32, dropout=0.1)
+        trunk.train()
+        decay = [p for n, p in P.items() if p.dim() >= 2 and not n.endswith(".bias")]
+        no_decay = [p for n, p in P.items() if not (p.dim() >= 2 and not n.endswith(".bias"))]
+        optim = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}], lr=1e-4, betas=(0.9, 0.999), eps=1e-8)
+        times = []
+        for step in range(args.warmup + args.steps):
+            batch = random_batch(s, args.batch, args.text_len, gen)
+            start = time.perf_counter()
+            optim.zero_grad(set_to_none=True)
+            out = stage1(trunk, P, batch, s, objectives=objectives)
+            out["loss"].backward()
+            optim.step()
+            if step >= args.warmup:
+                times.append((time.perf_counter() - start) * 1e3)
+        median = statistics.median(times)
+        results.append({"objectives": "+".join(objectives), "median_ms": median, "min_ms": min(times), "pairs_per_s": args.batch / (median / 1e3)})
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"steps": results, "peak_rss_mb": rss_kb / 1024, "threads": torch.get_num_threads(), "torch": torch.__version__}))
+
+
+if __name__ == "__main__":
+    main()
