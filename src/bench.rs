@@ -102,6 +102,19 @@ pub struct ImageKvCost {
 pub struct BenchReport {
     pub steps: Vec<BenchResult>,
     pub image_kv: ImageKvCost,
+    /// A plain 1024 × 1024 × 1024 f32 matmul through the same backend: the machine's practical
+    /// peak, against which a step's achieved rate compares.
+    pub matmul_gflops: f64,
+}
+
+/// GFLOP/s of a square f32 matmul of side `n` (median of `runs`).
+fn matmul_gflops<B: AutodiffBackend>(device: &B::Device, n: usize, runs: usize) -> Result<f64> {
+    let a = Tensor::<B::InnerBackend, 2>::random([n, n], Distribution::Normal(0.0, 1.0), device);
+    let b = Tensor::<B::InnerBackend, 2>::random([n, n], Distribution::Normal(0.0, 1.0), device);
+    let ms = time_ms::<B>(device, runs, || {
+        let _ = a.clone().matmul(b.clone()).into_data();
+    })?;
+    Ok(2.0 * (n as f64).powi(3) / (ms / 1e3) / 1e9)
 }
 
 fn median(mut times: Vec<f64>) -> f64 {
@@ -233,7 +246,8 @@ impl BackendJob for Bench {
         }
         let model = QFormer::<B>::new(&cfg, &device);
         let image_kv = image_kv_cost(&model, self.batch, self.image_tokens, cfg.encoder_hidden_size, self.steps, &device)?;
-        Ok(BenchReport { steps: results, image_kv })
+        let matmul_gflops = matmul_gflops::<B>(&device, 1024, 5)?;
+        Ok(BenchReport { steps: results, image_kv, matmul_gflops })
     }
 }
 

@@ -339,6 +339,7 @@ fn main() -> Result<()> {
                     kv.per_pass_ms,
                     kv.per_pass_ms - kv.shared_ms
                 );
+                println!("plain 1024^3 f32 matmul through this backend: {:.1} GFLOP/s", report.matmul_gflops);
             }
         }
     }

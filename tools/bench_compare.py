@@ -49,10 +49,11 @@ def main():
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--python", help="a Python that has torch and transformers (default: make target/bench-venv)")
     args = ap.parse_args()
 
-    python = os.path.join(VENV, "bin", "python")
-    if not os.path.exists(python):
+    python = args.python or os.path.join(VENV, "bin", "python")
+    if not args.python and not os.path.exists(python):
         subprocess.run([sys.executable, "-m", "venv", VENV], check=True)
         subprocess.run([python, "-m", "pip", "install", "--quiet", "torch", "transformers==4.46.3", "safetensors"], check=True)
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
