@@ -181,6 +181,9 @@ fn checkpoints_are_verified_and_writes_are_atomic() {
     let other = TrainConfig::load(&cfg_path, &["train.steps=2".into(), "model.intermediate_size=40".into()]).unwrap();
     let e = checkpoint::verify(&step, &other).unwrap_err().to_string();
     assert!(e.contains("model.intermediate_size"), "{e}");
+    let other = TrainConfig::load(&cfg_path, &["optim.lr=0.5".into()]).unwrap();
+    let e = checkpoint::verify(&step, &other).unwrap_err().to_string();
+    assert!(e.contains("different config") && e.contains("optim.lr"), "{e}");
     // Resuming with more steps is allowed.
     let longer = TrainConfig::load(&cfg_path, &["train.steps=9".into()]).unwrap();
     checkpoint::verify(&step, &longer).unwrap();
