@@ -87,6 +87,11 @@ pub struct BenchResult {
     pub median_ms: f64,
     pub min_ms: f64,
     pub pairs_per_s: f64,
+    /// Medians of the step's phases: features and forward (loss read back), backward
+    /// (gradients gathered), optimizer update.
+    pub forward_ms: f64,
+    pub backward_ms: f64,
+    pub optimizer_ms: f64,
 }
 
 /// Cost of the image side of cross-attention (`ln_vision` + K/V projections, forward and
@@ -210,6 +215,7 @@ impl BackendJob for Bench {
             let objectives = ObjectiveConfig::default().only(set);
             let mut sampler = NegativeSampler::new(self.seed);
             let mut times = Vec::with_capacity(self.steps);
+            let mut phases: Vec<[f64; 3]> = Vec::with_capacity(self.steps);
             let shape = [self.batch, self.image_tokens, cfg.encoder_hidden_size];
             let source = feature_source::<B>(&self.features, shape, self.seed, &device)?;
             for step in 0..self.warmup + self.steps {
@@ -227,21 +233,30 @@ impl BackendJob for Bench {
                 };
                 let batch = Stage1Batch::new(feats, text, None)?;
                 let out = stage1_loss(&model, &batch, &objectives, &mut sampler, true)?;
+                // Reading a value forces each phase to finish on asynchronous backends.
+                let _ = out.loss.clone().inner().into_data();
+                let forward = start.elapsed();
                 let grads = GradientsParams::from_grads(out.loss.backward(), &model);
+                let backward = start.elapsed();
                 model = optim.step(1e-4, model, grads);
-                // Reading a value forces the step to finish on asynchronous backends.
                 let _ = model.temp.val().inner().into_data();
                 if step >= self.warmup {
-                    times.push(start.elapsed().as_secs_f64() * 1e3);
+                    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+                    times.push(ms(start.elapsed()));
+                    phases.push([ms(forward), ms(backward - forward), ms(start.elapsed() - backward)]);
                 }
             }
             let min_ms = times.iter().copied().fold(f64::INFINITY, f64::min);
             let median_ms = median(times);
+            let phase = |i: usize| median(phases.iter().map(|p| p[i]).collect());
             results.push(BenchResult {
                 objectives: objective_names(set),
                 median_ms,
                 min_ms,
                 pairs_per_s: self.batch as f64 / (median_ms / 1e3),
+                forward_ms: phase(0),
+                backward_ms: phase(1),
+                optimizer_ms: phase(2),
             });
         }
         let model = QFormer::<B>::new(&cfg, &device);

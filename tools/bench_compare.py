@@ -62,19 +62,24 @@ def main():
     print(f"machine: {machine()}; {args.threads} threads each; {args.rounds} alternating rounds of {args.steps} steps after {args.warmup} warm-up")
     print(f"{'shape':<6} {'objectives':<12} {'qformer ms':>11} {'torch ms':>10} {'qformer p/s':>12} {'torch p/s':>10} {'qformer MB':>11} {'torch MB':>9} {'ratio':>6}")
     for shape in args.shapes.split(","):
-        ours, theirs = {}, {}
+        ours, theirs, split = {}, {}, {}
         rss = {"ours": 0.0, "theirs": 0.0}
         for _ in range(args.rounds):
             q, q_rss = run([os.path.join(ROOT, "target", "release", "qformer"), "bench", *SHAPES[shape], *common, "--json"], env)
             t, t_rss = run([python, os.path.join(ROOT, "tools", "bench_torch.py"), *SHAPES[shape], *common, "--threads", str(args.threads)], env)
             rss["ours"], rss["theirs"] = max(rss["ours"], q_rss), max(rss["theirs"], t_rss)
-            for store, res in ((ours, q), (theirs, t)):
+            for side, store, res in (("qformer", ours, q), ("torch", theirs, t)):
                 for r in res["steps"]:
                     store.setdefault(r["objectives"], []).append(r["median_ms"])
+                    split.setdefault((side, r["objectives"]), []).append((r["forward_ms"], r["backward_ms"], r["optimizer_ms"]))
         batch = int(SHAPES[shape][SHAPES[shape].index("--batch") + 1])
         for objectives, times in ours.items():
             a, b = statistics.median(times), statistics.median(theirs[objectives])
             print(f"{shape:<6} {objectives:<12} {a:>11.1f} {b:>10.1f} {batch / a * 1e3:>12.2f} {batch / b * 1e3:>10.2f} {rss['ours']:>11.0f} {rss['theirs']:>9.0f} {b / a:>6.2f}")
+        print("phase medians, ms (forward / backward / optimizer):")
+        for (side, objectives), parts in sorted(split.items()):
+            f, bw, o = (statistics.median(p[i] for p in parts) for i in range(3))
+            print(f"  {shape:<6} {objectives:<12} {side:<8} {f:>9.1f} {bw:>9.1f} {o:>9.1f}")
 
 
 if __name__ == "__main__":

@@ -66,18 +66,24 @@ def main():
         decay = [p for n, p in P.items() if p.dim() >= 2 and not n.endswith(".bias")]
         no_decay = [p for n, p in P.items() if not (p.dim() >= 2 and not n.endswith(".bias"))]
         optim = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}], lr=1e-4, betas=(0.9, 0.999), eps=1e-8)
-        times = []
+        times, phases = [], []
         for step in range(args.warmup + args.steps):
             batch = random_batch(s, args.batch, args.text_len, gen)
             start = time.perf_counter()
             optim.zero_grad(set_to_none=True)
             out = stage1(trunk, P, batch, s, objectives=objectives)
+            forward = time.perf_counter()
             out["loss"].backward()
+            backward = time.perf_counter()
             optim.step()
+            end = time.perf_counter()
             if step >= args.warmup:
-                times.append((time.perf_counter() - start) * 1e3)
+                times.append((end - start) * 1e3)
+                phases.append(((forward - start) * 1e3, (backward - forward) * 1e3, (end - backward) * 1e3))
         median = statistics.median(times)
-        results.append({"objectives": "+".join(objectives), "median_ms": median, "min_ms": min(times), "pairs_per_s": args.batch / (median / 1e3)})
+        phase = [statistics.median(p[i] for p in phases) for i in range(3)]
+        results.append({"objectives": "+".join(objectives), "median_ms": median, "min_ms": min(times), "pairs_per_s": args.batch / (median / 1e3),
+                        "forward_ms": phase[0], "backward_ms": phase[1], "optimizer_ms": phase[2]})
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"steps": results, "peak_rss_mb": rss_kb / 1024, "threads": torch.get_num_threads(), "torch": torch.__version__}))
 
