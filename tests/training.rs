@@ -1,6 +1,8 @@
 //! Training runs end to end on a miniature config: exact resume, checkpoint integrity, the frozen
 //! encoder staying out of the optimizer, and the ablation table.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use qformer::backend::{dispatch, BackendKind};
@@ -22,29 +24,7 @@ fn config(dir: &Path, extra: &str) -> PathBuf {
     let vocab = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/bert-base-uncased-vocab.txt");
     let text = format!(
         r#"
-[model]
-hidden_size = 32
-num_hidden_layers = 2
-num_attention_heads = 2
-intermediate_size = 48
-cross_attention_frequency = 2
-encoder_hidden_size = 24
-vocab_size = 30523
-max_position_embeddings = 32
-layer_norm_eps = 1e-12
-num_query_tokens = 4
-image_text_hidden_size = 16
-bos_token_id = 30522
-
-[encoder]
-image_size = 16
-patch_size = 8
-width = 24
-depth = 1
-heads = 2
-mlp_ratio = 2.0
-seed = 3
-
+{model}
 [data]
 train = "{d}/shapes/train.json"
 eval = "{d}/shapes/eval.json"
@@ -69,7 +49,8 @@ keep = 5
 every = 2
 "#,
         d = dir.display(),
-        vocab = vocab.display()
+        vocab = vocab.display(),
+        model = common::mini_model(30523)
     );
     let path = dir.join("mini.toml");
     std::fs::write(&path, text).unwrap();

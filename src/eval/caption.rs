@@ -3,9 +3,10 @@
 //! of them and to its own earlier tokens (the multimodal causal mask). Greedy or beam search, with
 //! minimum and maximum length; a caption ends at `[SEP]`.
 
-use burn::tensor::{activation::log_softmax, backend::Backend, Int, Tensor, TensorData};
+use burn::tensor::{activation::log_softmax, backend::Backend, Int, Tensor};
 
 use crate::model::{KeyValue, QFormer};
+use crate::objectives::batch::int_tensor;
 use crate::objectives::AttentionMask;
 
 #[derive(Clone, Debug)]
@@ -31,7 +32,7 @@ impl Default for DecodeOptions {
 fn next_token_logprobs<B: Backend>(model: &QFormer<B>, query_kv: &[KeyValue<B>], prefixes: &[Vec<i64>]) -> Vec<Vec<f32>> {
     let device = model.query_tokens.device();
     let (n, t, q) = (prefixes.len(), prefixes[0].len(), model.num_query);
-    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(prefixes.concat(), [n, t]), &device);
+    let ids = int_tensor::<B>(prefixes, &device);
     let zeros = Tensor::<B, 1, Int>::zeros([n], &device);
     let prefix: Vec<KeyValue<B>> = query_kv.iter().map(|kv| kv.select(zeros.clone())).collect();
     let mask = AttentionMask::multimodal_causal(q, &vec![vec![1; t]; n]).select_rows(q, t).to_additive::<B>(&device);

@@ -108,7 +108,8 @@ pub fn evaluate<B: Backend>(model: &QFormer<B>, frozen: &Frozen<B>, set: &EvalSe
     let started = Instant::now();
     let text: Vec<Tensor<B, 2>> = (0..n_txt).step_by(chunk).map(|s| text_embeds(model, &set.captions.select(&(s..(s + chunk).min(n_txt)).collect::<Vec<_>>()))).collect();
     let sims = itc_similarities(side.embeds.clone(), Tensor::cat(text, 0)).into_data().convert::<f32>().to_vec::<f32>().expect("f32");
-    let column = |t: usize| (0..n_img).map(|i| sims[i * n_txt + t]).collect::<Vec<f32>>();
+    // Text → image rows, transposed once.
+    let columns: Vec<Vec<f32>> = (0..n_txt).map(|t| (0..n_img).map(|i| sims[i * n_txt + t]).collect()).collect();
     let itc = recall(&sims, n_img, &set.caption_image);
     timing.itc_ms = ms(started);
 
@@ -117,10 +118,10 @@ pub fn evaluate<B: Backend>(model: &QFormer<B>, frozen: &Frozen<B>, set: &EvalSe
     let k = opts.k_test.max(1);
     let mut pairs: BTreeMap<(usize, usize), (f32, bool)> = BTreeMap::new();
     let i2t_top: Vec<Vec<usize>> = (0..n_img).map(|i| top_k(&sims[i * n_txt..(i + 1) * n_txt], k)).collect();
-    let t2i_top: Vec<Vec<usize>> = (0..n_txt).map(|t| top_k(&column(t), k)).collect();
+    let t2i_top: Vec<Vec<usize>> = columns.iter().map(|c| top_k(c, k)).collect();
     let positives: Vec<(usize, usize)> = (0..n_txt).map(|t| (set.caption_image[t], t)).collect();
     let mut negatives: Vec<(usize, usize)> = (0..n_img).filter_map(|i| hardest(&sims[i * n_txt..(i + 1) * n_txt], |t| set.caption_image[t] == i).map(|t| (i, t))).collect();
-    negatives.extend((0..n_txt).filter_map(|t| hardest(&column(t), |i| i == set.caption_image[t]).map(|i| (i, t))));
+    negatives.extend(columns.iter().enumerate().filter_map(|(t, c)| hardest(c, |i| i == set.caption_image[t]).map(|i| (i, t))));
     for (i, tops) in i2t_top.iter().enumerate() {
         pairs.extend(tops.iter().map(|&t| ((i, t), (0.0, false))));
     }

@@ -1,9 +1,10 @@
 //! Inference-time scores of image-text pairs, shared by retrieval, export checks and captioning:
 //! ITC embeddings and similarities (max over queries, as LAVIS and HF), and ITM logits.
 
-use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use burn::tensor::{backend::Backend, Tensor};
 
 use crate::model::{KeyValue, QFormer};
+use crate::objectives::batch::index_tensor;
 use crate::objectives::itc::normalize;
 use crate::objectives::{AttentionMask, TextBatch};
 
@@ -20,8 +21,7 @@ pub struct ImageSide<B: Backend> {
 impl<B: Backend> ImageSide<B> {
     /// Rows in the given order (pairs for ITM, captions' images for ITG).
     pub fn select(&self, rows: &[usize]) -> Self {
-        let device = self.embeds.device();
-        let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(rows.iter().map(|&r| r as i64).collect::<Vec<_>>(), [rows.len()]), &device);
+        let idx = index_tensor::<B>(rows, &self.embeds.device());
         Self {
             embeds: self.embeds.clone().select(0, idx.clone()),
             image_kv: self.image_kv.iter().map(|kv| kv.as_ref().map(|kv| kv.select(idx.clone()))).collect(),

@@ -124,11 +124,10 @@ pub fn export<B: Backend>(model: &QFormer<B>, cfg: &QFormerConfig, vit: &Vit<B>,
 
 /// Loads an HF export (or any `Blip2ForImageTextRetrieval` file) into `model`; the temperature
 /// and ITG head come from the sidecar beside it when there is one, and keep their values if not.
-pub fn import<B: Backend>(model: QFormer<B>, path: &Path, device: &B::Device) -> Result<(QFormer<B>, LoadReport)> {
-    let src = TensorSource::open(path)?;
-    let (model, mut report) = load_mapped(model, &src, |n| hf_name(n).map(Mapped::exact), device)?;
+pub fn import<B: Backend>(model: QFormer<B>, src: &TensorSource, device: &B::Device) -> Result<(QFormer<B>, LoadReport)> {
+    let (model, mut report) = load_mapped(model, src, |n| hf_name(n).map(Mapped::exact), device)?;
     report.unused.retain(|n| !n.starts_with("vision_model.") || n.starts_with("vision_model.post_layernorm"));
-    let sidecar = path.with_file_name(SIDECAR_FILE);
+    let sidecar = src.path.with_file_name(SIDECAR_FILE);
     if !sidecar.exists() {
         return Ok((model, report));
     }

@@ -68,8 +68,7 @@ pub fn apply<B: Backend>(model: QFormer<B>, cfg: &QFormerConfig, init: &InitConf
         let (m, r) = load_mapped(model, &src, |n| Some(Mapped::exact(lavis_name(n))), device)?;
         (m, r, "LAVIS checkpoint")
     } else if names.iter().any(|n| n == "vision_projection.weight") {
-        drop(src);
-        let (m, r) = hf::import(model, path, device)?;
+        let (m, r) = hf::import(model, &src, device)?;
         (m, r, "Hugging Face BLIP-2 weights")
     } else {
         let (m, r) = load_mapped(model, &src, |n| Some(Mapped::exact(n)), device)?;

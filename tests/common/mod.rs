@@ -45,25 +45,23 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A whole training run in miniature (the 32-word fixture vocabulary, 16 px images, checkpoint every
-/// step), written to `dir/run.toml`; `extra` lands in `[train]`.
-pub fn run_config(dir: &Path, steps: u64, extra: &str) -> PathBuf {
-    let vocab = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lavis/vocab.txt");
-    let text = format!(
-        r#"
-[model]
+/// The `[model]` and `[encoder]` tables of the miniature test runs, for a vocabulary whose last
+/// id is `[DEC]`.
+pub fn mini_model(vocab_size: usize) -> String {
+    format!(
+        r#"[model]
 hidden_size = 32
 num_hidden_layers = 2
 num_attention_heads = 2
 intermediate_size = 48
 cross_attention_frequency = 2
 encoder_hidden_size = 24
-vocab_size = 33
+vocab_size = {vocab_size}
 max_position_embeddings = 32
 layer_norm_eps = 1e-12
 num_query_tokens = 4
 image_text_hidden_size = 16
-bos_token_id = 32
+bos_token_id = {bos}
 
 [encoder]
 image_size = 16
@@ -73,7 +71,18 @@ depth = 1
 heads = 2
 mlp_ratio = 2.0
 seed = 3
+"#,
+        bos = vocab_size - 1
+    )
+}
 
+/// A whole training run in miniature (the 32-word fixture vocabulary, 16 px images, checkpoint every
+/// step), written to `dir/run.toml`; `extra` lands in `[train]`.
+pub fn run_config(dir: &Path, steps: u64, extra: &str) -> PathBuf {
+    let vocab = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lavis/vocab.txt");
+    let text = format!(
+        r#"
+{model}
 [data]
 train = "{d}/shapes/train.json"
 eval = "{d}/shapes/eval.json"
@@ -106,7 +115,8 @@ every = 1
 every = 0
 "#,
         d = dir.display(),
-        vocab = vocab.display()
+        vocab = vocab.display(),
+        model = mini_model(33)
     );
     let path = dir.join("run.toml");
     std::fs::write(&path, text).unwrap();
