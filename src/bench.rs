@@ -4,7 +4,6 @@
 use std::time::Instant;
 
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
-use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Distribution, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -16,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::model::vit::{Vit, VitConfig};
 use crate::model::{QFormer, QFormerConfig};
 use crate::objectives::{stage1_loss, NegativeSampler, Objective, ObjectiveConfig, Stage1Batch, TextBatch};
+use crate::kernels::{TrainBackend};
 
 pub struct Bench {
     pub preset: String,
@@ -44,13 +44,13 @@ pub enum BenchFeatures {
 }
 
 /// Produces each step's features inside the timed region (except `Random`).
-enum Source<B: AutodiffBackend> {
+enum Source<B: TrainBackend> {
     Random,
     Encoder(Vit<B::InnerBackend>, usize),
     Cache(memmap2::Mmap, CacheDtype, std::path::PathBuf),
 }
 
-impl<B: AutodiffBackend> Drop for Source<B> {
+impl<B: TrainBackend> Drop for Source<B> {
     fn drop(&mut self) {
         if let Source::Cache(_, _, path) = self {
             let _ = std::fs::remove_file(path);
@@ -58,7 +58,7 @@ impl<B: AutodiffBackend> Drop for Source<B> {
     }
 }
 
-fn feature_source<B: AutodiffBackend>(features: &BenchFeatures, shape: [usize; 3], seed: u64, device: &B::Device) -> Result<Source<B>> {
+fn feature_source<B: TrainBackend>(features: &BenchFeatures, shape: [usize; 3], seed: u64, device: &B::Device) -> Result<Source<B>> {
     let [batch, tokens, width] = shape;
     Ok(match features {
         BenchFeatures::Random => Source::Random,
@@ -113,7 +113,7 @@ pub struct BenchReport {
 }
 
 /// GFLOP/s of a square f32 matmul of side `n` (median of `runs`).
-fn matmul_gflops<B: AutodiffBackend>(device: &B::Device, n: usize, runs: usize) -> Result<f64> {
+fn matmul_gflops<B: TrainBackend>(device: &B::Device, n: usize, runs: usize) -> Result<f64> {
     let a = Tensor::<B::InnerBackend, 2>::random([n, n], Distribution::Normal(0.0, 1.0), device);
     let b = Tensor::<B::InnerBackend, 2>::random([n, n], Distribution::Normal(0.0, 1.0), device);
     let ms = time_ms::<B>(device, runs, || {
@@ -128,7 +128,7 @@ fn median(mut times: Vec<f64>) -> f64 {
 }
 
 /// Median milliseconds of `f` over `runs` calls after one warm-up call.
-fn time_ms<B: AutodiffBackend>(device: &B::Device, runs: usize, mut f: impl FnMut()) -> Result<f64> {
+fn time_ms<B: TrainBackend>(device: &B::Device, runs: usize, mut f: impl FnMut()) -> Result<f64> {
     f();
     let mut times = Vec::with_capacity(runs);
     for _ in 0..runs {
@@ -140,7 +140,7 @@ fn time_ms<B: AutodiffBackend>(device: &B::Device, runs: usize, mut f: impl FnMu
     Ok(median(times))
 }
 
-fn image_kv_cost<B: AutodiffBackend>(model: &QFormer<B>, batch: usize, tokens: usize, width: usize, runs: usize, device: &B::Device) -> Result<ImageKvCost> {
+fn image_kv_cost<B: TrainBackend>(model: &QFormer<B>, batch: usize, tokens: usize, width: usize, runs: usize, device: &B::Device) -> Result<ImageKvCost> {
     let project = |images: usize| {
         let feats = Tensor::<B, 3>::random([images, tokens, width], Distribution::Normal(0.0, 1.0), device);
         let total = model
@@ -196,7 +196,7 @@ fn random_text(rng: &mut ChaCha8Rng, batch: usize, len: usize, vocab: usize) -> 
 impl BackendJob for Bench {
     type Output = BenchReport;
 
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<BenchReport> {
+    fn run<B: TrainBackend>(self, device: B::Device) -> Result<BenchReport> {
         let cfg = QFormerConfig::preset(&self.preset)
             .ok_or_else(|| Error::config("preset", format!("unknown preset `{}` (tiny, blip2)", self.preset), "command line"))?;
         if self.text_len > cfg.max_position_embeddings || self.text_len < 2 || self.batch == 0 || self.steps == 0 {

@@ -1,7 +1,6 @@
 //! `qformer cache-features`: runs the frozen encoder once over a config's training and held-out
 //! images and stores the features in `[data.cache]`, for runs with `data.features = "cache"`.
 
-use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, TensorData};
 
 use crate::backend::BackendJob;
@@ -11,6 +10,7 @@ use crate::data::loader::Dataset;
 use crate::error::{Error, Result};
 use crate::model::vit::Vit;
 use crate::train::trainer::ensure_data;
+use crate::kernels::{TrainBackend};
 
 pub struct CacheFeatures {
     pub cfg: TrainConfig,
@@ -21,7 +21,7 @@ pub struct CacheFeatures {
 impl BackendJob for CacheFeatures {
     type Output = Vec<BuildSummary>;
 
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Vec<BuildSummary>> {
+    fn run<B: TrainBackend>(self, device: B::Device) -> Result<Vec<BuildSummary>> {
         let cfg = self.cfg;
         let d = &cfg.data;
         let cache = d.cache.as_ref().ok_or_else(|| Error::config("data.cache", "no [data.cache] section (dir, dtype, views)", "config"))?;

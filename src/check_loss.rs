@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 use serde_json::{json, Value};
 
@@ -14,6 +13,7 @@ use crate::interop::batch_file::read_batch;
 use crate::interop::weights::{load_weights, save_gradients};
 use crate::model::{scalar, QFormerConfig};
 use crate::objectives::{stage1_loss, ItcGradient, NegativeMode, NegativeSampler, Objective, ObjectiveConfig};
+use crate::kernels::{Kernels, TrainBackend};
 
 pub struct CheckLoss {
     pub weights: PathBuf,
@@ -38,11 +38,11 @@ pub fn model_config_from_toml(path: &Path) -> Result<QFormerConfig> {
     Ok(cfg)
 }
 
-fn optional<B: Backend>(t: &Option<Tensor<B, 1>>) -> Value {
+fn optional<B: Kernels>(t: &Option<Tensor<B, 1>>) -> Value {
     t.as_ref().map_or(Value::Null, |t| json!(scalar(t.clone())))
 }
 
-fn matrix<B: Backend>(t: &Option<Tensor<B, 2>>) -> Value {
+fn matrix<B: Kernels>(t: &Option<Tensor<B, 2>>) -> Value {
     t.as_ref().map_or(Value::Null, |t| {
         let [_, c] = t.dims();
         let v = t.clone().into_data().convert::<f64>().to_vec::<f64>().expect("f64 data");
@@ -53,7 +53,7 @@ fn matrix<B: Backend>(t: &Option<Tensor<B, 2>>) -> Value {
 impl BackendJob for CheckLoss {
     type Output = Value;
 
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Value> {
+    fn run<B: TrainBackend>(self, device: B::Device) -> Result<Value> {
         let cfg = self.config.as_deref().map(model_config_from_toml).transpose()?;
         let (model, cfg) = load_weights::<B>(&self.weights, cfg.as_ref(), &device)?;
         let file = read_batch::<B>(&self.batch, &cfg, &device)?;

@@ -9,6 +9,7 @@ pub mod data;
 pub mod error;
 pub mod eval;
 pub mod interop;
+pub mod kernels;
 pub mod model;
 pub mod objectives;
 pub mod report;

@@ -3,7 +3,6 @@
 
 use std::path::Path;
 
-use burn::tensor::backend::Backend;
 
 use crate::config::TrainConfig;
 use crate::data::loader::mix;
@@ -13,18 +12,19 @@ use crate::interop::weights::load_weights;
 use crate::model::vit::Vit;
 use crate::model::QFormer;
 use crate::train::checkpoint::{self, CONFIG_FILE, MODEL_FILE};
+use crate::kernels::{Kernels};
 
 /// Seed stream of a fresh model's random initialisation.
 const INIT_STREAM: u64 = 0x1417;
 
 /// A fresh model for `cfg`: random from (`train.seed`, init stream), then `[init]` applied.
 /// Returns log lines about what was loaded.
-pub fn fresh_model<B: Backend>(cfg: &TrainConfig, device: &B::Device) -> Result<(QFormer<B>, Vec<String>)> {
+pub fn fresh_model<B: Kernels>(cfg: &TrainConfig, device: &B::Device) -> Result<(QFormer<B>, Vec<String>)> {
     B::seed(device, mix(cfg.train.seed, INIT_STREAM));
     pretrained::apply(QFormer::new(&cfg.model, device), &cfg.model, &cfg.init, device)
 }
 
-pub struct Trained<B: Backend> {
+pub struct Trained<B: Kernels> {
     pub cfg: TrainConfig,
     pub model: QFormer<B>,
     pub vit: Vit<B>,
@@ -32,7 +32,7 @@ pub struct Trained<B: Backend> {
     pub messages: Vec<String>,
 }
 
-impl<B: Backend> Trained<B> {
+impl<B: Kernels> Trained<B> {
     /// From a run folder (its latest checkpoint) or a step folder; checksums are verified.
     pub fn from_checkpoint(path: &Path, device: &B::Device) -> Result<Self> {
         let dir = checkpoint::resolve(path)?;

@@ -3,11 +3,12 @@
 //! of them and to its own earlier tokens (the multimodal causal mask). Greedy or beam search, with
 //! minimum and maximum length; a caption ends at `[SEP]`.
 
-use burn::tensor::{activation::log_softmax, backend::Backend, Int, Tensor};
+use burn::tensor::{activation::log_softmax, Int, Tensor};
 
 use crate::model::{KeyValue, QFormer};
 use crate::objectives::batch::int_tensor;
 use crate::objectives::AttentionMask;
+use crate::kernels::{Kernels};
 
 #[derive(Clone, Debug)]
 pub struct DecodeOptions {
@@ -29,7 +30,7 @@ impl Default for DecodeOptions {
 
 /// Log-probabilities of the next token after each prefix: `prefixes` rows of equal length, all
 /// starting with `[DEC]`, against one image's query keys/values.
-fn next_token_logprobs<B: Backend>(model: &QFormer<B>, query_kv: &[KeyValue<B>], prefixes: &[Vec<i64>]) -> Vec<Vec<f32>> {
+fn next_token_logprobs<B: Kernels>(model: &QFormer<B>, query_kv: &[KeyValue<B>], prefixes: &[Vec<i64>]) -> Vec<Vec<f32>> {
     let device = model.query_tokens.device();
     let (n, t, q) = (prefixes.len(), prefixes[0].len(), model.num_query);
     let ids = int_tensor::<B>(prefixes, &device);
@@ -47,7 +48,7 @@ fn next_token_logprobs<B: Backend>(model: &QFormer<B>, query_kv: &[KeyValue<B>],
 
 /// Token ids of one caption (without `[DEC]` and `[SEP]`) for one image's query keys/values
 /// (`[1, H, Q, head_dim]` per layer).
-pub fn generate<B: Backend>(model: &QFormer<B>, query_kv: &[KeyValue<B>], eos: i64, opts: &DecodeOptions) -> Vec<i64> {
+pub fn generate<B: Kernels>(model: &QFormer<B>, query_kv: &[KeyValue<B>], eos: i64, opts: &DecodeOptions) -> Vec<i64> {
     let bos = model.bos_token_id as i64;
     let beams = opts.beams.max(1);
     // (tokens after [DEC], summed log-probability)

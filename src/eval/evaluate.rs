@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::retrieval::{recall, recall_from_scores, Recall};
@@ -16,6 +16,7 @@ use crate::data::loader::EvalSet;
 use crate::model::frozen::Frozen;
 use crate::model::QFormer;
 use crate::objectives::itg::{itg_loss, targets};
+use crate::kernels::{Kernels};
 
 #[derive(Clone, Debug)]
 pub struct EvalOptions {
@@ -85,7 +86,7 @@ pub fn rerank_scores(sims: &[f32], n_img: usize, n_txt: usize, i2t_top: &[Vec<us
     (i2t, t2i)
 }
 
-pub fn evaluate<B: Backend>(model: &QFormer<B>, frozen: &Frozen<B>, set: &EvalSet, opts: &EvalOptions) -> EvalReport {
+pub fn evaluate<B: Kernels>(model: &QFormer<B>, frozen: &Frozen<B>, set: &EvalSet, opts: &EvalOptions) -> EvalReport {
     let device = model.query_tokens.device();
     let (n_img, n_txt) = (set.images, set.captions.batch_size());
     let chunk = opts.chunk.max(1);

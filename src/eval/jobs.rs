@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-use burn::tensor::backend::AutodiffBackend;
 use serde::Serialize;
 
 use super::caption::{generate, DecodeOptions};
@@ -15,6 +14,7 @@ use crate::data::text::TextEncoder;
 use crate::error::{Error, Result};
 use crate::model::frozen::Frozen;
 use crate::trained::Trained;
+use crate::kernels::{TrainBackend};
 
 pub struct EvalJob {
     pub checkpoint: PathBuf,
@@ -28,7 +28,7 @@ pub struct EvalJob {
 impl BackendJob for EvalJob {
     type Output = EvalReport;
 
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<EvalReport> {
+    fn run<B: TrainBackend>(self, device: B::Device) -> Result<EvalReport> {
         let trained = Trained::<B::InnerBackend>::from_checkpoint(&self.checkpoint, &device)?;
         for m in &trained.messages {
             eprintln!("{m}");
@@ -62,7 +62,7 @@ pub struct Caption {
 impl BackendJob for CaptionJob {
     type Output = Vec<Caption>;
 
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Vec<Caption>> {
+    fn run<B: TrainBackend>(self, device: B::Device) -> Result<Vec<Caption>> {
         let trained = Trained::<B::InnerBackend>::from_checkpoint(&self.checkpoint, &device)?;
         let cfg = &trained.cfg;
         let text = TextEncoder::load(&cfg.text.tokenizer, cfg.text.max_len, cfg.text.max_words)?;

@@ -1,13 +1,14 @@
 //! Image-text retrieval by ITC similarity (query-max cosine, no temperature): recall@K in both
 //! directions. An image counts a hit when any of its captions is within the top K.
 
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::data::loader::EvalSet;
 use crate::model::frozen::Frozen;
 use crate::model::QFormer;
 use super::scoring::{image_side, itc_similarities, text_embeds};
+use crate::kernels::{Kernels};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Recall {
@@ -77,7 +78,7 @@ pub fn recall(sims: &[f32], images: usize, caption_image: &[usize]) -> Recall {
     recall_from_scores(sims, &t2i, images, caption_image)
 }
 
-pub fn itc_recall<B: Backend>(model: &QFormer<B>, frozen: &Frozen<B>, set: &EvalSet, chunk: usize) -> Recall {
+pub fn itc_recall<B: Kernels>(model: &QFormer<B>, frozen: &Frozen<B>, set: &EvalSet, chunk: usize) -> Recall {
     let device = model.query_tokens.device();
     let per = frozen.input_len();
     let mut images = Vec::new();

@@ -1,15 +1,16 @@
 //! Inference-time scores of image-text pairs, shared by retrieval, export checks and captioning:
 //! ITC embeddings and similarities (max over queries, as LAVIS and HF), and ITM logits.
 
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::Tensor;
 
 use crate::model::{KeyValue, QFormer};
 use crate::objectives::batch::index_tensor;
 use crate::objectives::itc::normalize;
 use crate::objectives::{AttentionMask, TextBatch};
+use crate::kernels::{Kernels};
 
 /// What the query pass over some images yields.
-pub struct ImageSide<B: Backend> {
+pub struct ImageSide<B: Kernels> {
     /// Normalised projected query outputs `[N, Q, E]` (the ITC image side).
     pub embeds: Tensor<B, 3>,
     /// Per-layer image keys/values (reused by ITM pairs).
@@ -18,7 +19,7 @@ pub struct ImageSide<B: Backend> {
     pub query_kv: Vec<KeyValue<B>>,
 }
 
-impl<B: Backend> ImageSide<B> {
+impl<B: Kernels> ImageSide<B> {
     /// Rows in the given order (pairs for ITM, captions' images for ITG).
     pub fn select(&self, rows: &[usize]) -> Self {
         let idx = index_tensor::<B>(rows, &self.embeds.device());
@@ -47,7 +48,7 @@ impl<B: Backend> ImageSide<B> {
 }
 
 /// The query pass over frozen features `[N, P, W]`.
-pub fn image_side<B: Backend>(model: &QFormer<B>, feats: Tensor<B, 3>) -> ImageSide<B> {
+pub fn image_side<B: Kernels>(model: &QFormer<B>, feats: Tensor<B, 3>) -> ImageSide<B> {
     let n = feats.dims()[0];
     let q = model.num_query;
     let image_kv = model.image_key_values(feats);
@@ -56,7 +57,7 @@ pub fn image_side<B: Backend>(model: &QFormer<B>, feats: Tensor<B, 3>) -> ImageS
 }
 
 /// Text side of ITC: normalised projected `[CLS]` outputs `[T, E]`.
-pub fn text_embeds<B: Backend>(model: &QFormer<B>, text: &TextBatch) -> Tensor<B, 2> {
+pub fn text_embeds<B: Kernels>(model: &QFormer<B>, text: &TextBatch) -> Tensor<B, 2> {
     let device = model.query_tokens.device();
     let mask = AttentionMask::unimodal(0, &text.mask).to_additive::<B>(&device);
     let hidden = model.encode(model.embed(None, Some(text.ids_tensor(&device)), false), 0, Some(mask), &[], None, false).hidden;
@@ -65,7 +66,7 @@ pub fn text_embeds<B: Backend>(model: &QFormer<B>, text: &TextBatch) -> Tensor<B
 }
 
 /// Cosine similarities `[I, T]`: for each pair, the best of the image's queries (no temperature).
-pub fn itc_similarities<B: Backend>(image: Tensor<B, 3>, text: Tensor<B, 2>) -> Tensor<B, 2> {
+pub fn itc_similarities<B: Kernels>(image: Tensor<B, 3>, text: Tensor<B, 2>) -> Tensor<B, 2> {
     let [i, q, e] = image.dims();
     let t = text.dims()[0];
     image.reshape([i * q, e]).matmul(text.transpose()).reshape([i, q, t]).max_dim(1).reshape([i, t])
@@ -73,7 +74,7 @@ pub fn itc_similarities<B: Backend>(image: Tensor<B, 3>, text: Tensor<B, 2>) -> 
 
 /// ITM logits `[N, 2]` for pairs (image keys/values row `n`, caption `n`): the joint pass under
 /// the bidirectional mask, the head averaged over the query outputs.
-pub fn itm_logits<B: Backend>(model: &QFormer<B>, image_kv: &[Option<KeyValue<B>>], text: &TextBatch) -> Tensor<B, 2> {
+pub fn itm_logits<B: Kernels>(model: &QFormer<B>, image_kv: &[Option<KeyValue<B>>], text: &TextBatch) -> Tensor<B, 2> {
     let device = model.query_tokens.device();
     let n = text.batch_size();
     let q = model.num_query;

@@ -4,14 +4,15 @@
 
 use std::path::Path;
 
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 
 use super::safetensors_io::SafetensorsFile;
 use crate::error::{Error, Result};
 use crate::model::QFormerConfig;
 use crate::objectives::{Stage1Batch, TextBatch};
+use crate::kernels::{Kernels};
 
-pub struct BatchFile<B: Backend> {
+pub struct BatchFile<B: Kernels> {
     pub batch: Stage1Batch<B>,
     /// `(neg_image_idx, neg_text_idx)` when the file holds both.
     pub negatives: Option<(Vec<usize>, Vec<usize>)>,
@@ -42,7 +43,7 @@ fn indices(values: Vec<i64>, name: &str, b: usize, path: &Path) -> Result<Vec<us
         .collect()
 }
 
-pub fn read_batch<B: Backend>(path: &Path, cfg: &QFormerConfig, device: &B::Device) -> Result<BatchFile<B>> {
+pub fn read_batch<B: Kernels>(path: &Path, cfg: &QFormerConfig, device: &B::Device) -> Result<BatchFile<B>> {
     let file = SafetensorsFile::open(path)?;
     let (shape, feats) = file.f32("image_feats")?;
     if shape.len() != 3 || shape[2] != cfg.encoder_hidden_size || shape[0] == 0 || shape[1] == 0 {

@@ -5,13 +5,14 @@
 //! projections and heads keep their fresh initialisation; the `[DEC]` row is new.
 
 use burn::module::Param;
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::source::TensorSource;
 use super::weights::{load_mapped, LoadReport, Mapped};
 use crate::error::{Error, Result};
 use crate::model::{QFormer, QFormerConfig};
+use crate::kernels::{Kernels};
 
 /// What happens to BERT's token-type embedding, which the Q-Former does not have.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,7 +46,7 @@ fn bert_name(ours: &str) -> Option<(String, bool)> {
 
 /// Loads BERT weights into `model`. The trunk's shape must match the checkpoint's (hidden size,
 /// FFN width); a Q-Former with fewer layers takes BERT's first ones.
-pub fn init_from_bert<B: Backend>(
+pub fn init_from_bert<B: Kernels>(
     model: QFormer<B>,
     cfg: &QFormerConfig,
     src: &TensorSource,

@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::backend::Backend;
 use serde_json::json;
 
 use super::safetensors_io::{write_atomic, OwnedTensor};
@@ -15,6 +14,7 @@ use super::weights::{load_mapped, named_tensors, LoadReport, Mapped};
 use crate::error::{Error, Result};
 use crate::model::vit::{Vit, VitConfig, VitKind};
 use crate::model::{QFormer, QFormerConfig};
+use crate::kernels::{Kernels};
 
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const CONFIG_FILE: &str = "config.json";
@@ -97,7 +97,7 @@ pub struct Export {
 }
 
 /// Writes `model.safetensors` (metadata `format: pt`), `config.json` and the sidecar to `out`.
-pub fn export<B: Backend>(model: &QFormer<B>, cfg: &QFormerConfig, vit: &Vit<B>, vit_cfg: &VitConfig, out: &Path) -> Result<Export> {
+pub fn export<B: Kernels>(model: &QFormer<B>, cfg: &QFormerConfig, vit: &Vit<B>, vit_cfg: &VitConfig, out: &Path) -> Result<Export> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let (mut hf, mut extra) = (Vec::new(), Vec::new());
     for (name, tensor) in named_tensors(model) {
@@ -124,7 +124,7 @@ pub fn export<B: Backend>(model: &QFormer<B>, cfg: &QFormerConfig, vit: &Vit<B>,
 
 /// Loads an HF export (or any `Blip2ForImageTextRetrieval` file) into `model`; the temperature
 /// and ITG head come from the sidecar beside it when there is one, and keep their values if not.
-pub fn import<B: Backend>(model: QFormer<B>, src: &TensorSource, device: &B::Device) -> Result<(QFormer<B>, LoadReport)> {
+pub fn import<B: Kernels>(model: QFormer<B>, src: &TensorSource, device: &B::Device) -> Result<(QFormer<B>, LoadReport)> {
     let (model, mut report) = load_mapped(model, src, |n| hf_name(n).map(Mapped::exact), device)?;
     report.unused.retain(|n| !n.starts_with("vision_model.") || n.starts_with("vision_model.post_layernorm"));
     let sidecar = src.path.with_file_name(SIDECAR_FILE);

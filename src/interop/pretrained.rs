@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 
-use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
 use super::bert::{init_from_bert, TokenType};
@@ -13,6 +12,7 @@ use super::source::TensorSource;
 use super::weights::{load_mapped, LoadReport, Mapped};
 use crate::error::{Error, Result};
 use crate::model::{QFormer, QFormerConfig};
+use crate::kernels::{Kernels};
 
 /// The `[init]` config section.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -45,7 +45,7 @@ impl InitConfig {
 
 /// Applies `init` to a freshly built model; returns log lines saying what was loaded and what
 /// kept its initial values.
-pub fn apply<B: Backend>(model: QFormer<B>, cfg: &QFormerConfig, init: &InitConfig, device: &B::Device) -> Result<(QFormer<B>, Vec<String>)> {
+pub fn apply<B: Kernels>(model: QFormer<B>, cfg: &QFormerConfig, init: &InitConfig, device: &B::Device) -> Result<(QFormer<B>, Vec<String>)> {
     let describe = |what: &str, path: &std::path::Path, r: &LoadReport| {
         let mut line = format!("init: {what} {} ({} tensors loaded", path.display(), r.loaded);
         if !r.kept.is_empty() {

@@ -7,14 +7,16 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use burn::module::Param;
-use burn::nn::{LayerNorm, Linear};
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::nn::Linear;
+
+use crate::model::norm::LayerNorm;
 use burn::tensor::{Tensor, TensorData};
 
 use super::safetensors_io::{write_atomic, OwnedTensor, SafetensorsFile};
 use super::source::{transpose, TensorSource};
 use crate::error::{Error, Result};
 use crate::model::{QFormer, QFormerConfig};
+use crate::kernels::{Kernels, TrainBackend};
 
 /// How a parameter's burn layout maps to the file's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,18 +29,18 @@ pub enum Layout {
 }
 
 /// Receives every trainable parameter with its file name.
-pub trait ParamVisitor<B: Backend> {
+pub trait ParamVisitor<B: Kernels> {
     fn visit<const D: usize>(&mut self, name: &str, param: &mut Param<Tensor<B, D>>, layout: Layout);
 }
 
-fn linear<B: Backend, V: ParamVisitor<B>>(v: &mut V, prefix: &str, l: &mut Linear<B>) {
+fn linear<B: Kernels, V: ParamVisitor<B>>(v: &mut V, prefix: &str, l: &mut Linear<B>) {
     v.visit(&format!("{prefix}.weight"), &mut l.weight, Layout::Transposed);
     if let Some(bias) = &mut l.bias {
         v.visit(&format!("{prefix}.bias"), bias, Layout::Same);
     }
 }
 
-fn layer_norm<B: Backend, V: ParamVisitor<B>>(v: &mut V, prefix: &str, n: &mut LayerNorm<B>) {
+fn layer_norm<B: Kernels, V: ParamVisitor<B>>(v: &mut V, prefix: &str, n: &mut LayerNorm<B>) {
     v.visit(&format!("{prefix}.weight"), &mut n.gamma, Layout::Same);
     if let Some(beta) = &mut n.beta {
         v.visit(&format!("{prefix}.bias"), beta, Layout::Same);
@@ -46,7 +48,7 @@ fn layer_norm<B: Backend, V: ParamVisitor<B>>(v: &mut V, prefix: &str, n: &mut L
 }
 
 /// Walks the model in file order. The one place where parameter names are defined.
-pub fn visit_params<B: Backend, V: ParamVisitor<B>>(m: &mut QFormer<B>, v: &mut V) {
+pub fn visit_params<B: Kernels, V: ParamVisitor<B>>(m: &mut QFormer<B>, v: &mut V) {
     v.visit("query_tokens", &mut m.query_tokens, Layout::Same);
     v.visit("temp", &mut m.temp, Layout::Scalar);
     v.visit("embeddings.word_embeddings.weight", &mut m.embeddings.word.weight, Layout::Same);
@@ -81,7 +83,7 @@ pub fn visit_params<B: Backend, V: ParamVisitor<B>>(m: &mut QFormer<B>, v: &mut 
     layer_norm(v, "lm_head.transform.LayerNorm", &mut m.lm_head.norm);
 }
 
-fn to_file_layout<B: Backend, const D: usize>(t: Tensor<B, D>, layout: Layout) -> OwnedTensor {
+fn to_file_layout<B: Kernels, const D: usize>(t: Tensor<B, D>, layout: Layout) -> OwnedTensor {
     let t = if layout == Layout::Transposed { t.swap_dims(0, 1) } else { t };
     let shape = if layout == Layout::Scalar { vec![] } else { t.dims().to_vec() };
     let values = t.into_data().convert::<f32>().to_vec::<f32>().expect("f32 data");
@@ -89,9 +91,9 @@ fn to_file_layout<B: Backend, const D: usize>(t: Tensor<B, D>, layout: Layout) -
 }
 
 /// Parameter names in file order.
-pub fn param_names<B: Backend>(model: &QFormer<B>) -> Vec<String> {
+pub fn param_names<B: Kernels>(model: &QFormer<B>) -> Vec<String> {
     struct Names(Vec<String>);
-    impl<B: Backend> ParamVisitor<B> for Names {
+    impl<B: Kernels> ParamVisitor<B> for Names {
         fn visit<const D: usize>(&mut self, name: &str, _: &mut Param<Tensor<B, D>>, _: Layout) {
             self.0.push(name.to_string());
         }
@@ -106,9 +108,9 @@ fn metadata(cfg: &QFormerConfig) -> HashMap<String, String> {
 }
 
 /// Every parameter in the file layout, under our names, in file order.
-pub fn named_tensors<B: Backend>(model: &QFormer<B>) -> Vec<(String, OwnedTensor)> {
+pub fn named_tensors<B: Kernels>(model: &QFormer<B>) -> Vec<(String, OwnedTensor)> {
     struct Collect(Vec<(String, OwnedTensor)>);
-    impl<B: Backend> ParamVisitor<B> for Collect {
+    impl<B: Kernels> ParamVisitor<B> for Collect {
         fn visit<const D: usize>(&mut self, name: &str, p: &mut Param<Tensor<B, D>>, layout: Layout) {
             self.0.push((name.to_string(), to_file_layout(p.val(), layout)));
         }
@@ -119,20 +121,20 @@ pub fn named_tensors<B: Backend>(model: &QFormer<B>) -> Vec<(String, OwnedTensor
 }
 
 /// Writes the model's weights (atomically) with its config in the metadata.
-pub fn save_weights<B: Backend>(model: &QFormer<B>, cfg: &QFormerConfig, path: &Path) -> Result<()> {
+pub fn save_weights<B: Kernels>(model: &QFormer<B>, cfg: &QFormerConfig, path: &Path) -> Result<()> {
     write_atomic(path, named_tensors(model), metadata(cfg))
 }
 
 /// Writes d(loss)/d(parameter) for every parameter under the weights' names. A parameter the loss
 /// does not reach (a switched-off objective's head) gets zeros.
-pub fn save_gradients<B: AutodiffBackend>(
+pub fn save_gradients<B: TrainBackend>(
     model: &QFormer<B>,
     cfg: &QFormerConfig,
     grads: &B::Gradients,
     path: &Path,
 ) -> Result<()> {
-    struct Collect<'a, B: AutodiffBackend>(Vec<(String, OwnedTensor)>, &'a B::Gradients);
-    impl<B: AutodiffBackend> ParamVisitor<B> for Collect<'_, B> {
+    struct Collect<'a, B: TrainBackend>(Vec<(String, OwnedTensor)>, &'a B::Gradients);
+    impl<B: TrainBackend> ParamVisitor<B> for Collect<'_, B> {
         fn visit<const D: usize>(&mut self, name: &str, p: &mut Param<Tensor<B, D>>, layout: Layout) {
             let value = p.val();
             let grad = value.grad(self.1).unwrap_or_else(|| value.inner().zeros_like());
@@ -178,13 +180,13 @@ pub struct LoadReport {
 /// Replaces the parameters of `model` for which `map` names a tensor in `src` (layouts converted,
 /// shapes checked, the tensor named on any mismatch). A mapped tensor missing from the file is an
 /// error; parameters that `map` skips keep their values.
-pub fn load_mapped<B: Backend>(
+pub fn load_mapped<B: Kernels>(
     mut model: QFormer<B>,
     src: &TensorSource,
     map: impl Fn(&str) -> Option<Mapped>,
     device: &B::Device,
 ) -> Result<(QFormer<B>, LoadReport)> {
-    struct Load<'a, B: Backend, F> {
+    struct Load<'a, B: Kernels, F> {
         src: &'a TensorSource,
         map: F,
         device: &'a B::Device,
@@ -192,7 +194,7 @@ pub fn load_mapped<B: Backend>(
         used: HashSet<String>,
         error: Option<Error>,
     }
-    impl<B: Backend, F: Fn(&str) -> Option<Mapped>> ParamVisitor<B> for Load<'_, B, F> {
+    impl<B: Kernels, F: Fn(&str) -> Option<Mapped>> ParamVisitor<B> for Load<'_, B, F> {
         fn visit<const D: usize>(&mut self, name: &str, p: &mut Param<Tensor<B, D>>, layout: Layout) {
             if self.error.is_some() {
                 return;
@@ -222,7 +224,7 @@ pub fn load_mapped<B: Backend>(
 }
 
 /// One parameter from the file, converted to burn's layout.
-fn read_param<B: Backend, const D: usize>(src: &TensorSource, m: &Mapped, current: Tensor<B, D>, layout: Layout, device: &B::Device) -> Result<Tensor<B, D>> {
+fn read_param<B: Kernels, const D: usize>(src: &TensorSource, m: &Mapped, current: Tensor<B, D>, layout: Layout, device: &B::Device) -> Result<Tensor<B, D>> {
     let name = &m.name;
     let want = current.dims().to_vec();
     let file = src.get(name)?;
@@ -255,7 +257,7 @@ fn read_param<B: Backend, const D: usize>(src: &TensorSource, m: &Mapped, curren
 
 /// Loads a model. Every parameter must be present with its exact shape, and the file must hold
 /// nothing else: a partial or mismatched load is refused, naming the tensor.
-pub fn load_weights<B: Backend>(path: &Path, cfg: Option<&QFormerConfig>, device: &B::Device) -> Result<(QFormer<B>, QFormerConfig)> {
+pub fn load_weights<B: Kernels>(path: &Path, cfg: Option<&QFormerConfig>, device: &B::Device) -> Result<(QFormer<B>, QFormerConfig)> {
     let file = SafetensorsFile::open(path)?;
     let cfg = match cfg {
         Some(c) => c.clone(),

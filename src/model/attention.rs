@@ -2,20 +2,23 @@
 //! the queries (image features are wider) and has no additive masks.
 
 use burn::module::{Module, Param};
-use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig, Initializer};
-use burn::tensor::{activation::softmax, backend::Backend, Tensor};
+use burn::nn::{Linear, LinearConfig, Initializer};
 
-use super::{dropout, linear_rows};
+use super::norm::LayerNorm;
+use burn::tensor::Tensor;
+
+use super::linear_rows;
+use crate::kernels::{dropout , softmax, Kernels};
 
 /// Per-head keys and values, `[B, H, S, head_dim]`. Cached from the query rows for ITG and
 /// computed once per batch from the image for every cross-attention pass.
 #[derive(Clone, Debug)]
-pub struct KeyValue<B: Backend> {
+pub struct KeyValue<B: Kernels> {
     pub key: Tensor<B, 4>,
     pub value: Tensor<B, 4>,
 }
 
-impl<B: Backend> KeyValue<B> {
+impl<B: Kernels> KeyValue<B> {
     /// Rows of the batch in the given order (negative pairs for ITM); gradients scatter back.
     pub fn select(&self, rows: Tensor<B, 1, burn::tensor::Int>) -> Self {
         Self { key: self.key.clone().select(0, rows.clone()), value: self.value.clone().select(0, rows) }
@@ -38,7 +41,7 @@ impl<B: Backend> KeyValue<B> {
 /// One attention block: Q/K/V projections, scaled dot product with an additive mask, dropout on
 /// the probabilities, then `LayerNorm(x + Dropout(Dense(context)))` (post-LN, as BERT).
 #[derive(Module, Debug)]
-pub struct Attention<B: Backend> {
+pub struct Attention<B: Kernels> {
     pub query: Linear<B>,
     pub key: Linear<B>,
     pub value: Linear<B>,
@@ -62,7 +65,7 @@ pub struct AttentionConfig {
 
 /// BERT initialisation: N(0, std) weights (std = `initializer_range`), zero biases (trainable,
 /// like every parameter).
-pub(crate) fn bert_linear<B: Backend>(d_in: usize, d_out: usize, std: f64, device: &B::Device) -> Linear<B> {
+pub(crate) fn bert_linear<B: Kernels>(d_in: usize, d_out: usize, std: f64, device: &B::Device) -> Linear<B> {
     let mut linear = LinearConfig::new(d_in, d_out)
         .with_initializer(Initializer::Normal { mean: 0.0, std })
         .init(device);
@@ -70,12 +73,12 @@ pub(crate) fn bert_linear<B: Backend>(d_in: usize, d_out: usize, std: f64, devic
     linear
 }
 
-pub(crate) fn layer_norm<B: Backend>(width: usize, eps: f64, device: &B::Device) -> LayerNorm<B> {
-    LayerNormConfig::new(width).with_epsilon(eps).init(device)
+pub(crate) fn layer_norm<B: Kernels>(width: usize, eps: f64, device: &B::Device) -> LayerNorm<B> {
+    LayerNorm::new(width, eps, device)
 }
 
 impl AttentionConfig {
-    pub fn init<B: Backend>(&self, device: &B::Device) -> Attention<B> {
+    pub fn init<B: Kernels>(&self, device: &B::Device) -> Attention<B> {
         Attention {
             query: bert_linear(self.hidden, self.hidden, self.init_std, device),
             key: bert_linear(self.kv_width, self.hidden, self.init_std, device),
@@ -89,7 +92,7 @@ impl AttentionConfig {
     }
 }
 
-impl<B: Backend> Attention<B> {
+impl<B: Kernels> Attention<B> {
     fn heads(&self, x: Tensor<B, 3>) -> Tensor<B, 4> {
         split_heads(x, self.num_heads)
     }
@@ -120,7 +123,7 @@ impl<B: Backend> Attention<B> {
 
 /// `softmax(q kᵀ / √d + mask) v` over heads, with dropout on the probabilities; `q` is
 /// `[B, H, Sq, head_dim]`, the result `[B, Sq, H·head_dim]` with heads merged.
-pub fn scaled_dot_product<B: Backend>(
+pub fn scaled_dot_product<B: Kernels>(
     q: Tensor<B, 4>,
     kv: &KeyValue<B>,
     mask: Option<Tensor<B, 4>>,
@@ -132,12 +135,12 @@ pub fn scaled_dot_product<B: Backend>(
     if let Some(mask) = mask {
         scores = scores + mask;
     }
-    let probs = dropout(softmax(scores, 3), dropout_prob, train);
+    let probs = dropout(softmax(scores), dropout_prob, train);
     probs.matmul(kv.value.clone()).swap_dims(1, 2).reshape([b, sq, h * head_dim])
 }
 
 /// `[B, S, H·d]` to `[B, H, S, d]`.
-pub fn split_heads<B: Backend>(x: Tensor<B, 3>, num_heads: usize) -> Tensor<B, 4> {
+pub fn split_heads<B: Kernels>(x: Tensor<B, 3>, num_heads: usize) -> Tensor<B, 4> {
     let [b, s, d] = x.dims();
     x.reshape([b, s, num_heads, d / num_heads]).swap_dims(1, 2)
 }

@@ -2,21 +2,24 @@
 //! nothing added to queries, then one LayerNorm and dropout over the whole [queries; text] sequence.
 
 use burn::module::Module;
-use burn::nn::{Embedding, EmbeddingConfig, Initializer, LayerNorm};
-use burn::tensor::{backend::Backend, Int, Tensor};
+use burn::nn::{Embedding, EmbeddingConfig, Initializer};
+
+use super::norm::LayerNorm;
+use burn::tensor::{Int, Tensor};
 
 use super::attention::layer_norm;
-use super::{dropout, QFormerConfig};
+use super::QFormerConfig;
+use crate::kernels::{dropout , Kernels};
 
 #[derive(Module, Debug)]
-pub struct Embeddings<B: Backend> {
+pub struct Embeddings<B: Kernels> {
     pub word: Embedding<B>,
     pub position: Embedding<B>,
     pub norm: LayerNorm<B>,
     pub hidden_dropout: f64,
 }
 
-impl<B: Backend> Embeddings<B> {
+impl<B: Kernels> Embeddings<B> {
     pub fn new(cfg: &QFormerConfig, device: &B::Device) -> Self {
         let embedding = |n| {
             EmbeddingConfig::new(n, cfg.hidden_size)

@@ -1,16 +1,17 @@
 //! Where a run's frozen image features come from: the encoder run on pixels, or a feature cache
 //! (then no encoder exists in the process). Either way the result is the input of `ln_vision`.
 
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 
 use super::vit::Vit;
+use crate::kernels::{Kernels};
 
-pub enum Frozen<B: Backend> {
+pub enum Frozen<B: Kernels> {
     Encoder { vit: Vit<B>, image_size: usize },
     Cache { tokens: usize, width: usize },
 }
 
-impl<B: Backend> Frozen<B> {
+impl<B: Kernels> Frozen<B> {
     /// Values per sample in the host inputs this source takes.
     pub fn input_len(&self) -> usize {
         match self {

@@ -2,20 +2,24 @@
 //! (so generation and input share one vocabulary matrix) plus its own bias.
 
 use burn::module::{Module, Param};
-use burn::nn::{LayerNorm, Linear};
-use burn::tensor::{activation::gelu, backend::Backend, Tensor};
+use burn::nn::Linear;
+
+use super::norm::LayerNorm;
+use burn::tensor::Tensor;
+
+use crate::kernels::{gelu , Kernels};
 
 use super::attention::{bert_linear, layer_norm};
 use super::QFormerConfig;
 
 #[derive(Module, Debug)]
-pub struct LmHead<B: Backend> {
+pub struct LmHead<B: Kernels> {
     pub dense: Linear<B>,
     pub norm: LayerNorm<B>,
     pub bias: Param<Tensor<B, 1>>,
 }
 
-impl<B: Backend> LmHead<B> {
+impl<B: Kernels> LmHead<B> {
     pub fn new(cfg: &QFormerConfig, device: &B::Device) -> Self {
         Self {
             dense: bert_linear(cfg.hidden_size, cfg.hidden_size, cfg.initializer_range, device),

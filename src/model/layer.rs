@@ -3,22 +3,25 @@
 //! rows.
 
 use burn::module::Module;
-use burn::nn::{LayerNorm, Linear};
-use burn::tensor::{activation::gelu, backend::Backend, Tensor};
+use burn::nn::Linear;
+
+use super::norm::LayerNorm;
+use burn::tensor::Tensor;
 
 use super::attention::{bert_linear, layer_norm, Attention, AttentionConfig, KeyValue};
-use super::{dropout, linear_rows, QFormerConfig};
+use super::{linear_rows, QFormerConfig};
+use crate::kernels::{dropout, gelu , Kernels};
 
 /// `LayerNorm(x + Dropout(Dense(GELU(Dense(x)))))`.
 #[derive(Module, Debug)]
-pub struct FeedForward<B: Backend> {
+pub struct FeedForward<B: Kernels> {
     pub intermediate: Linear<B>,
     pub output: Linear<B>,
     pub norm: LayerNorm<B>,
     pub hidden_dropout: f64,
 }
 
-impl<B: Backend> FeedForward<B> {
+impl<B: Kernels> FeedForward<B> {
     pub fn new(cfg: &QFormerConfig, device: &B::Device) -> Self {
         Self {
             intermediate: bert_linear(cfg.hidden_size, cfg.intermediate_size, cfg.initializer_range, device),
@@ -36,7 +39,7 @@ impl<B: Backend> FeedForward<B> {
 }
 
 #[derive(Module, Debug)]
-pub struct Layer<B: Backend> {
+pub struct Layer<B: Kernels> {
     pub attention: Attention<B>,
     /// Present in layers where `layer % cross_attention_frequency == 0`.
     pub crossattention: Option<Attention<B>>,
@@ -45,7 +48,7 @@ pub struct Layer<B: Backend> {
 }
 
 /// What one layer sees besides its hidden states.
-pub struct LayerContext<'a, B: Backend> {
+pub struct LayerContext<'a, B: Kernels> {
     /// Leading rows of the sequence that are queries; 0 for text-only passes (all rows then use
     /// the text FFN and no row cross-attends, as in LAVIS).
     pub num_query: usize,
@@ -58,7 +61,7 @@ pub struct LayerContext<'a, B: Backend> {
     pub train: bool,
 }
 
-impl<B: Backend> Layer<B> {
+impl<B: Kernels> Layer<B> {
     pub fn new(cfg: &QFormerConfig, index: usize, device: &B::Device) -> Self {
         let attention = |kv_width| AttentionConfig {
             hidden: cfg.hidden_size,

@@ -6,6 +6,7 @@ pub mod embeddings;
 pub mod frozen;
 pub mod heads;
 pub mod layer;
+pub mod norm;
 pub mod qformer;
 pub mod vit;
 
@@ -15,40 +16,29 @@ pub use qformer::QFormer;
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::Linear;
-use burn::tensor::{backend::Backend, Distribution, Tensor};
+use burn::tensor::Tensor;
+use crate::kernels::{Kernels};
 
 /// Applies a `Linear` to `[B, S, D]` as one 2-D product: burn's backward for 3-D inputs is several
 /// times slower on CPU backends.
-pub(crate) fn linear_rows<B: Backend>(linear: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+pub(crate) fn linear_rows<B: Kernels>(linear: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
     let [b, s, d] = x.dims();
     let y = linear.forward(x.reshape([b * s, d]));
     let out = y.dims()[1];
     y.reshape([b, s, out])
 }
 
-/// Inverted dropout driven by the backend's seeded RNG. Explicit `train` flag rather than burn's
-/// `Dropout`, which is active whenever autodiff is, so that eval-mode gradients (`check-loss`) are
-/// possible.
-pub(crate) fn dropout<B: Backend, const D: usize>(x: Tensor<B, D>, p: f64, train: bool) -> Tensor<B, D> {
-    if !train || p == 0.0 {
-        return x;
-    }
-    let keep = 1.0 - p;
-    let mask = x.random_like(Distribution::Bernoulli(keep));
-    x * mask.div_scalar(keep)
-}
-
 /// The value of a one-element tensor, on the host.
-pub fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
+pub fn scalar<B: Kernels>(t: Tensor<B, 1>) -> f64 {
     t.into_data().convert::<f64>().to_vec::<f64>().expect("f64 data")[0]
 }
 
 /// burn draws a parameter's initial value lazily, at its first use, from whatever the backend RNG
 /// holds then (a later step's dropout seed, say). Drawing every value right after construction
 /// makes a module depend only on the seed it was built under: required for exact resume.
-pub(crate) fn materialize<B: Backend, M: Module<B>>(module: M) -> M {
+pub(crate) fn materialize<B: Kernels, M: Module<B>>(module: M) -> M {
     struct Touch;
-    impl<B: Backend> ModuleVisitor<B> for Touch {
+    impl<B: Kernels> ModuleVisitor<B> for Touch {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
             let _ = param.val();
         }

@@ -2,14 +2,17 @@
 //! head, the ITG head and the temperature. The frozen image encoder is not part of it.
 
 use burn::module::{Module, Param};
-use burn::nn::{Initializer, LayerNorm, Linear, LinearConfig};
-use burn::tensor::{backend::Backend, Int, Tensor};
+use burn::nn::{Initializer, Linear, LinearConfig};
+
+use super::norm::LayerNorm;
+use burn::tensor::{Int, Tensor};
 
 use super::attention::{layer_norm, KeyValue};
 use super::embeddings::Embeddings;
 use super::heads::LmHead;
 use super::layer::{Layer, LayerContext};
 use super::{linear_rows, QFormerConfig};
+use crate::kernels::{Kernels};
 
 /// Initial ITC temperature, as BLIP-2.
 pub const TEMP_INIT: f64 = 0.07;
@@ -18,7 +21,7 @@ pub const TEMP_INIT: f64 = 0.07;
 pub const TEMP_RANGE: (f64, f64) = (0.001, 0.5);
 
 #[derive(Module, Debug)]
-pub struct QFormer<B: Backend> {
+pub struct QFormer<B: Kernels> {
     /// `[1, Q, D]`, N(0, 0.02).
     pub query_tokens: Param<Tensor<B, 3>>,
     pub embeddings: Embeddings<B>,
@@ -37,14 +40,14 @@ pub struct QFormer<B: Backend> {
 }
 
 /// Output of a trunk pass.
-pub struct Encoded<B: Backend> {
+pub struct Encoded<B: Kernels> {
     /// `[B, S, D]`.
     pub hidden: Tensor<B, 3>,
     /// Each layer's own self-attention keys/values, `[B, H, S, head_dim]`.
     pub key_values: Vec<KeyValue<B>>,
 }
 
-impl<B: Backend> QFormer<B> {
+impl<B: Kernels> QFormer<B> {
     /// A randomly initialised model (BERT init for the trunk, PyTorch defaults for the heads).
     pub fn new(cfg: &QFormerConfig, device: &B::Device) -> Self {
         let default_linear = |d_in, d_out| LinearConfig::new(d_in, d_out).init(device);

@@ -9,14 +9,17 @@
 use std::path::PathBuf;
 
 use burn::module::{Module, Param};
-use burn::nn::{Initializer, LayerNorm, Linear, LinearConfig};
-use burn::tensor::{activation, backend::Backend, FloatDType, Tensor, TensorData};
+use burn::nn::{Initializer, Linear, LinearConfig};
+
+use super::norm::LayerNorm;
+use burn::tensor::{activation, FloatDType, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::attention::{layer_norm, scaled_dot_product, split_heads, KeyValue};
 use super::linear_rows;
 use crate::error::{Error, Result};
 use crate::interop::source::{transpose, HostTensor, TensorSource};
+use crate::kernels::{Kernels};
 
 /// Architecture family of the encoder.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,7 +131,7 @@ impl VitConfig {
 }
 
 #[derive(Module, Debug)]
-struct Block<B: Backend> {
+struct Block<B: Kernels> {
     norm1: LayerNorm<B>,
     /// q, k and v in one product; EVA's k bias is zero.
     qkv: Linear<B>,
@@ -141,7 +144,7 @@ struct Block<B: Backend> {
 }
 
 #[derive(Module, Debug)]
-pub struct Vit<B: Backend> {
+pub struct Vit<B: Kernels> {
     /// The patch convolution as a product over flattened `[C, p, p]` patches.
     patch_embed: Linear<B>,
     cls_token: Param<Tensor<B, 3>>,
@@ -177,7 +180,7 @@ impl LoadReport {
     }
 }
 
-impl<B: Backend> Vit<B> {
+impl<B: Kernels> Vit<B> {
     /// A random EVA-shaped ViT, identical for identical `cfg` (including the seed) on a backend.
     pub fn random(cfg: &VitConfig, device: &B::Device) -> Self {
         B::seed(device, cfg.seed);

@@ -1,9 +1,10 @@
 //! A stage-one batch: frozen image features on the device, tokenised captions on the host (masks
 //! and negative pairs are built from them there).
 
-use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::error::{Error, Result};
+use crate::kernels::{Kernels};
 
 /// Token ids and padding mask, `[B][T]`, every row the same length.
 #[derive(Clone, Debug, PartialEq)]
@@ -50,24 +51,24 @@ impl TextBatch {
         }
     }
 
-    pub fn ids_tensor<B: Backend>(&self, device: &B::Device) -> Tensor<B, 2, Int> {
+    pub fn ids_tensor<B: Kernels>(&self, device: &B::Device) -> Tensor<B, 2, Int> {
         int_tensor(&self.ids, device)
     }
 }
 
-pub(crate) fn int_tensor<B: Backend>(rows: &[Vec<i64>], device: &B::Device) -> Tensor<B, 2, Int> {
+pub(crate) fn int_tensor<B: Kernels>(rows: &[Vec<i64>], device: &B::Device) -> Tensor<B, 2, Int> {
     let t = rows.first().map_or(0, Vec::len);
     let flat: Vec<i64> = rows.iter().flatten().copied().collect();
     Tensor::from_data(TensorData::new(flat, [rows.len(), t]), device)
 }
 
-pub(crate) fn index_tensor<B: Backend>(indices: &[usize], device: &B::Device) -> Tensor<B, 1, Int> {
+pub(crate) fn index_tensor<B: Kernels>(indices: &[usize], device: &B::Device) -> Tensor<B, 1, Int> {
     let v: Vec<i64> = indices.iter().map(|&i| i as i64).collect();
     Tensor::from_data(TensorData::new(v, [indices.len()]), device)
 }
 
 #[derive(Clone, Debug)]
-pub struct Stage1Batch<B: Backend> {
+pub struct Stage1Batch<B: Kernels> {
     /// Frozen encoder output `[B, Nv, Dv]`, without gradient.
     pub image_feats: Tensor<B, 3>,
     pub text: TextBatch,
@@ -76,7 +77,7 @@ pub struct Stage1Batch<B: Backend> {
     pub image_ids: Option<Vec<i64>>,
 }
 
-impl<B: Backend> Stage1Batch<B> {
+impl<B: Kernels> Stage1Batch<B> {
     pub fn new(image_feats: Tensor<B, 3>, text: TextBatch, image_ids: Option<Vec<i64>>) -> Result<Self> {
         let [b, _, _] = image_feats.dims();
         if b != text.batch_size() {

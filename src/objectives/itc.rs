@@ -1,9 +1,10 @@
 //! ITC: image-text contrastive loss over query-max similarities.
 
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::soft_cross_entropy;
+use crate::kernels::{Kernels};
 
 /// Which side of each similarity carries gradient.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -18,7 +19,7 @@ pub enum ItcGradient {
     Full,
 }
 
-pub struct ItcOutput<B: Backend> {
+pub struct ItcOutput<B: Kernels> {
     pub loss: Tensor<B, 1>,
     /// `[B, B]` image-to-text logits (similarity / temperature).
     pub sim_i2t: Tensor<B, 2>,
@@ -27,14 +28,14 @@ pub struct ItcOutput<B: Backend> {
 }
 
 /// L2 normalisation as `F.normalize` (norm clamped at 1e-12).
-pub fn normalize<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+pub fn normalize<B: Kernels, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     let norm = x.clone().powf_scalar(2.0).sum_dim(D - 1).sqrt().clamp_min(1e-12);
     x / norm
 }
 
 /// Similarity logits. `image`: normalised `[B, Q, E]`; `text`: normalised `[N, E]`.
 /// `sim_i2t[b, n] = max_q <image[b,q], text[n]> / temp`, `sim_t2i[n, b]` likewise from the text.
-pub fn similarities<B: Backend>(
+pub fn similarities<B: Kernels>(
     image: Tensor<B, 3>,
     text: Tensor<B, 2>,
     temp: Tensor<B, 1>,
@@ -65,7 +66,7 @@ pub fn similarities<B: Backend>(
 
 /// Smoothed targets: `(1 - eps) · pos / |pos|` per row plus `eps / N` everywhere. With one
 /// positive per row this is PyTorch's label-smoothed cross-entropy.
-pub fn targets<B: Backend>(positives: &[Vec<bool>], eps: f64, device: &B::Device) -> Tensor<B, 2> {
+pub fn targets<B: Kernels>(positives: &[Vec<bool>], eps: f64, device: &B::Device) -> Tensor<B, 2> {
     let n = positives.len();
     let mut values = Vec::with_capacity(n * n);
     for row in positives {
@@ -76,7 +77,7 @@ pub fn targets<B: Backend>(positives: &[Vec<bool>], eps: f64, device: &B::Device
 }
 
 /// The ITC loss: mean of the two directions' smoothed cross-entropies.
-pub fn itc_loss<B: Backend>(
+pub fn itc_loss<B: Kernels>(
     image: Tensor<B, 3>,
     text: Tensor<B, 2>,
     temp: Tensor<B, 1>,

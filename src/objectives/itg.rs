@@ -1,12 +1,12 @@
 //! ITG: captioning loss of a text decoder that sees every query (through the query pass's cached
 //! keys/values) and the earlier text, under the multimodal causal mask.
 
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::Tensor;
 
 use super::batch::{index_tensor, int_tensor};
 use super::masks::AttentionMask;
-use super::smoothed_cross_entropy;
 use super::TextBatch;
+use crate::kernels::{cross_entropy, Kernels};
 use crate::model::{KeyValue, QFormer};
 
 /// Decoder input: `[DEC]` replaces `[CLS]` at position 0.
@@ -40,7 +40,7 @@ pub fn targets(text: &TextBatch) -> (Vec<usize>, Vec<i64>) {
 
 /// `query_kv`: per-layer self-attention keys/values of the query rows, `[B, H, Q, head_dim]`.
 /// Token-mean cross-entropy with label smoothing; the LM head runs only on target rows.
-pub fn itg_loss<B: Backend>(
+pub fn itg_loss<B: Kernels>(
     model: &QFormer<B>,
     query_kv: &[KeyValue<B>],
     text: &TextBatch,
@@ -60,8 +60,8 @@ pub fn itg_loss<B: Backend>(
     let [_, _, d] = hidden.dims();
     let picked = hidden.reshape([b * t, d]).select(0, index_tensor(&rows, &device));
     let logits = model.lm_logits(picked);
-    let n = labels.len();
-    smoothed_cross_entropy(logits, Tensor::from_data(TensorData::new(labels, [n]), &device), label_smoothing)
+    let labels: Vec<usize> = labels.iter().map(|&l| l as usize).collect();
+    cross_entropy(logits, &labels, label_smoothing)
 }
 
 #[cfg(test)]

@@ -1,12 +1,12 @@
 //! ITM: image-text matching on positive pairs and mined hard negatives, through one bidirectional
 //! pass whose image keys/values are gathered from the batch's (never re-projected).
 
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::Tensor;
 
 use super::batch::index_tensor;
 use super::masks::AttentionMask;
-use super::smoothed_cross_entropy;
 use super::TextBatch;
+use crate::kernels::{cross_entropy, Kernels};
 use crate::model::{KeyValue, QFormer};
 
 /// The pairs scored by ITM, LAVIS's order: `B` positives, then (negative image, text b) for every
@@ -44,14 +44,14 @@ impl ItmPairs {
     }
 }
 
-pub struct ItmOutput<B: Backend> {
+pub struct ItmOutput<B: Kernels> {
     pub loss: Tensor<B, 1>,
     /// `[pairs, 2]`.
     pub logits: Tensor<B, 2>,
 }
 
 /// Runs the bidirectional pass over the pairs and returns plain (unsmoothed) cross-entropy.
-pub fn itm_loss<B: Backend>(
+pub fn itm_loss<B: Kernels>(
     model: &QFormer<B>,
     image_kv: &[Option<KeyValue<B>>],
     text: &TextBatch,
@@ -70,8 +70,8 @@ pub fn itm_loss<B: Backend>(
     let hidden = model.encode(embeds, q, Some(mask), &pair_kv, None, train).hidden;
     let [_, _, d] = hidden.dims();
     let logits = model.itm_logits(hidden.slice([0..n, 0..q, 0..d]));
-    let labels = Tensor::from_data(TensorData::new(pairs.labels.clone(), [n]), &device);
-    let loss = smoothed_cross_entropy(logits.clone(), labels, 0.0);
+    let labels: Vec<usize> = pairs.labels.iter().map(|&l| l as usize).collect();
+    let loss = cross_entropy(logits.clone(), &labels, 0.0);
     ItmOutput { loss, logits }
 }
 

@@ -2,7 +2,8 @@
 //! with the text padding. They are plain values (who may attend whom) so they can be printed and
 //! tested; `to_additive` turns one into the additive form the attention adds to its scores.
 
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
+use crate::kernels::{Kernels};
 
 /// Added to the scores of forbidden keys, as BERT and LAVIS do (not -inf: a fully masked row stays
 /// finite instead of turning into NaN).
@@ -85,7 +86,7 @@ impl AttentionMask {
     }
 
     /// `[B, 1, rows, cols]`: 0 where allowed, [`MASKED_SCORE`] elsewhere.
-    pub fn to_additive<B: Backend>(&self, device: &B::Device) -> Tensor<B, 4> {
+    pub fn to_additive<B: Kernels>(&self, device: &B::Device) -> Tensor<B, 4> {
         let values: Vec<f32> = self.allowed.iter().map(|&a| if a { 0.0 } else { MASKED_SCORE }).collect();
         Tensor::from_data(TensorData::new(values, [self.batch, 1, self.rows, self.cols]), device)
     }

@@ -2,7 +2,7 @@
 //! the query keys/values ITG reuses), hard-negative mining, the ITM pass, the ITG pass, and the
 //! weighted sum. A switched-off objective costs nothing: no pass, no mask, no head.
 
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::itc::{itc_loss, normalize, similarities};
@@ -13,6 +13,7 @@ use super::sampler::{Direction, NegativeMode, NegativeSampler, SamplerStats};
 use super::{ItcGradient, Stage1Batch};
 use crate::error::{Error, Result};
 use crate::model::QFormer;
+use crate::kernels::{Kernels};
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -76,7 +77,7 @@ impl ObjectiveConfig {
 }
 
 /// Every term of one evaluation. Disabled terms are `None`.
-pub struct Stage1Output<B: Backend> {
+pub struct Stage1Output<B: Kernels> {
     /// `w_itc·itc + w_itm·itm + w_itg·itg`.
     pub loss: Tensor<B, 1>,
     pub itc: Option<Tensor<B, 1>>,
@@ -90,11 +91,11 @@ pub struct Stage1Output<B: Backend> {
 }
 
 /// Host copy of a `[B, N]` tensor for the sampler.
-fn host_rows<B: Backend>(t: Tensor<B, 2>) -> Vec<f32> {
+fn host_rows<B: Kernels>(t: Tensor<B, 2>) -> Vec<f32> {
     t.detach().into_data().convert::<f32>().to_vec::<f32>().expect("f32 data")
 }
 
-pub fn stage1_loss<B: Backend>(
+pub fn stage1_loss<B: Kernels>(
     model: &QFormer<B>,
     batch: &Stage1Batch<B>,
     cfg: &ObjectiveConfig,

@@ -4,23 +4,23 @@
 //! into checkpoints) and so the groups and clipping are exactly LAVIS's.
 
 use burn::module::Param;
-use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 
 use crate::config::OptimConfig;
 use crate::interop::safetensors_io::OwnedTensor;
 use crate::interop::weights::{visit_params, Layout, ParamVisitor};
 use crate::model::{scalar, QFormer};
+use crate::kernels::{AdamWStep, Kernels, TrainBackend};
 
 /// Moments of one parameter, flattened.
-struct Moments<B: Backend> {
+struct Moments<B: Kernels> {
     name: String,
     decay: bool,
     m: Tensor<B, 1>,
     v: Tensor<B, 1>,
 }
 
-pub struct AdamW<B: AutodiffBackend> {
+pub struct AdamW<B: TrainBackend> {
     cfg: OptimConfig,
     /// Optimizer steps taken (bias correction uses it).
     pub step: u64,
@@ -28,11 +28,11 @@ pub struct AdamW<B: AutodiffBackend> {
 }
 
 /// Gradients summed over micro-batches, one flat tensor per parameter in visit order.
-pub struct GradAccumulator<B: AutodiffBackend> {
+pub struct GradAccumulator<B: TrainBackend> {
     grads: Vec<Option<Tensor<B::InnerBackend, 1>>>,
 }
 
-fn flat<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, 1> {
+fn flat<B: Kernels, const D: usize>(t: Tensor<B, D>) -> Tensor<B, 1> {
     let n = t.shape().num_elements();
     t.reshape([n])
 }
@@ -43,19 +43,19 @@ pub fn decays(name: &str, layout: Layout, dims: usize) -> bool {
     !(file_dims == 1 || name.ends_with(".bias"))
 }
 
-impl<B: AutodiffBackend> GradAccumulator<B> {
+impl<B: TrainBackend> GradAccumulator<B> {
     pub fn new(model: &QFormer<B>) -> Self {
         Self { grads: vec![None; crate::interop::weights::param_names(model).len()] }
     }
 
     /// Adds this micro-batch's gradients.
     pub fn add(&mut self, model: &QFormer<B>, grads: &B::Gradients) {
-        struct Add<'a, B: AutodiffBackend> {
+        struct Add<'a, B: TrainBackend> {
             acc: &'a mut [Option<Tensor<B::InnerBackend, 1>>],
             grads: &'a B::Gradients,
             i: usize,
         }
-        impl<B: AutodiffBackend> ParamVisitor<B> for Add<'_, B> {
+        impl<B: TrainBackend> ParamVisitor<B> for Add<'_, B> {
             fn visit<const D: usize>(&mut self, _: &str, p: &mut Param<Tensor<B, D>>, _: Layout) {
                 if let Some(g) = p.val().grad(self.grads) {
                     let g = flat(g);
@@ -88,10 +88,10 @@ impl<B: AutodiffBackend> GradAccumulator<B> {
     }
 }
 
-impl<B: AutodiffBackend> AdamW<B> {
+impl<B: TrainBackend> AdamW<B> {
     pub fn new(cfg: &OptimConfig, model: &QFormer<B>) -> Self {
-        struct Init<B: Backend>(Vec<Moments<B>>);
-        impl<B: AutodiffBackend> ParamVisitor<B> for Init<B::InnerBackend> {
+        struct Init<B: Kernels>(Vec<Moments<B>>);
+        impl<B: TrainBackend> ParamVisitor<B> for Init<B::InnerBackend> {
             fn visit<const D: usize>(&mut self, name: &str, p: &mut Param<Tensor<B, D>>, layout: Layout) {
                 let zeros = flat(p.val().inner().zeros_like());
                 self.0.push(Moments { name: name.to_string(), decay: decays(name, layout, D), m: zeros.clone(), v: zeros });
@@ -108,7 +108,7 @@ impl<B: AutodiffBackend> AdamW<B> {
         let c = &self.cfg;
         let bc1 = 1.0 - c.beta1.powi(self.step as i32);
         let bc2_sqrt = (1.0 - c.beta2.powi(self.step as i32)).sqrt();
-        struct Step<'a, B: AutodiffBackend> {
+        struct Step<'a, B: TrainBackend> {
             moments: &'a mut [Moments<B::InnerBackend>],
             grads: &'a [Option<Tensor<B::InnerBackend, 1>>],
             cfg: &'a OptimConfig,
@@ -117,24 +117,28 @@ impl<B: AutodiffBackend> AdamW<B> {
             bc2_sqrt: f64,
             i: usize,
         }
-        impl<B: AutodiffBackend> ParamVisitor<B> for Step<'_, B> {
+        impl<B: TrainBackend> ParamVisitor<B> for Step<'_, B> {
             fn visit<const D: usize>(&mut self, _: &str, p: &mut Param<Tensor<B, D>>, _: Layout) {
                 let i = self.i;
                 self.i += 1;
                 let Some(g) = &self.grads[i] else { return };
                 let st = &mut self.moments[i];
                 let c = self.cfg;
-                st.m = st.m.clone().mul_scalar(c.beta1) + g.clone().mul_scalar(1.0 - c.beta1);
-                st.v = st.v.clone().mul_scalar(c.beta2) + g.clone().powf_scalar(2.0).mul_scalar(1.0 - c.beta2);
+                let step = AdamWStep {
+                    beta1: c.beta1,
+                    beta2: c.beta2,
+                    eps: c.eps,
+                    step_size: self.lr / self.bc1,
+                    bc2_sqrt: self.bc2_sqrt,
+                    decay: if st.decay { 1.0 - self.lr * c.weight_decay } else { 1.0 },
+                };
                 let value = p.val().inner();
                 let shape = value.shape();
-                let mut w = flat(value);
-                if st.decay {
-                    w = w.mul_scalar(1.0 - self.lr * c.weight_decay);
-                }
-                let denom = st.v.clone().sqrt().div_scalar(self.bc2_sqrt).add_scalar(c.eps);
-                w = w - st.m.clone().div(denom).mul_scalar(self.lr / self.bc1);
-                *p = Param::initialized(p.id, Tensor::from_inner(w.reshape(shape)).require_grad());
+                let prim = |t: &Tensor<B::InnerBackend, 1>| t.clone().into_primitive().tensor();
+                let [w, m, v] = B::InnerBackend::adamw_step(prim(&flat(value)), prim(g), prim(&st.m), prim(&st.v), &step);
+                let back = |t| Tensor::<B::InnerBackend, 1>::from_primitive(TensorPrimitive::Float(t));
+                (st.m, st.v) = (back(m), back(v));
+                *p = Param::initialized(p.id, Tensor::from_inner(back(w).reshape(shape)).require_grad());
             }
         }
         let mut model = model;

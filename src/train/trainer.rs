@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use burn::module::{AutodiffModule, Param};
-use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 use serde::Serialize;
 
@@ -31,6 +30,7 @@ use crate::model::frozen::Frozen;
 use crate::model::vit::Vit;
 use crate::model::{scalar, QFormer};
 use crate::objectives::{stage1_loss, NegativeSampler, Stage1Batch};
+use crate::kernels::{Kernels, TrainBackend};
 
 /// Stream tags that keep the seeds of the different random consumers apart.
 const SAMPLER_STREAM: u64 = 0x5a3b_1e00;
@@ -78,7 +78,7 @@ fn check_skips(skipped: u64, seen: u64, max: f64) -> Result<()> {
 }
 
 /// The run's frozen-feature source, with the training and held-out transforms that feed it.
-fn frozen_source<B: Backend>(cfg: &TrainConfig, device: &B::Device) -> Result<(Frozen<B>, Transform, Transform)> {
+fn frozen_source<B: Kernels>(cfg: &TrainConfig, device: &B::Device) -> Result<(Frozen<B>, Transform, Transform)> {
     let d = &cfg.data;
     let mut train = Transform { image_size: cfg.encoder.image_size as u32, max_pixels: d.max_pixels, augment: d.augment.enabled.then(|| d.augment.clone()), cache: None };
     let mut eval = Transform { augment: None, ..train.clone() };
@@ -106,7 +106,7 @@ fn frozen_source<B: Backend>(cfg: &TrainConfig, device: &B::Device) -> Result<(F
 }
 
 /// Projects the temperature back into range after an update.
-fn clamp_temperature<B: AutodiffBackend>(mut model: QFormer<B>) -> QFormer<B> {
+fn clamp_temperature<B: TrainBackend>(mut model: QFormer<B>) -> QFormer<B> {
     let id = model.temp.id;
     let value = model.temp.val().inner().clamp(TEMP_RANGE.0, TEMP_RANGE.1);
     model.temp = Param::initialized(id, Tensor::from_inner(value).require_grad());
@@ -116,7 +116,7 @@ fn clamp_temperature<B: AutodiffBackend>(mut model: QFormer<B>) -> QFormer<B> {
 impl BackendJob for TrainJob {
     type Output = TrainOutcome;
 
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<TrainOutcome> {
+    fn run<B: TrainBackend>(self, device: B::Device) -> Result<TrainOutcome> {
         let cfg = self.cfg;
         let (t, seed) = (&cfg.train, cfg.train.seed);
         ensure_data(&cfg)?;

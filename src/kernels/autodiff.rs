@@ -1,0 +1,108 @@
+//! The fused kernels as single autodiff ops, each with its hand-written gradient (one backward
+//! kernel where burn would replay every elementwise step).
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
+use burn::backend::Autodiff;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::Shape;
+
+use super::Kernels;
+
+#[derive(Debug)]
+struct LayerNormOp;
+
+impl<B: Kernels> Backward<B, 3> for LayerNormOp {
+    type State = (FloatTensor<B>, FloatTensor<B>, f64);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (x, gamma, eps) = ops.state;
+        let grad = grads.consume::<B>(&ops.node);
+        let [dx, dgamma, dbeta] = B::fused_layer_norm_backward(x, gamma, eps, grad);
+        let [px, pgamma, pbeta] = ops.parents;
+        for (parent, g) in [(px, dx), (pgamma, dgamma), (pbeta, dbeta)] {
+            if let Some(node) = parent {
+                grads.register::<B>(node.id, g);
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct SoftmaxOp;
+
+impl<B: Kernels> Backward<B, 1> for SoftmaxOp {
+    type State = FloatTensor<B>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let y = ops.state;
+        unary::<B, _>(ops.parents, ops.node, grads, |g| B::fused_softmax_backward(y, g));
+    }
+}
+
+#[derive(Debug)]
+struct GeluOp;
+
+impl<B: Kernels> Backward<B, 1> for GeluOp {
+    type State = FloatTensor<B>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let x = ops.state;
+        unary::<B, _>(ops.parents, ops.node, grads, |g| B::fused_gelu_backward(x, g));
+    }
+}
+
+#[derive(Debug)]
+struct CrossEntropyOp;
+
+impl<B: Kernels> Backward<B, 1> for CrossEntropyOp {
+    /// Logits, per-row log-sum-exp, labels, smoothing.
+    type State = (FloatTensor<B>, FloatTensor<B>, Vec<usize>, f64);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (logits, lse, labels, eps) = ops.state;
+        unary::<B, _>(ops.parents, ops.node, grads, |g| B::cross_entropy_backward(logits, lse, &labels, eps, g));
+    }
+}
+
+impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
+    fn fused_layer_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+        let out = B::fused_layer_norm(x.primitive.clone(), gamma.primitive.clone(), beta.primitive, eps);
+        match LayerNormOp.prepare::<C>([x.node.clone(), gamma.node.clone(), beta.node.clone()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish((x.primitive, gamma.primitive, eps), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
+    }
+
+    fn fused_softmax(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let out = B::fused_softmax(x.primitive);
+        match SoftmaxOp.prepare::<C>([x.node.clone()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish(out.clone(), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
+    }
+
+    fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let out = B::fused_gelu(x.primitive.clone());
+        match GeluOp.prepare::<C>([x.node.clone()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish(x.primitive, out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
+    }
+
+    /// A constant: the mask carries no gradient.
+    fn dropout_mask(shape: Shape, keep: f64, device: &B::Device) -> FloatTensor<Self> {
+        Self::from_inner(B::dropout_mask(shape, keep, device))
+    }
+
+    fn fused_cross_entropy(logits: FloatTensor<Self>, labels: &[usize], eps: f64) -> FloatTensor<Self> {
+        let (loss, lse) = B::cross_entropy_forward(logits.primitive.clone(), labels, eps);
+        match CrossEntropyOp.prepare::<C>([logits.node.clone()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish((logits.primitive, lse, labels.to_vec(), eps), loss),
+            OpsKind::UnTracked(prep) => prep.finish(loss),
+        }
+    }
+}

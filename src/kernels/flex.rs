@@ -1,0 +1,266 @@
+//! The kernels on `flex`'s host memory: one pass per op, rows or chunks spread over rayon's pool,
+//! inner loops vectorised (lane-wise accumulators, so no reduction waits on the previous add).
+//! LayerNorm and softmax forward are flex's own (already fused and parallel). Tensors that are not
+//! f32 take the composed path.
+
+use burn::backend::flex::FlexTensor;
+use burn::backend::Flex;
+use burn::tensor::ops::FloatTensorOps;
+use burn::tensor::{DType, Distribution, FloatDType, Shape, TensorData};
+use rayon::prelude::*;
+
+use super::math::{self, vectorized, CHUNK};
+use super::{reference, AdamWStep, Kernels};
+
+const LANES: usize = 8;
+
+/// `Σ f(a[i], b[i])` with eight independent partial sums.
+#[inline(always)]
+fn sum2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for k in 0..LANES {
+            acc[k] += f(x[k], y[k]);
+        }
+    }
+    let tail: f32 = ra.iter().zip(rb).map(|(&x, &y)| f(x, y)).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+#[inline(always)]
+fn sum(a: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    sum2(a, a, |x, _| f(x))
+}
+
+#[inline(always)]
+fn max(a: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = a.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for x in chunks {
+        for k in 0..LANES {
+            acc[k] = if x[k] > acc[k] { x[k] } else { acc[k] };
+        }
+    }
+    rest.iter().chain(&acc).fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
+}
+
+fn is_f32(tensors: &[&FlexTensor]) -> bool {
+    tensors.iter().all(|t| t.dtype() == DType::F32)
+}
+
+/// Contiguous f32 values of `t` (a view when already contiguous).
+fn values(t: &FlexTensor) -> FlexTensor {
+    t.to_contiguous()
+}
+
+fn slice(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>().expect("contiguous f32 tensor")
+}
+
+fn from_vec(values: Vec<f32>, shape: Shape) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+fn last_dim(t: &FlexTensor) -> usize {
+    let shape = t.layout().shape();
+    shape[shape.num_dims() - 1]
+}
+
+/// Rows per parallel task for rows of width `d`.
+fn rows_per_task(d: usize) -> usize {
+    (CHUNK / d.max(1)).max(1)
+}
+
+impl Kernels for Flex {
+    fn fused_layer_norm_backward(x: FlexTensor, gamma: FlexTensor, eps: f64, grad: FlexTensor) -> [FlexTensor; 3] {
+        if !is_f32(&[&x, &gamma, &grad]) {
+            return reference::layer_norm_backward::<Self>(x, gamma, eps, grad);
+        }
+        let shape = x.layout().shape().clone();
+        let d = last_dim(&x);
+        let (x, grad, gamma) = (values(&x), values(&grad), values(&gamma));
+        let (xs, gs, gamma) = (slice(&x), slice(&grad), slice(&gamma));
+        let eps = eps as f32;
+        let inv_d = 1.0 / d as f32;
+        let step = rows_per_task(d) * d;
+        let mut dx = vec![0.0f32; xs.len()];
+        let (dgamma, dbeta) = dx
+            .par_chunks_mut(step)
+            .zip(xs.par_chunks(step).zip(gs.par_chunks(step)))
+            .map(|(dx, (x, g))| {
+                vectorized(|| {
+                    let mut dgamma = vec![0.0f32; d];
+                    let mut dbeta = vec![0.0f32; d];
+                    for ((dx, x), g) in dx.chunks_exact_mut(d).zip(x.chunks_exact(d)).zip(g.chunks_exact(d)) {
+                        let mean = sum(x, |v| v) * inv_d;
+                        let rstd = 1.0 / (sum(x, |v| (v - mean) * (v - mean)) * inv_d + eps).sqrt();
+                        let gg = sum2(g, gamma, |g, w| g * w) * inv_d;
+                        let ggx = (0..d).map(|j| g[j] * gamma[j] * (x[j] - mean)).sum::<f32>() * rstd * inv_d;
+                        for j in 0..d {
+                            let xhat = (x[j] - mean) * rstd;
+                            dx[j] = rstd * (g[j] * gamma[j] - gg - xhat * ggx);
+                            dgamma[j] += g[j] * xhat;
+                            dbeta[j] += g[j];
+                        }
+                    }
+                    (dgamma, dbeta)
+                })
+            })
+            .reduce(
+                || (vec![0.0f32; d], vec![0.0f32; d]),
+                |(mut ga, mut ba), (gb, bb)| {
+                    ga.iter_mut().zip(gb).for_each(|(a, b)| *a += b);
+                    ba.iter_mut().zip(bb).for_each(|(a, b)| *a += b);
+                    (ga, ba)
+                },
+            );
+        [from_vec(dx, shape), from_vec(dgamma, Shape::new([d])), from_vec(dbeta, Shape::new([d]))]
+    }
+
+    fn fused_softmax_backward(y: FlexTensor, grad: FlexTensor) -> FlexTensor {
+        if !is_f32(&[&y, &grad]) {
+            return reference::softmax_backward::<Self>(y, grad);
+        }
+        let shape = y.layout().shape().clone();
+        let d = last_dim(&y);
+        let (y, grad) = (values(&y), values(&grad));
+        let (ys, gs) = (slice(&y), slice(&grad));
+        let step = rows_per_task(d) * d;
+        let mut dx = vec![0.0f32; ys.len()];
+        dx.par_chunks_mut(step).zip(ys.par_chunks(step).zip(gs.par_chunks(step))).for_each(|(dx, (y, g))| {
+            vectorized(|| {
+                for ((dx, y), g) in dx.chunks_exact_mut(d).zip(y.chunks_exact(d)).zip(g.chunks_exact(d)) {
+                    let dot = sum2(g, y, |g, y| g * y);
+                    for j in 0..d {
+                        dx[j] = y[j] * (g[j] - dot);
+                    }
+                }
+            })
+        });
+        from_vec(dx, shape)
+    }
+
+    fn fused_gelu(x: FlexTensor) -> FlexTensor {
+        if !is_f32(&[&x]) {
+            return <Self as burn::tensor::ops::ActivationOps<Self>>::gelu(x);
+        }
+        let shape = x.layout().shape().clone();
+        let x = values(&x);
+        from_vec(math::map(slice(&x), math::gelu), shape)
+    }
+
+    fn fused_gelu_backward(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
+        if !is_f32(&[&x, &grad]) {
+            return <Self as burn::tensor::ops::ActivationOps<Self>>::gelu_backward(x, grad);
+        }
+        let shape = x.layout().shape().clone();
+        let (x, grad) = (values(&x), values(&grad));
+        from_vec(math::zip_map(slice(&x), slice(&grad), math::gelu_grad), shape)
+    }
+
+    /// Bits drawn from flex's seeded RNG seed a counter-based hash, so the mask is one parallel
+    /// pass instead of a sequential ChaCha draw per element.
+    fn dropout_mask(shape: Shape, keep: f64, device: &<Self as burn::tensor::backend::BackendTypes>::Device) -> FlexTensor {
+        let draw = Self::float_random(Shape::new([2]), Distribution::Uniform(0.0, 1.0), device, FloatDType::F32);
+        let bits = draw.as_slice::<f32>().expect("f32 draw");
+        let seed = (u64::from(bits[0].to_bits()) << 32) | u64::from(bits[1].to_bits());
+        let threshold = (keep * 4_294_967_296.0).min(u32::MAX as f64) as u32;
+        let scale = (1.0 / keep) as f32;
+        let mut mask = vec![0.0f32; shape.num_elements()];
+        mask.par_chunks_mut(CHUNK).enumerate().for_each(|(c, out)| {
+            vectorized(|| {
+                let base = (c * CHUNK) as u32;
+                for (i, v) in out.iter_mut().enumerate() {
+                    *v = if math::hash(seed, base.wrapping_add(i as u32)) < threshold { scale } else { 0.0 };
+                }
+            })
+        });
+        from_vec(mask, shape)
+    }
+
+    /// One pass over the four arrays, in the composed version's f32 arithmetic and order.
+    fn adamw_step(w: FlexTensor, g: FlexTensor, m: FlexTensor, v: FlexTensor, s: &AdamWStep) -> [FlexTensor; 3] {
+        if !is_f32(&[&w, &g, &m, &v]) {
+            return reference::adamw_step::<Self>(w, g, m, v, s);
+        }
+        let shape = w.layout().shape().clone();
+        let (w, g, m, v) = (values(&w), values(&g), values(&m), values(&v));
+        let (ws, gs, ms, vs) = (slice(&w), slice(&g), slice(&m), slice(&v));
+        let (b1, c1, b2, c2) = (s.beta1 as f32, (1.0 - s.beta1) as f32, s.beta2 as f32, (1.0 - s.beta2) as f32);
+        let (eps, step, bc2, decay) = (s.eps as f32, s.step_size as f32, s.bc2_sqrt as f32, s.decay as f32);
+        let n = ws.len();
+        let (mut w_out, mut m_out, mut v_out) = (vec![0.0f32; n], vec![0.0f32; n], vec![0.0f32; n]);
+        w_out
+            .par_chunks_mut(CHUNK)
+            .zip(m_out.par_chunks_mut(CHUNK).zip(v_out.par_chunks_mut(CHUNK)))
+            .enumerate()
+            .for_each(|(c, (wo, (mo, vo)))| {
+                let r = c * CHUNK..(c * CHUNK + wo.len());
+                let (w, g, m, v) = (&ws[r.clone()], &gs[r.clone()], &ms[r.clone()], &vs[r]);
+                vectorized(|| {
+                    for i in 0..wo.len() {
+                        let mi = m[i] * b1 + g[i] * c1;
+                        let vi = v[i] * b2 + g[i] * g[i] * c2;
+                        let wi = if decay == 1.0 { w[i] } else { w[i] * decay };
+                        wo[i] = wi - mi / (vi.sqrt() / bc2 + eps) * step;
+                        mo[i] = mi;
+                        vo[i] = vi;
+                    }
+                })
+            });
+        [from_vec(w_out, shape.clone()), from_vec(m_out, shape.clone()), from_vec(v_out, shape)]
+    }
+
+    fn cross_entropy_forward(logits: FlexTensor, labels: &[usize], eps: f64) -> (FlexTensor, FlexTensor) {
+        if !is_f32(&[&logits]) {
+            return reference::cross_entropy_forward::<Self>(logits, labels, eps);
+        }
+        let c = last_dim(&logits);
+        let x = values(&logits);
+        let xs = slice(&x);
+        let (hit, uniform) = ((1.0 - eps) as f32, eps as f32 / c as f32);
+        let per_row: Vec<(f32, f32)> = xs
+            .par_chunks(c)
+            .zip(labels.par_iter())
+            .map(|(row, &label)| {
+                vectorized(|| {
+                    let m = max(row);
+                    let lse = m + sum(row, |v| math::exp(v - m)).ln();
+                    let total = sum(row, |v| v);
+                    (lse, lse - hit * row[label] - uniform * total)
+                })
+            })
+            .collect();
+        let n = per_row.len();
+        let loss = per_row.iter().map(|&(_, l)| f64::from(l)).sum::<f64>() / n.max(1) as f64;
+        let lse = per_row.into_iter().map(|(lse, _)| lse).collect();
+        (from_vec(vec![loss as f32], Shape::new([1])), from_vec(lse, Shape::new([n])))
+    }
+
+    fn cross_entropy_backward(logits: FlexTensor, lse: FlexTensor, labels: &[usize], eps: f64, grad: FlexTensor) -> FlexTensor {
+        if !is_f32(&[&logits, &lse, &grad]) {
+            return reference::cross_entropy_backward::<Self>(logits, lse, labels, eps, grad);
+        }
+        let shape = logits.layout().shape().clone();
+        let c = last_dim(&logits);
+        let (x, lse, grad) = (values(&logits), values(&lse), values(&grad));
+        let (xs, lse) = (slice(&x), slice(&lse));
+        let scale = slice(&grad)[0] / labels.len().max(1) as f32;
+        let (hit, uniform) = ((1.0 - eps) as f32 * scale, eps as f32 / c as f32);
+        let mut dx = vec![0.0f32; xs.len()];
+        dx.par_chunks_mut(c).zip(xs.par_chunks(c)).zip(lse.par_iter().zip(labels.par_iter())).for_each(
+            |((dx, row), (&lse, &label))| {
+                vectorized(|| {
+                    for (d, &v) in dx.iter_mut().zip(row) {
+                        *d = scale * (math::exp(v - lse) - uniform);
+                    }
+                });
+                dx[label] -= hit;
+            },
+        );
+        from_vec(dx, shape)
+    }
+}

@@ -1,0 +1,149 @@
+//! Fused kernels for the memory-bound pieces of a step: LayerNorm, softmax, GELU, dropout and
+//! cross-entropy. burn builds LayerNorm, softmax and cross-entropy from several elementwise ops,
+//! each a node of the autodiff graph, a full pass over memory and (on the CPU backends) a single
+//! thread; here each is one op forward and one backward. Every backend gets the composed version
+//! by default ([`reference`]); `flex` overrides it with multi-threaded vectorised loops
+//! ([`flex`]); `Autodiff` wraps them with their hand-written gradients ([`autodiff`]).
+
+mod autodiff;
+mod flex;
+mod math;
+pub mod reference;
+
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{Distribution, Shape, Tensor, TensorMetadata, TensorPrimitive};
+
+/// A backend with the fused kernels. Every model and objective function is generic over it.
+pub trait Kernels: Backend {
+    /// LayerNorm over the last dimension, with affine `gamma` and `beta` (`[D]`).
+    fn fused_layer_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+        <Self as burn::tensor::ops::ModuleOps<Self>>::layer_norm(x, gamma, Some(beta), eps)
+    }
+
+    /// Gradients of [`Kernels::fused_layer_norm`] for `x`, `gamma` and `beta`.
+    fn fused_layer_norm_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        eps: f64,
+        grad: FloatTensor<Self>,
+    ) -> [FloatTensor<Self>; 3] {
+        reference::layer_norm_backward::<Self>(x, gamma, eps, grad)
+    }
+
+    /// Softmax over the last dimension.
+    fn fused_softmax(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let last = x.shape().num_dims() - 1;
+        <Self as burn::tensor::ops::ActivationOps<Self>>::softmax(x, last)
+    }
+
+    /// Gradient of the softmax from its output `y`: `y · (g − Σ g·y)`.
+    fn fused_softmax_backward(y: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        reference::softmax_backward::<Self>(y, grad)
+    }
+
+    /// Exact (erf) GELU.
+    fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        <Self as burn::tensor::ops::ActivationOps<Self>>::gelu(x)
+    }
+
+    fn fused_gelu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        <Self as burn::tensor::ops::ActivationOps<Self>>::gelu_backward(x, grad)
+    }
+
+    /// An inverted-dropout mask: `1/keep` with probability `keep`, else 0. Drawn from the
+    /// backend's seeded RNG, so a step's masks depend only on the step's seed.
+    fn dropout_mask(shape: Shape, keep: f64, device: &Self::Device) -> FloatTensor<Self> {
+        let mask = Tensor::<Self, 1>::random([shape.num_elements()], Distribution::Bernoulli(keep), device);
+        Self::float_reshape(float(mask.div_scalar(keep)), shape)
+    }
+
+    /// Label-smoothed cross-entropy of `logits` (`[N, C]`) against class indices, averaged over
+    /// rows, as PyTorch's `cross_entropy(label_smoothing = eps)`. Returns the loss (`[1]`) and each
+    /// row's log-sum-exp (`[N]`, kept for the backward pass).
+    fn cross_entropy_forward(logits: FloatTensor<Self>, labels: &[usize], eps: f64) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        reference::cross_entropy_forward::<Self>(logits, labels, eps)
+    }
+
+    /// Gradient for the logits: `g/N · (softmax − (1−eps)·onehot − eps/C)`.
+    fn cross_entropy_backward(
+        logits: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        labels: &[usize],
+        eps: f64,
+        grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        reference::cross_entropy_backward::<Self>(logits, lse, labels, eps, grad)
+    }
+
+    /// One AdamW update of a flat parameter `w` with gradient `g` and moments `m`, `v`;
+    /// returns the new `[w, m, v]`.
+    fn adamw_step(w: FloatTensor<Self>, g: FloatTensor<Self>, m: FloatTensor<Self>, v: FloatTensor<Self>, step: &AdamWStep) -> [FloatTensor<Self>; 3] {
+        reference::adamw_step::<Self>(w, g, m, v, step)
+    }
+
+    /// The loss alone; `Autodiff` records the op with its gradient.
+    fn fused_cross_entropy(logits: FloatTensor<Self>, labels: &[usize], eps: f64) -> FloatTensor<Self> {
+        Self::cross_entropy_forward(logits, labels, eps).0
+    }
+}
+
+/// The scalars of one AdamW update, PyTorch's arithmetic: `m ← β₁m + (1−β₁)g`,
+/// `v ← β₂v + (1−β₂)g²`, `w ← w·decay − lr/bc1 · m / (√v / bc2_sqrt + eps)`.
+#[derive(Clone, Copy, Debug)]
+pub struct AdamWStep {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// `lr / (1 − β₁ᵗ)`.
+    pub step_size: f64,
+    /// `√(1 − β₂ᵗ)`.
+    pub bc2_sqrt: f64,
+    /// `1 − lr · weight_decay`, or 1 for parameters without decay.
+    pub decay: f64,
+}
+
+/// The training backend: autodiff over a backend that has the kernels too (evaluation runs on
+/// the inner one).
+pub trait TrainBackend: AutodiffBackend<InnerBackend: Kernels> + Kernels {}
+
+impl<B: AutodiffBackend<InnerBackend: Kernels> + Kernels> TrainBackend for B {}
+
+impl Kernels for burn::backend::NdArray {}
+
+#[cfg(feature = "cuda")]
+impl Kernels for burn::backend::Cuda {}
+
+fn float<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
+    t.into_primitive().tensor()
+}
+
+fn tensor<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+/// Softmax over the last dimension.
+pub fn softmax<B: Kernels, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    tensor(B::fused_softmax(float(x)))
+}
+
+/// Exact GELU.
+pub fn gelu<B: Kernels, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    tensor(B::fused_gelu(float(x)))
+}
+
+/// Inverted dropout with probability `p`; the identity when `train` is false. An explicit flag
+/// rather than burn's `Dropout` (active whenever autodiff is), so that eval-mode gradients
+/// (`check-loss`) are possible.
+pub fn dropout<B: Kernels, const D: usize>(x: Tensor<B, D>, p: f64, train: bool) -> Tensor<B, D> {
+    if !train || p == 0.0 {
+        return x;
+    }
+    let mask = tensor::<B, D>(B::dropout_mask(x.shape(), 1.0 - p, &x.device()));
+    x * mask
+}
+
+/// PyTorch's `cross_entropy(logits, labels, label_smoothing = eps)`, mean over rows, as one op.
+pub fn cross_entropy<B: Kernels>(logits: Tensor<B, 2>, labels: &[usize], eps: f64) -> Tensor<B, 1> {
+    tensor(B::fused_cross_entropy(float(logits), labels, eps))
+}

@@ -1,0 +1,172 @@
+//! The fused kernels against burn's own composed ops, forward and gradient, on `flex` (its
+//! hand-written loops) and `ndarray` (the composed fallback inside the fused autodiff op).
+//! Tolerance: 2e-6 of the largest magnitude compared, i.e. f32 rounding.
+
+use burn::backend::{Autodiff, Flex, NdArray};
+use burn::nn::LayerNormConfig;
+use burn::tensor::activation::{gelu, log_softmax, softmax};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Distribution, Int, Tensor, TensorData};
+use qformer::kernels::{self, Kernels, TrainBackend};
+use qformer::model::norm::LayerNorm;
+
+const TOL: f32 = 2e-6;
+
+/// The backends' RNGs are process-wide; tests that seed them take turns.
+static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn close<B: Backend, const D: usize>(got: Tensor<B, D>, want: Tensor<B, D>, what: &str) {
+    let got = got.into_data().to_vec::<f32>().unwrap();
+    let want = want.into_data().to_vec::<f32>().unwrap();
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = want.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+    let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(worst <= TOL * scale, "{what}: max error {worst:e} of scale {scale:e}");
+}
+
+/// The same random values on a fresh leaf each time (one per side of a comparison).
+fn leaf<B: Backend, const D: usize>(values: &Tensor<B, D>) -> Tensor<B, D> {
+    Tensor::from_data(values.to_data(), &values.device()).require_grad()
+}
+
+fn random<B: Backend, const D: usize>(shape: [usize; D], seed: u64, scale: f64) -> Tensor<B, D> {
+    B::seed(&Default::default(), seed);
+    Tensor::random(shape, Distribution::Normal(0.0, scale), &Default::default())
+}
+
+fn layer_norm_matches<B: TrainBackend>()
+where
+    B::Device: Default,
+{
+    let device = Default::default();
+    // Rows of 37 (not a multiple of the 8 lanes), an offset so the mean matters.
+    let x = random::<B, 3>([3, 5, 37], 1, 2.0).add_scalar(0.5);
+    let g = random::<B, 3>([3, 5, 37], 2, 1.0);
+    let gamma = random::<B, 1>([37], 3, 1.0).add_scalar(1.0);
+    let beta = random::<B, 1>([37], 4, 1.0);
+
+    let mut ours = LayerNorm::<B>::new(37, 1e-5, &device);
+    ours.gamma = burn::module::Param::from_tensor(gamma.clone());
+    ours.beta = Some(burn::module::Param::from_tensor(beta.clone()));
+    let mut theirs = LayerNormConfig::new(37).with_epsilon(1e-5).init::<B>(&device);
+    theirs.gamma = burn::module::Param::from_tensor(gamma);
+    theirs.beta = Some(burn::module::Param::from_tensor(beta));
+
+    let (xa, xb) = (leaf(&x), leaf(&x));
+    let (ya, yb) = (ours.forward(xa.clone()), theirs.forward(xb.clone()));
+    close(ya.clone(), yb.clone(), "layer norm forward");
+    let ga = (ya * g.clone()).sum().backward();
+    let gb = (yb * g).sum().backward();
+    close(xa.grad(&ga).unwrap(), xb.grad(&gb).unwrap(), "layer norm dx");
+    close(ours.gamma.grad(&ga).unwrap(), theirs.gamma.grad(&gb).unwrap(), "layer norm dgamma");
+    let (ba, bb) = (ours.beta.as_ref().unwrap(), theirs.beta.as_ref().unwrap());
+    close(ba.grad(&ga).unwrap(), bb.grad(&gb).unwrap(), "layer norm dbeta");
+}
+
+fn softmax_and_gelu_match<B: TrainBackend>()
+where
+    B::Device: Default,
+{
+    let x = random::<B, 4>([2, 3, 7, 19], 5, 3.0);
+    let g = random::<B, 4>([2, 3, 7, 19], 6, 1.0);
+    let (xa, xb) = (leaf(&x), leaf(&x));
+    let (ya, yb) = (kernels::softmax(xa.clone()), softmax(xb.clone(), 3));
+    close(ya.clone(), yb, "softmax forward");
+    let ga = (ya * g.clone()).sum().backward();
+    // Gradient in f64 on the host: y·(g − Σ g·y) per row of 19.
+    let xs = x.to_data().to_vec::<f32>().unwrap();
+    let gs = g.to_data().to_vec::<f32>().unwrap();
+    let mut want = Vec::with_capacity(xs.len());
+    for (row, grow) in xs.chunks(19).zip(gs.chunks(19)) {
+        let m = row.iter().fold(f64::MIN, |m, &v| m.max(v as f64));
+        let e: Vec<f64> = row.iter().map(|&v| (v as f64 - m).exp()).collect();
+        let total: f64 = e.iter().sum();
+        let y: Vec<f64> = e.iter().map(|v| v / total).collect();
+        let dot: f64 = y.iter().zip(grow).map(|(y, &g)| y * g as f64).sum();
+        want.extend(y.iter().zip(grow).map(|(y, &g)| (y * (g as f64 - dot)) as f32));
+    }
+    let want = Tensor::<B::InnerBackend, 4>::from_data(TensorData::new(want, [2, 3, 7, 19]), &Default::default());
+    close(xa.grad(&ga).unwrap(), want, "softmax gradient");
+
+    let (xa, xb) = (leaf(&x), leaf(&x));
+    let (ya, yb) = (kernels::gelu(xa.clone()), gelu(xb.clone()));
+    close(ya.clone(), yb.clone(), "gelu forward");
+    let (ga, gb) = ((ya * g.clone()).sum().backward(), (yb * g).sum().backward());
+    close(xa.grad(&ga).unwrap(), xb.grad(&gb).unwrap(), "gelu gradient");
+}
+
+fn cross_entropy_matches<B: TrainBackend>()
+where
+    B::Device: Default,
+{
+    let device = Default::default();
+    let (n, c) = (6, 1003);
+    let x = random::<B, 2>([n, c], 7, 4.0);
+    let labels = vec![0usize, 5, 1002, 17, 17, 400];
+    for eps in [0.0, 0.1] {
+        let (xa, xb) = (leaf(&x), leaf(&x));
+        let ours = kernels::cross_entropy(xa.clone(), &labels, eps);
+        // The textbook form: (1 − eps)·NLL + eps·mean over classes of −log p.
+        let logp = log_softmax(xb.clone(), 1);
+        let idx = Tensor::<B, 2, Int>::from_data(TensorData::new(labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), [n, 1]), &device);
+        let nll = logp.clone().gather(1, idx).mean().neg();
+        let theirs = nll.mul_scalar(1.0 - eps) + logp.mean().neg().mul_scalar(eps);
+        close(ours.clone(), theirs.clone(), "cross-entropy");
+        let (ga, gb) = (ours.mul_scalar(3.0).backward(), theirs.mul_scalar(3.0).backward());
+        close(xa.grad(&ga).unwrap(), xb.grad(&gb).unwrap(), "cross-entropy gradient");
+    }
+}
+
+#[test]
+fn flex_kernels_match_burn() {
+    let _turn = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    layer_norm_matches::<Autodiff<Flex>>();
+    softmax_and_gelu_match::<Autodiff<Flex>>();
+    cross_entropy_matches::<Autodiff<Flex>>();
+}
+
+#[test]
+fn composed_fallback_matches_burn() {
+    let _turn = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    layer_norm_matches::<Autodiff<NdArray>>();
+    softmax_and_gelu_match::<Autodiff<NdArray>>();
+    cross_entropy_matches::<Autodiff<NdArray>>();
+}
+
+#[test]
+fn dropout_keeps_the_expected_fraction_and_scales_it() {
+    let _turn = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let device = Default::default();
+    Flex::seed(&device, 11);
+    let x = Tensor::<Flex, 2>::ones([256, 512], &device);
+    let y = kernels::dropout(x.clone(), 0.1, true).into_data().to_vec::<f32>().unwrap();
+    let kept = y.iter().filter(|&&v| v != 0.0).count() as f64 / y.len() as f64;
+    assert!((kept - 0.9).abs() < 0.003, "kept {kept}");
+    assert!(y.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.9).abs() < 1e-6));
+    // Reseeding gives the same mask; the next draw a different one.
+    Flex::seed(&device, 11);
+    let again = kernels::dropout(x.clone(), 0.1, true).into_data().to_vec::<f32>().unwrap();
+    assert_eq!(y, again);
+    let next = kernels::dropout(x.clone(), 0.1, true).into_data().to_vec::<f32>().unwrap();
+    assert_ne!(y, next);
+    assert_eq!(kernels::dropout(x.clone(), 0.1, false).into_data(), x.into_data());
+}
+
+#[test]
+fn adamw_step_matches_the_composed_update() {
+    let _turn = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let prim = |t: Tensor<Flex, 1>| t.into_primitive().tensor();
+    let n = 40_000; // several parallel chunks and a ragged tail
+    let (w, g) = (random::<Flex, 1>([n], 21, 1.0), random::<Flex, 1>([n], 22, 0.1));
+    let m = random::<Flex, 1>([n], 23, 0.01);
+    let v = random::<Flex, 1>([n], 24, 0.01).abs();
+    for decay in [1.0, 1.0 - 1e-4 * 0.05] {
+        let step = qformer::kernels::AdamWStep { beta1: 0.9, beta2: 0.999, eps: 1e-8, step_size: 1e-4 / 0.1, bc2_sqrt: 0.0316, decay };
+        let ours = Flex::adamw_step(prim(w.clone()), prim(g.clone()), prim(m.clone()), prim(v.clone()), &step);
+        let theirs = qformer::kernels::reference::adamw_step::<Flex>(prim(w.clone()), prim(g.clone()), prim(m.clone()), prim(v.clone()), &step);
+        for (what, (a, b)) in ["w", "m", "v"].iter().zip(ours.into_iter().zip(theirs)) {
+            let t = |p| Tensor::<Flex, 1>::from_primitive(burn::tensor::TensorPrimitive::Float(p));
+            close(t(a), t(b), what);
+        }
+    }
+}
