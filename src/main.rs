@@ -328,9 +328,12 @@ fn main() -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 println!("backend {:?}, preset {preset}, batch {batch}, image tokens {image_tokens}, text {text_len}, {steps} steps, features {label}", cli.backend);
-                println!("{:<12} {:>10} {:>10} {:>10} {:>11} {:>12} {:>13}", "objectives", "median ms", "min ms", "pairs/s", "forward ms", "backward ms", "optimizer ms");
+                println!("{:<12} {:>10} {:>10} {:>10} {:>11} {:>12} {:>13} {:>11} {:>9}", "objectives", "median ms", "min ms", "pairs/s", "forward ms", "backward ms", "optimizer ms", "model GFLOP", "GFLOP/s");
                 for r in &report.steps {
-                    println!("{:<12} {:>10.1} {:>10.1} {:>10.2} {:>11.1} {:>12.1} {:>13.1}", r.objectives, r.median_ms, r.min_ms, r.pairs_per_s, r.forward_ms, r.backward_ms, r.optimizer_ms);
+                    println!(
+                        "{:<12} {:>10.1} {:>10.1} {:>10.2} {:>11.1} {:>12.1} {:>13.1} {:>11.1} {:>9.1}",
+                        r.objectives, r.median_ms, r.min_ms, r.pairs_per_s, r.forward_ms, r.backward_ms, r.optimizer_ms, r.model_gflop, r.gflops
+                    );
                 }
                 let kv = &report.image_kv;
                 println!(

@@ -12,7 +12,7 @@ use crate::interop::weights::load_weights;
 use crate::model::vit::Vit;
 use crate::model::QFormer;
 use crate::train::checkpoint::{self, CONFIG_FILE, MODEL_FILE};
-use crate::kernels::{Kernels};
+use crate::kernels::Kernels;
 
 /// Seed stream of a fresh model's random initialisation.
 const INIT_STREAM: u64 = 0x1417;

@@ -8,7 +8,7 @@ use burn::tensor::{activation::log_softmax, Int, Tensor};
 use crate::model::{KeyValue, QFormer};
 use crate::objectives::batch::int_tensor;
 use crate::objectives::AttentionMask;
-use crate::kernels::{Kernels};
+use crate::kernels::Kernels;
 
 #[derive(Clone, Debug)]
 pub struct DecodeOptions {

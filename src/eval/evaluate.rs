@@ -16,7 +16,7 @@ use crate::data::loader::EvalSet;
 use crate::model::frozen::Frozen;
 use crate::model::QFormer;
 use crate::objectives::itg::{itg_loss, targets};
-use crate::kernels::{Kernels};
+use crate::kernels::Kernels;
 
 #[derive(Clone, Debug)]
 pub struct EvalOptions {

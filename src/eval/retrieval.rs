@@ -8,7 +8,7 @@ use crate::data::loader::EvalSet;
 use crate::model::frozen::Frozen;
 use crate::model::QFormer;
 use super::scoring::{image_side, itc_similarities, text_embeds};
-use crate::kernels::{Kernels};
+use crate::kernels::Kernels;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Recall {

@@ -7,7 +7,7 @@ use crate::model::{KeyValue, QFormer};
 use crate::objectives::batch::index_tensor;
 use crate::objectives::itc::normalize;
 use crate::objectives::{AttentionMask, TextBatch};
-use crate::kernels::{Kernels};
+use crate::kernels::Kernels;
 
 /// What the query pass over some images yields.
 pub struct ImageSide<B: Kernels> {

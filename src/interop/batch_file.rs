@@ -10,7 +10,7 @@ use super::safetensors_io::SafetensorsFile;
 use crate::error::{Error, Result};
 use crate::model::QFormerConfig;
 use crate::objectives::{Stage1Batch, TextBatch};
-use crate::kernels::{Kernels};
+use crate::kernels::Kernels;
 
 pub struct BatchFile<B: Kernels> {
     pub batch: Stage1Batch<B>,

@@ -12,7 +12,7 @@ use super::source::TensorSource;
 use super::weights::{load_mapped, LoadReport, Mapped};
 use crate::error::{Error, Result};
 use crate::model::{QFormer, QFormerConfig};
-use crate::kernels::{Kernels};
+use crate::kernels::Kernels;
 
 /// What happens to BERT's token-type embedding, which the Q-Former does not have.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

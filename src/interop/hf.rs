@@ -14,7 +14,7 @@ use super::weights::{load_mapped, named_tensors, LoadReport, Mapped};
 use crate::error::{Error, Result};
 use crate::model::vit::{Vit, VitConfig, VitKind};
 use crate::model::{QFormer, QFormerConfig};
-use crate::kernels::{Kernels};
+use crate::kernels::Kernels;
 
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const CONFIG_FILE: &str = "config.json";

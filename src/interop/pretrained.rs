@@ -12,7 +12,7 @@ use super::source::TensorSource;
 use super::weights::{load_mapped, LoadReport, Mapped};
 use crate::error::{Error, Result};
 use crate::model::{QFormer, QFormerConfig};
-use crate::kernels::{Kernels};
+use crate::kernels::Kernels;
 
 /// The `[init]` config section.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -56,6 +56,17 @@ impl<B: Kernels> Backward<B, 1> for GeluOp {
 }
 
 #[derive(Debug)]
+struct SwapHeadsOp;
+
+impl<B: Kernels> Backward<B, 1> for SwapHeadsOp {
+    type State = ();
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        unary::<B, _>(ops.parents, ops.node, grads, |g| B::swap_heads(g));
+    }
+}
+
+#[derive(Debug)]
 struct CrossEntropyOp;
 
 impl<B: Kernels> Backward<B, 1> for CrossEntropyOp {
@@ -81,6 +92,14 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
         let out = B::fused_softmax(x.primitive);
         match SoftmaxOp.prepare::<C>([x.node.clone()]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => prep.finish(out.clone(), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
+    }
+
+    fn swap_heads(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let out = B::swap_heads(x.primitive);
+        match SwapHeadsOp.prepare::<C>([x.node.clone()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish((), out),
             OpsKind::UnTracked(prep) => prep.finish(out),
         }
     }

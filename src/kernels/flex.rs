@@ -143,6 +143,26 @@ impl Kernels for Flex {
         from_vec(dx, shape)
     }
 
+    fn swap_heads(x: FlexTensor) -> FlexTensor {
+        if !is_f32(&[&x]) {
+            return Self::float_swap_dims(x, 1, 2);
+        }
+        let dims = x.layout().shape().clone();
+        let (b, a, c, d) = (dims[0], dims[1], dims[2], dims[3]);
+        let x = values(&x);
+        let xs = slice(&x);
+        let mut out = vec![0.0f32; xs.len()];
+        // Output block (batch i, c-index j) gathers input rows (i, 0..a, j).
+        out.par_chunks_mut(a * d).enumerate().for_each(|(block, o)| {
+            let (i, j) = (block / c, block % c);
+            for (k, row) in o.chunks_exact_mut(d).enumerate() {
+                let start = ((i * a + k) * c + j) * d;
+                row.copy_from_slice(&xs[start..start + d]);
+            }
+        });
+        from_vec(out, Shape::new([b, c, a, d]))
+    }
+
     fn fused_gelu(x: FlexTensor) -> FlexTensor {
         if !is_f32(&[&x]) {
             return <Self as burn::tensor::ops::ActivationOps<Self>>::gelu(x);

@@ -42,6 +42,13 @@ pub trait Kernels: Backend {
         reference::softmax_backward::<Self>(y, grad)
     }
 
+    /// `[B, A, C, d]` to `[B, C, A, d]`: between one row per token and one block per head. A
+    /// strided view by default; `flex` copies whole `d`-rows in parallel (its generic strided copy,
+    /// which a later reshape would run, goes element by element).
+    fn swap_heads(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::float_swap_dims(x, 1, 2)
+    }
+
     /// Exact (erf) GELU.
     fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
         <Self as burn::tensor::ops::ActivationOps<Self>>::gelu(x)
@@ -125,6 +132,11 @@ fn tensor<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
 /// Softmax over the last dimension.
 pub fn softmax<B: Kernels, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     tensor(B::fused_softmax(float(x)))
+}
+
+/// `[B, A, C, d]` to `[B, C, A, d]`.
+pub fn swap_heads<B: Kernels>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    tensor(B::swap_heads(float(x)))
 }
 
 /// Exact GELU.

@@ -8,7 +8,7 @@ use super::norm::LayerNorm;
 use burn::tensor::Tensor;
 
 use super::linear_rows;
-use crate::kernels::{dropout , softmax, Kernels};
+use crate::kernels::{dropout, softmax, swap_heads, Kernels};
 
 /// Per-head keys and values, `[B, H, S, head_dim]`. Cached from the query rows for ITG and
 /// computed once per batch from the image for every cross-attention pass.
@@ -136,11 +136,11 @@ pub fn scaled_dot_product<B: Kernels>(
         scores = scores + mask;
     }
     let probs = dropout(softmax(scores), dropout_prob, train);
-    probs.matmul(kv.value.clone()).swap_dims(1, 2).reshape([b, sq, h * head_dim])
+    swap_heads(probs.matmul(kv.value.clone())).reshape([b, sq, h * head_dim])
 }
 
 /// `[B, S, H·d]` to `[B, H, S, d]`.
 pub fn split_heads<B: Kernels>(x: Tensor<B, 3>, num_heads: usize) -> Tensor<B, 4> {
     let [b, s, d] = x.dims();
-    x.reshape([b, s, num_heads, d / num_heads]).swap_dims(1, 2)
+    swap_heads(x.reshape([b, s, num_heads, d / num_heads]))
 }

@@ -9,7 +9,7 @@ use burn::tensor::{Int, Tensor};
 
 use super::attention::layer_norm;
 use super::QFormerConfig;
-use crate::kernels::{dropout , Kernels};
+use crate::kernels::{dropout, Kernels};
 
 #[derive(Module, Debug)]
 pub struct Embeddings<B: Kernels> {

@@ -4,7 +4,7 @@
 use burn::tensor::{Tensor, TensorData};
 
 use super::vit::Vit;
-use crate::kernels::{Kernels};
+use crate::kernels::Kernels;
 
 pub enum Frozen<B: Kernels> {
     Encoder { vit: Vit<B>, image_size: usize },

@@ -7,7 +7,7 @@ use burn::nn::Linear;
 use super::norm::LayerNorm;
 use burn::tensor::Tensor;
 
-use crate::kernels::{gelu , Kernels};
+use crate::kernels::{gelu, Kernels};
 
 use super::attention::{bert_linear, layer_norm};
 use super::QFormerConfig;

@@ -10,7 +10,7 @@ use burn::tensor::Tensor;
 
 use super::attention::{bert_linear, layer_norm, Attention, AttentionConfig, KeyValue};
 use super::{linear_rows, QFormerConfig};
-use crate::kernels::{dropout, gelu , Kernels};
+use crate::kernels::{dropout, gelu, Kernels};
 
 /// `LayerNorm(x + Dropout(Dense(GELU(Dense(x)))))`.
 #[derive(Module, Debug)]

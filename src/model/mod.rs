@@ -17,7 +17,7 @@ pub use qformer::QFormer;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::Linear;
 use burn::tensor::Tensor;
-use crate::kernels::{Kernels};
+use crate::kernels::Kernels;
 
 /// Applies a `Linear` to `[B, S, D]` as one 2-D product: burn's backward for 3-D inputs is several
 /// times slower on CPU backends.

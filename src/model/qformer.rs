@@ -12,7 +12,7 @@ use super::embeddings::Embeddings;
 use super::heads::LmHead;
 use super::layer::{Layer, LayerContext};
 use super::{linear_rows, QFormerConfig};
-use crate::kernels::{Kernels};
+use crate::kernels::Kernels;
 
 /// Initial ITC temperature, as BLIP-2.
 pub const TEMP_INIT: f64 = 0.07;

@@ -19,7 +19,7 @@ use super::attention::{layer_norm, scaled_dot_product, split_heads, KeyValue};
 use super::linear_rows;
 use crate::error::{Error, Result};
 use crate::interop::source::{transpose, HostTensor, TensorSource};
-use crate::kernels::{Kernels};
+use crate::kernels::Kernels;
 
 /// Architecture family of the encoder.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

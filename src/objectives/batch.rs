@@ -4,7 +4,7 @@
 use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::error::{Error, Result};
-use crate::kernels::{Kernels};
+use crate::kernels::Kernels;
 
 /// Token ids and padding mask, `[B][T]`, every row the same length.
 #[derive(Clone, Debug, PartialEq)]

@@ -4,7 +4,7 @@ use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::soft_cross_entropy;
-use crate::kernels::{Kernels};
+use crate::kernels::Kernels;
 
 /// Which side of each similarity carries gradient.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,7 +3,7 @@
 //! tested; `to_additive` turns one into the additive form the attention adds to its scores.
 
 use burn::tensor::{Tensor, TensorData};
-use crate::kernels::{Kernels};
+use crate::kernels::Kernels;
 
 /// Added to the scores of forbidden keys, as BERT and LAVIS do (not -inf: a fully masked row stays
 /// finite instead of turning into NaN).

@@ -15,7 +15,7 @@ pub use sampler::{NegativeMode, NegativeSampler, SamplerStats};
 pub use stage1::{stage1_loss, ObjectiveConfig, Objective, Stage1Output, Switch};
 
 use burn::tensor::{activation::log_softmax, Tensor};
-use crate::kernels::{Kernels};
+use crate::kernels::Kernels;
 
 /// Cross-entropy against a target distribution per row: `mean_n(-sum_c target[n,c] log p[n,c])`.
 /// Covers label smoothing and several positives per row (LAVIS's `image_id` branch).

@@ -13,7 +13,7 @@ use super::sampler::{Direction, NegativeMode, NegativeSampler, SamplerStats};
 use super::{ItcGradient, Stage1Batch};
 use crate::error::{Error, Result};
 use crate::model::QFormer;
-use crate::kernels::{Kernels};
+use crate::kernels::Kernels;
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
