@@ -50,7 +50,7 @@ fn text_pass(model: &QFormer<B>, ids: &[i64], mask: &[i64], shape: &[usize]) -> 
     let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids.to_vec(), shape.to_vec()), &device);
     let mask = AttentionMask::bidirectional(0, &rows).to_additive::<B>(&device);
     let embeds = model.embed(None, Some(ids), false);
-    model.encode(embeds, 0, Some(mask), &[], None, false).hidden.into_data().to_vec::<f32>().unwrap()
+    model.encode(embeds, 0, Some(mask), &[], None, None, false).hidden.into_data().to_vec::<f32>().unwrap()
 }
 
 fn max_rel_error(got: &[f32], want: &[f32]) -> f32 {

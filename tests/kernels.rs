@@ -70,11 +70,14 @@ where
     let x = random::<B, 4>([2, 3, 7, 19], 5, 3.0);
     let g = random::<B, 4>([2, 3, 7, 19], 6, 1.0);
     let (xa, xb) = (leaf(&x), leaf(&x));
-    let (ya, yb) = (kernels::softmax(xa.clone()), softmax(xb.clone(), 3));
+    // Scaled and masked as attention: a mask per (batch, query row), broadcast over heads.
+    let mask = random::<B, 4>([2, 1, 7, 19], 8, 2.0);
+    let mask_values = mask.clone();
+    let (ya, yb) = (kernels::attention_softmax(xa.clone(), Some(mask.clone()), 0.5), softmax(xb.clone().mul_scalar(0.5) + mask, 3));
     close(ya.clone(), yb, "softmax forward");
     let ga = (ya * g.clone()).sum().backward();
-    // Gradient in f64 on the host: y·(g − Σ g·y) per row of 19.
-    let xs = x.to_data().to_vec::<f32>().unwrap();
+    // Gradient in f64 on the host: 0.5·y·(g − Σ g·y) per row of 19 (y from the same inputs).
+    let xs = (x.clone().mul_scalar(0.5) + mask_values).to_data().to_vec::<f32>().unwrap();
     let gs = g.to_data().to_vec::<f32>().unwrap();
     let mut want = Vec::with_capacity(xs.len());
     for (row, grow) in xs.chunks(19).zip(gs.chunks(19)) {
@@ -83,7 +86,7 @@ where
         let total: f64 = e.iter().sum();
         let y: Vec<f64> = e.iter().map(|v| v / total).collect();
         let dot: f64 = y.iter().zip(grow).map(|(y, &g)| y * g as f64).sum();
-        want.extend(y.iter().zip(grow).map(|(y, &g)| (y * (g as f64 - dot)) as f32));
+        want.extend(y.iter().zip(grow).map(|(y, &g)| (0.5 * y * (g as f64 - dot)) as f32));
     }
     let want = Tensor::<B::InnerBackend, 4>::from_data(TensorData::new(want, [2, 3, 7, 19]), &Default::default());
     close(xa.grad(&ga).unwrap(), want, "softmax gradient");

@@ -37,7 +37,7 @@ fn next_token_logprobs<B: Kernels>(model: &QFormer<B>, query_kv: &[KeyValue<B>],
     let zeros = Tensor::<B, 1, Int>::zeros([n], &device);
     let prefix: Vec<KeyValue<B>> = query_kv.iter().map(|kv| kv.select(zeros.clone())).collect();
     let mask = AttentionMask::multimodal_causal(q, &vec![vec![1; t]; n]).select_rows(q, t).to_additive::<B>(&device);
-    let hidden = model.encode(model.embed(None, Some(ids), false), 0, Some(mask), &[], Some(&prefix), false).hidden;
+    let hidden = model.encode(model.embed(None, Some(ids), false), 0, Some(mask), &[], Some(&prefix), None, false).hidden;
     let d = hidden.dims()[2];
     let last = hidden.slice([0..n, t - 1..t, 0..d]).reshape([n, d]);
     let logp = log_softmax(model.lm_logits(last), 1);

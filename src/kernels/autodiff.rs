@@ -35,11 +35,12 @@ impl<B: Kernels> Backward<B, 3> for LayerNormOp {
 struct SoftmaxOp;
 
 impl<B: Kernels> Backward<B, 1> for SoftmaxOp {
-    type State = FloatTensor<B>;
+    /// The probabilities and the scale.
+    type State = (FloatTensor<B>, f64);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let y = ops.state;
-        unary::<B, _>(ops.parents, ops.node, grads, |g| B::fused_softmax_backward(y, g));
+        let (y, scale) = ops.state;
+        unary::<B, _>(ops.parents, ops.node, grads, |g| B::attention_softmax_backward(y, g, scale));
     }
 }
 
@@ -88,10 +89,11 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
         }
     }
 
-    fn fused_softmax(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        let out = B::fused_softmax(x.primitive);
-        match SoftmaxOp.prepare::<C>([x.node.clone()]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => prep.finish(out.clone(), out),
+    /// The mask is a constant: it receives no gradient.
+    fn attention_softmax(scores: FloatTensor<Self>, mask: Option<FloatTensor<Self>>, scale: f64) -> FloatTensor<Self> {
+        let out = B::attention_softmax(scores.primitive, mask.map(|m| m.primitive), scale);
+        match SoftmaxOp.prepare::<C>([scores.node.clone()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish((out.clone(), scale), out),
             OpsKind::UnTracked(prep) => prep.finish(out),
         }
     }

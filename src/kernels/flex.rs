@@ -120,10 +120,50 @@ impl Kernels for Flex {
         [from_vec(dx, shape), from_vec(dgamma, Shape::new([d])), from_vec(dbeta, Shape::new([d]))]
     }
 
-    fn fused_softmax_backward(y: FlexTensor, grad: FlexTensor) -> FlexTensor {
-        if !is_f32(&[&y, &grad]) {
-            return reference::softmax_backward::<Self>(y, grad);
+    /// Scale, mask and softmax in one pass per row; the mask row is found by index (broadcast
+    /// over heads, and over batch or query rows when it has one of them).
+    fn attention_softmax(scores: FlexTensor, mask: Option<FlexTensor>, scale: f64) -> FlexTensor {
+        let dims = scores.layout().shape().clone();
+        let (b, h, sq, sk) = (dims[0], dims[1], dims[2], dims[3]);
+        let mask_dims = mask.as_ref().map(|m| m.layout().shape().clone());
+        let fits = mask_dims.as_ref().is_none_or(|m| m[1] == 1 && m[3] == sk && (m[0] == 1 || m[0] == b) && (m[2] == 1 || m[2] == sq));
+        let all_f32 = is_f32(&[&scores]) && mask.as_ref().is_none_or(|m| is_f32(&[m]));
+        if !fits || !all_f32 {
+            return reference::attention_softmax::<Self>(scores, mask, scale);
         }
+        let x = values(&scores);
+        let xs = slice(&x);
+        let mask = mask.map(|m| values(&m));
+        let ms = mask.as_ref().map(slice);
+        let (mb, mq) = mask_dims.map_or((1, 1), |m| (m[0], m[2]));
+        let scale = scale as f32;
+        let rows = rows_per_task(sk);
+        let mut out = vec![0.0f32; xs.len()];
+        out.par_chunks_mut(rows * sk).zip(xs.par_chunks(rows * sk)).enumerate().for_each(|(task, (o, x))| {
+            vectorized(|| {
+                for (k, (o, x)) in o.chunks_exact_mut(sk).zip(x.chunks_exact(sk)).enumerate() {
+                    let r = task * rows + k;
+                    let (bi, i) = (r / (h * sq), r % sq);
+                    let at = ((if mb == 1 { 0 } else { bi }) * mq + if mq == 1 { 0 } else { i }) * sk;
+                    match ms {
+                        Some(m) => o.iter_mut().zip(x).zip(&m[at..at + sk]).for_each(|((o, &x), &m)| *o = x * scale + m),
+                        None => o.iter_mut().zip(x).for_each(|(o, &x)| *o = x * scale),
+                    }
+                    let top = max(o);
+                    o.iter_mut().for_each(|v| *v = math::exp(*v - top));
+                    let inv = 1.0 / sum(o, |v| v);
+                    o.iter_mut().for_each(|v| *v *= inv);
+                }
+            })
+        });
+        from_vec(out, dims)
+    }
+
+    fn attention_softmax_backward(y: FlexTensor, grad: FlexTensor, scale: f64) -> FlexTensor {
+        if !is_f32(&[&y, &grad]) {
+            return reference::softmax_backward::<Self>(y, grad, scale);
+        }
+        let scale = scale as f32;
         let shape = y.layout().shape().clone();
         let d = last_dim(&y);
         let (y, grad) = (values(&y), values(&grad));
@@ -135,7 +175,7 @@ impl Kernels for Flex {
                 for ((dx, y), g) in dx.chunks_exact_mut(d).zip(y.chunks_exact(d)).zip(g.chunks_exact(d)) {
                     let dot = sum2(g, y, |g, y| g * y);
                     for j in 0..d {
-                        dx[j] = y[j] * (g[j] - dot);
+                        dx[j] = scale * y[j] * (g[j] - dot);
                     }
                 }
             })
@@ -201,37 +241,42 @@ impl Kernels for Flex {
         from_vec(mask, shape)
     }
 
-    /// One pass over the four arrays, in the composed version's f32 arithmetic and order.
+    /// One pass over the four arrays, in the composed version's f32 arithmetic and order. The
+    /// moments are updated in place when the caller hands over the only reference to them.
     fn adamw_step(w: FlexTensor, g: FlexTensor, m: FlexTensor, v: FlexTensor, s: &AdamWStep) -> [FlexTensor; 3] {
         if !is_f32(&[&w, &g, &m, &v]) {
             return reference::adamw_step::<Self>(w, g, m, v, s);
         }
         let shape = w.layout().shape().clone();
-        let (w, g, m, v) = (values(&w), values(&g), values(&m), values(&v));
-        let (ws, gs, ms, vs) = (slice(&w), slice(&g), slice(&m), slice(&v));
+        let (w, g) = (values(&w), values(&g));
+        let (ws, gs) = (slice(&w), slice(&g));
+        let n = ws.len();
+        // A buffer of exactly this tensor, written in place (copied first only if shared).
+        let owned = |t: FlexTensor| {
+            let exact = t.is_contiguous() && t.layout().start_offset() == 0 && t.bytes().len() == n * 4;
+            if exact { t } else { from_vec(slice(&values(&t)).to_vec(), shape.clone()) }
+        };
+        let (mut m, mut v) = (owned(m), owned(v));
         let (b1, c1, b2, c2) = (s.beta1 as f32, (1.0 - s.beta1) as f32, s.beta2 as f32, (1.0 - s.beta2) as f32);
         let (eps, step, bc2, decay) = (s.eps as f32, s.step_size as f32, s.bc2_sqrt as f32, s.decay as f32);
-        let n = ws.len();
-        let (mut w_out, mut m_out, mut v_out) = (vec![0.0f32; n], vec![0.0f32; n], vec![0.0f32; n]);
+        let mut w_out = vec![0.0f32; n];
         w_out
             .par_chunks_mut(CHUNK)
-            .zip(m_out.par_chunks_mut(CHUNK).zip(v_out.par_chunks_mut(CHUNK)))
+            .zip(m.storage_mut::<f32>().par_chunks_mut(CHUNK).zip(v.storage_mut::<f32>().par_chunks_mut(CHUNK)))
             .enumerate()
-            .for_each(|(c, (wo, (mo, vo)))| {
+            .for_each(|(c, (wo, (m, v)))| {
                 let r = c * CHUNK..(c * CHUNK + wo.len());
-                let (w, g, m, v) = (&ws[r.clone()], &gs[r.clone()], &ms[r.clone()], &vs[r]);
+                let (w, g) = (&ws[r.clone()], &gs[r]);
                 vectorized(|| {
                     for i in 0..wo.len() {
-                        let mi = m[i] * b1 + g[i] * c1;
-                        let vi = v[i] * b2 + g[i] * g[i] * c2;
+                        m[i] = m[i] * b1 + g[i] * c1;
+                        v[i] = v[i] * b2 + g[i] * g[i] * c2;
                         let wi = if decay == 1.0 { w[i] } else { w[i] * decay };
-                        wo[i] = wi - mi / (vi.sqrt() / bc2 + eps) * step;
-                        mo[i] = mi;
-                        vo[i] = vi;
+                        wo[i] = wi - m[i] / (v[i].sqrt() / bc2 + eps) * step;
                     }
                 })
             });
-        [from_vec(w_out, shape.clone()), from_vec(m_out, shape.clone()), from_vec(v_out, shape)]
+        [from_vec(w_out, shape), m, v]
     }
 
     fn cross_entropy_forward(logits: FlexTensor, labels: &[usize], eps: f64) -> (FlexTensor, FlexTensor) {

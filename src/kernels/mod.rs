@@ -12,7 +12,7 @@ pub mod reference;
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{Distribution, Shape, Tensor, TensorMetadata, TensorPrimitive};
+use burn::tensor::{Distribution, Shape, Tensor, TensorPrimitive};
 
 /// A backend with the fused kernels. Every model and objective function is generic over it.
 pub trait Kernels: Backend {
@@ -31,15 +31,15 @@ pub trait Kernels: Backend {
         reference::layer_norm_backward::<Self>(x, gamma, eps, grad)
     }
 
-    /// Softmax over the last dimension.
-    fn fused_softmax(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        let last = x.shape().num_dims() - 1;
-        <Self as burn::tensor::ops::ActivationOps<Self>>::softmax(x, last)
+    /// Attention probabilities `softmax(scale · scores + mask)` over the last dimension; `scores`
+    /// is `[B, H, Sq, Sk]`, the additive `mask` (a constant, no gradient) broadcasts to it.
+    fn attention_softmax(scores: FloatTensor<Self>, mask: Option<FloatTensor<Self>>, scale: f64) -> FloatTensor<Self> {
+        reference::attention_softmax::<Self>(scores, mask, scale)
     }
 
-    /// Gradient of the softmax from its output `y`: `y · (g − Σ g·y)`.
-    fn fused_softmax_backward(y: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
-        reference::softmax_backward::<Self>(y, grad)
+    /// Gradient for the scores from the probabilities `y`: `scale · y · (g − Σ g·y)`.
+    fn attention_softmax_backward(y: FloatTensor<Self>, grad: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
+        reference::softmax_backward::<Self>(y, grad, scale)
     }
 
     /// `[B, A, C, d]` to `[B, C, A, d]`: between one row per token and one block per head. A
@@ -129,9 +129,9 @@ fn tensor<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(t))
 }
 
-/// Softmax over the last dimension.
-pub fn softmax<B: Kernels, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    tensor(B::fused_softmax(float(x)))
+/// `softmax(scale · scores + mask)` over the last dimension of `[B, H, Sq, Sk]` scores.
+pub fn attention_softmax<B: Kernels>(scores: Tensor<B, 4>, mask: Option<Tensor<B, 4>>, scale: f64) -> Tensor<B, 4> {
+    tensor(B::attention_softmax(float(scores), mask.map(float), scale))
 }
 
 /// `[B, A, C, d]` to `[B, C, A, d]`.

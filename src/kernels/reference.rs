@@ -35,12 +35,21 @@ pub fn layer_norm_backward<B: Backend>(x: FloatTensor<B>, gamma: FloatTensor<B>,
     [B::float_reshape(float(dx), shape), float(dgamma), float(dbeta)]
 }
 
-pub fn softmax_backward<B: Backend>(y: FloatTensor<B>, grad: FloatTensor<B>) -> FloatTensor<B> {
+pub fn attention_softmax<B: Backend>(scores: FloatTensor<B>, mask: Option<FloatTensor<B>>, scale: f64) -> FloatTensor<B> {
+    let x = tensor::<B, 4>(scores).mul_scalar(scale);
+    let x = match mask {
+        Some(mask) => x + tensor::<B, 4>(mask),
+        None => x,
+    };
+    float(burn::tensor::activation::softmax(x, 3))
+}
+
+pub fn softmax_backward<B: Backend>(y: FloatTensor<B>, grad: FloatTensor<B>, scale: f64) -> FloatTensor<B> {
     let shape = y.shape();
     let y = rows::<B>(y);
     let g = rows::<B>(grad);
     let dot = (g.clone() * y.clone()).sum_dim(1);
-    B::float_reshape(float(y * (g - dot)), shape)
+    B::float_reshape(float((y * (g - dot)).mul_scalar(scale)), shape)
 }
 
 pub fn cross_entropy_forward<B: Backend>(logits: FloatTensor<B>, labels: &[usize], eps: f64) -> (FloatTensor<B>, FloatTensor<B>) {

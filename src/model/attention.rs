@@ -8,7 +8,7 @@ use super::norm::LayerNorm;
 use burn::tensor::Tensor;
 
 use super::linear_rows;
-use crate::kernels::{dropout, softmax, swap_heads, Kernels};
+use crate::kernels::{attention_softmax, dropout, swap_heads, Kernels};
 
 /// Per-head keys and values, `[B, H, S, head_dim]`. Cached from the query rows for ITG and
 /// computed once per batch from the image for every cross-attention pass.
@@ -131,11 +131,8 @@ pub fn scaled_dot_product<B: Kernels>(
     train: bool,
 ) -> Tensor<B, 3> {
     let [b, h, sq, head_dim] = q.dims();
-    let mut scores = q.matmul(kv.key.clone().swap_dims(2, 3)).div_scalar((head_dim as f64).sqrt());
-    if let Some(mask) = mask {
-        scores = scores + mask;
-    }
-    let probs = dropout(softmax(scores), dropout_prob, train);
+    let scores = q.matmul(kv.key.clone().swap_dims(2, 3));
+    let probs = dropout(attention_softmax(scores, mask, 1.0 / (head_dim as f64).sqrt()), dropout_prob, train);
     swap_heads(probs.matmul(kv.value.clone())).reshape([b, sq, h * head_dim])
 }
 

@@ -58,6 +58,9 @@ pub struct LayerContext<'a, B: Kernels> {
     pub prefix: Option<&'a KeyValue<B>>,
     /// This layer's image keys/values, when the layer has cross-attention.
     pub image: Option<&'a KeyValue<B>>,
+    /// Leading rows whose output is read (at least `num_query`); `None` for all. The other rows
+    /// still give their keys/values but skip the query projection, attention and FFN.
+    pub rows: Option<usize>,
     pub train: bool,
 }
 
@@ -90,8 +93,18 @@ impl<B: Kernels> Layer<B> {
             Some(prefix) => own.clone().prepend(prefix),
             None => own.clone(),
         };
-        let h = self.attention.attend(hidden, &keys, ctx.mask, ctx.train);
         let nq = ctx.num_query;
+        let s = ctx.rows.map_or(s, |rows| rows.max(nq).min(s));
+        let (hidden, mask) = if s < hidden.dims()[1] {
+            let mask = ctx.mask.map(|m| {
+                let [mb, mh, mq, mk] = m.dims();
+                if mq > 1 { m.slice([0..mb, 0..mh, 0..s, 0..mk]) } else { m }
+            });
+            (hidden.slice([0..b, 0..s, 0..d]), mask)
+        } else {
+            (hidden, ctx.mask)
+        };
+        let h = self.attention.attend(hidden, &keys, mask, ctx.train);
         if nq == 0 {
             return (self.ffn_text.forward(h, ctx.train), own);
         }

@@ -91,6 +91,9 @@ impl<B: Kernels> QFormer<B> {
 
     /// Runs the trunk. `num_query` leading rows of `embeds` are queries; `image` holds per-layer
     /// image keys/values (needed when `num_query > 0`); `prefix` per-layer cached keys/values.
+    /// `last_rows`: how many leading rows of the output the caller reads (`None`: all); the last
+    /// layer computes only those (queries and `[CLS]` for ITC, queries for ITM), which the
+    /// reference does not skip.
     pub fn encode(
         &self,
         embeds: Tensor<B, 3>,
@@ -98,8 +101,10 @@ impl<B: Kernels> QFormer<B> {
         mask: Option<Tensor<B, 4>>,
         image: &[Option<KeyValue<B>>],
         prefix: Option<&[KeyValue<B>]>,
+        last_rows: Option<usize>,
         train: bool,
     ) -> Encoded<B> {
+        let last = self.layers.len().saturating_sub(1);
         let mut hidden = embeds;
         let mut key_values = Vec::with_capacity(self.layers.len());
         for (i, layer) in self.layers.iter().enumerate() {
@@ -108,6 +113,7 @@ impl<B: Kernels> QFormer<B> {
                 mask: mask.clone(),
                 prefix: prefix.map(|p| &p[i]),
                 image: image.get(i).and_then(|kv| kv.as_ref()),
+                rows: if i == last { last_rows } else { None },
                 train,
             };
             let (h, kv) = layer.forward(hidden, ctx);

@@ -56,7 +56,7 @@ pub fn itg_loss<B: Kernels>(
     }
     let mask = AttentionMask::multimodal_causal(q, &text.mask).select_rows(q, t).to_additive::<B>(&device);
     let embeds = model.embed(None, Some(int_tensor(&decoder_ids(text, bos), &device)), train);
-    let hidden = model.encode(embeds, 0, Some(mask), &[], Some(query_kv), train).hidden;
+    let hidden = model.encode(embeds, 0, Some(mask), &[], Some(query_kv), None, train).hidden;
     let [_, _, d] = hidden.dims();
     let picked = hidden.reshape([b * t, d]).select(0, index_tensor(&rows, &device));
     let logits = model.lm_logits(picked);

@@ -67,7 +67,7 @@ pub fn itm_loss<B: Kernels>(
     let pair_text = text.select(&pairs.texts);
     let mask = AttentionMask::bidirectional(q, &pair_text.mask).to_additive::<B>(&device);
     let embeds = model.embed(Some(model.queries(n)), Some(pair_text.ids_tensor(&device)), train);
-    let hidden = model.encode(embeds, q, Some(mask), &pair_kv, None, train).hidden;
+    let hidden = model.encode(embeds, q, Some(mask), &pair_kv, None, Some(q), train).hidden;
     let [_, _, d] = hidden.dims();
     let logits = model.itm_logits(hidden.slice([0..n, 0..q, 0..d]));
     let labels: Vec<usize> = pairs.labels.iter().map(|&l| l as usize).collect();

@@ -122,7 +122,8 @@ pub fn stage1_loss<B: Kernels>(
         let ids = with_text.then(|| text.ids_tensor(&device));
         let mask = with_text.then(|| AttentionMask::unimodal(q, &text.mask).to_additive::<B>(&device));
         let embeds = model.embed(Some(model.queries(b)), ids, train);
-        model.encode(embeds, q, mask, &image_kv, None, train)
+        // Only the queries and [CLS] of the last layer are read.
+        model.encode(embeds, q, mask, &image_kv, None, with_text.then_some(q + 1), train)
     });
 
     let mut out = Stage1Output {

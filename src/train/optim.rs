@@ -135,7 +135,10 @@ impl<B: TrainBackend> AdamW<B> {
                 let value = p.val().inner();
                 let shape = value.shape();
                 let prim = |t: &Tensor<B::InnerBackend, 1>| t.clone().into_primitive().tensor();
-                let [w, m, v] = B::InnerBackend::adamw_step(prim(&flat(value)), prim(g), prim(&st.m), prim(&st.v), &step);
+                // Hand over the moments (not a second reference), so a backend can update them in place.
+                let none = || Tensor::<B::InnerBackend, 1>::zeros([0], &g.device());
+                let (m, v) = (std::mem::replace(&mut st.m, none()), std::mem::replace(&mut st.v, none()));
+                let [w, m, v] = B::InnerBackend::adamw_step(prim(&flat(value)), prim(g), m.into_primitive().tensor(), v.into_primitive().tensor(), &step);
                 let back = |t| Tensor::<B::InnerBackend, 1>::from_primitive(TensorPrimitive::Float(t));
                 (st.m, st.v) = (back(m), back(v));
                 *p = Param::initialized(p.id, Tensor::from_inner(back(w).reshape(shape)).require_grad());
