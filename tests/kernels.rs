@@ -173,3 +173,31 @@ fn adamw_step_matches_the_composed_update() {
         }
     }
 }
+
+fn lm_cross_entropy_matches<B: TrainBackend>()
+where
+    B::Device: Default,
+{
+    let (n, d, v) = (5, 16, 301);
+    let h = random::<B, 2>([n, d], 31, 1.0);
+    let w = random::<B, 2>([v, d], 32, 0.5);
+    let b = random::<B, 1>([v], 33, 0.5);
+    let labels = vec![3usize, 300, 0, 3, 150];
+    let (ha, wa, ba) = (leaf(&h), leaf(&w), leaf(&b));
+    let (hb, wb, bb) = (leaf(&h), leaf(&w), leaf(&b));
+    let ours = kernels::lm_cross_entropy(ha.clone(), wa.clone(), ba.clone(), &labels, 0.1);
+    let logits = hb.clone().matmul(wb.clone().transpose()) + bb.clone().unsqueeze();
+    let theirs = kernels::cross_entropy(logits, &labels, 0.1);
+    close(ours.clone(), theirs.clone(), "LM cross-entropy");
+    let (ga, gb) = (ours.backward(), theirs.backward());
+    close(ha.grad(&ga).unwrap(), hb.grad(&gb).unwrap(), "LM rows gradient");
+    close(wa.grad(&ga).unwrap(), wb.grad(&gb).unwrap(), "LM weight gradient");
+    close(ba.grad(&ga).unwrap(), bb.grad(&gb).unwrap(), "LM bias gradient");
+}
+
+#[test]
+fn lm_cross_entropy_matches_the_composed_head() {
+    let _turn = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    lm_cross_entropy_matches::<Autodiff<Flex>>();
+    lm_cross_entropy_matches::<Autodiff<NdArray>>();
+}

@@ -8,9 +8,9 @@ use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
 use burn::backend::Autodiff;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::Shape;
+use burn::tensor::{Shape, TensorMetadata};
 
-use super::Kernels;
+use super::{reference, Kernels};
 
 #[derive(Debug)]
 struct LayerNormOp;
@@ -80,6 +80,31 @@ impl<B: Kernels> Backward<B, 1> for CrossEntropyOp {
     }
 }
 
+#[derive(Debug)]
+struct LmCrossEntropyOp;
+
+impl<B: Kernels> Backward<B, 3> for LmCrossEntropyOp {
+    /// Rows, weight, logits, per-row log-sum-exp, labels, smoothing.
+    type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, Vec<usize>, f64);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (h, weight, logits, lse, labels, eps) = ops.state;
+        let grad = grads.consume::<B>(&ops.node);
+        let dlogits = B::cross_entropy_backward(logits, lse, &labels, eps, grad);
+        let [ph, pw, pb] = ops.parents;
+        if let Some(node) = pb {
+            let vocab = dlogits.shape()[1];
+            grads.register::<B>(node.id, B::float_reshape(B::float_sum_dim(dlogits.clone(), 0), [vocab].into()));
+        }
+        if let Some(node) = pw {
+            grads.register::<B>(node.id, B::float_matmul(B::float_transpose(dlogits.clone()), h));
+        }
+        if let Some(node) = ph {
+            grads.register::<B>(node.id, B::float_matmul(dlogits, weight));
+        }
+    }
+}
+
 impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
     fn fused_layer_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
         let out = B::fused_layer_norm(x.primitive.clone(), gamma.primitive.clone(), beta.primitive, eps);
@@ -117,6 +142,15 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
     /// A constant: the mask carries no gradient.
     fn dropout_mask(shape: Shape, keep: f64, device: &B::Device) -> FloatTensor<Self> {
         Self::from_inner(B::dropout_mask(shape, keep, device))
+    }
+
+    fn lm_cross_entropy(h: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, labels: &[usize], eps: f64) -> FloatTensor<Self> {
+        let logits = reference::lm_logits::<B>(h.primitive.clone(), weight.primitive.clone(), bias.primitive);
+        let (loss, lse) = B::cross_entropy_forward(logits.clone(), labels, eps);
+        match LmCrossEntropyOp.prepare::<C>([h.node.clone(), weight.node.clone(), bias.node.clone()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish((h.primitive, weight.primitive, logits, lse, labels.to_vec(), eps), loss),
+            OpsKind::UnTracked(prep) => prep.finish(loss),
+        }
     }
 
     fn fused_cross_entropy(logits: FloatTensor<Self>, labels: &[usize], eps: f64) -> FloatTensor<Self> {

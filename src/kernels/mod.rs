@@ -89,6 +89,13 @@ pub trait Kernels: Backend {
         reference::adamw_step::<Self>(w, g, m, v, step)
     }
 
+    /// Cross-entropy of the tied LM head's logits `h · weightᵀ + bias` (`h`: `[N, D]`, `weight`:
+    /// `[V, D]`) as one op: its backward writes the weight gradient straight in `[V, D]` (no
+    /// transposed `[D, V]` copy to add into the embedding's) and runs no autodiff node per piece.
+    fn lm_cross_entropy(h: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, labels: &[usize], eps: f64) -> FloatTensor<Self> {
+        Self::cross_entropy_forward(reference::lm_logits::<Self>(h, weight, bias), labels, eps).0
+    }
+
     /// The loss alone; `Autodiff` records the op with its gradient.
     fn fused_cross_entropy(logits: FloatTensor<Self>, labels: &[usize], eps: f64) -> FloatTensor<Self> {
         Self::cross_entropy_forward(logits, labels, eps).0
@@ -153,6 +160,11 @@ pub fn dropout<B: Kernels, const D: usize>(x: Tensor<B, D>, p: f64, train: bool)
     }
     let mask = tensor::<B, D>(B::dropout_mask(x.shape(), 1.0 - p, &x.device()));
     x * mask
+}
+
+/// [`cross_entropy`] of `h · weightᵀ + bias`, as one op.
+pub fn lm_cross_entropy<B: Kernels>(h: Tensor<B, 2>, weight: Tensor<B, 2>, bias: Tensor<B, 1>, labels: &[usize], eps: f64) -> Tensor<B, 1> {
+    tensor(B::lm_cross_entropy(float(h), float(weight), float(bias), labels, eps))
 }
 
 /// PyTorch's `cross_entropy(logits, labels, label_smoothing = eps)`, mean over rows, as one op.

@@ -87,3 +87,9 @@ pub fn adamw_step<B: Backend>(w: FloatTensor<B>, g: FloatTensor<B>, m: FloatTens
     let w = w - m.clone().div(denom).mul_scalar(s.step_size);
     [float(w), float(m), float(v)]
 }
+
+/// `h · weightᵀ + bias`.
+pub fn lm_logits<B: Backend>(h: FloatTensor<B>, weight: FloatTensor<B>, bias: FloatTensor<B>) -> FloatTensor<B> {
+    let vocab = bias.shape().num_elements();
+    B::float_add(B::float_matmul(h, B::float_transpose(weight)), B::float_reshape(bias, [1, vocab].into()))
+}

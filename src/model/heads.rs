@@ -7,7 +7,7 @@ use burn::nn::Linear;
 use super::norm::LayerNorm;
 use burn::tensor::Tensor;
 
-use crate::kernels::{gelu, Kernels};
+use crate::kernels::{gelu, lm_cross_entropy, Kernels};
 
 use super::attention::{bert_linear, layer_norm};
 use super::QFormerConfig;
@@ -28,9 +28,18 @@ impl<B: Kernels> LmHead<B> {
         }
     }
 
+    fn transform(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
+        self.norm.forward(gelu(self.dense.forward(hidden)))
+    }
+
     /// `hidden`: `[N, D]` rows to score; `word_embeddings`: `[V, D]`. Returns logits `[N, V]`.
     pub fn forward(&self, hidden: Tensor<B, 2>, word_embeddings: Tensor<B, 2>) -> Tensor<B, 2> {
-        let h = self.norm.forward(gelu(self.dense.forward(hidden)));
-        h.matmul(word_embeddings.transpose()) + self.bias.val().unsqueeze()
+        self.transform(hidden).matmul(word_embeddings.transpose()) + self.bias.val().unsqueeze()
+    }
+
+    /// Label-smoothed cross-entropy of the rows' logits against `labels`, without handing the
+    /// `[N, V]` logits to autodiff.
+    pub fn loss(&self, hidden: Tensor<B, 2>, word_embeddings: Tensor<B, 2>, labels: &[usize], eps: f64) -> Tensor<B, 1> {
+        lm_cross_entropy(self.transform(hidden), word_embeddings, self.bias.val(), labels, eps)
     }
 }

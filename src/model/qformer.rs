@@ -143,6 +143,11 @@ impl<B: Kernels> QFormer<B> {
         linear_rows(&self.itm_head, query_out).mean_dim(1).squeeze_dim(1)
     }
 
+    /// ITG loss (label-smoothed, mean over rows) of text rows `[N, D]` predicting `labels`.
+    pub fn lm_loss(&self, text_rows: Tensor<B, 2>, labels: &[usize], eps: f64) -> Tensor<B, 1> {
+        self.lm_head.loss(text_rows, self.embeddings.word.weight.val(), labels, eps)
+    }
+
     /// ITG logits `[N, V]` for text rows `[N, D]`.
     pub fn lm_logits(&self, text_rows: Tensor<B, 2>) -> Tensor<B, 2> {
         self.lm_head.forward(text_rows, self.embeddings.word.weight.val())

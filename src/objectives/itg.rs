@@ -6,7 +6,7 @@ use burn::tensor::Tensor;
 use super::batch::{index_tensor, int_tensor};
 use super::masks::AttentionMask;
 use super::TextBatch;
-use crate::kernels::{cross_entropy, Kernels};
+use crate::kernels::Kernels;
 use crate::model::{KeyValue, QFormer};
 
 /// Decoder input: `[DEC]` replaces `[CLS]` at position 0.
@@ -59,9 +59,8 @@ pub fn itg_loss<B: Kernels>(
     let hidden = model.encode(embeds, 0, Some(mask), &[], Some(query_kv), None, train).hidden;
     let [_, _, d] = hidden.dims();
     let picked = hidden.reshape([b * t, d]).select(0, index_tensor(&rows, &device));
-    let logits = model.lm_logits(picked);
     let labels: Vec<usize> = labels.iter().map(|&l| l as usize).collect();
-    cross_entropy(logits, &labels, label_smoothing)
+    model.lm_loss(picked, &labels, label_smoothing)
 }
 
 #[cfg(test)]
