@@ -201,3 +201,24 @@ fn lm_cross_entropy_matches_the_composed_head() {
     lm_cross_entropy_matches::<Autodiff<Flex>>();
     lm_cross_entropy_matches::<Autodiff<NdArray>>();
 }
+
+#[test]
+fn gathered_rows_scatter_their_gradient_back() {
+    let _turn = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    fn check<B: TrainBackend>()
+    where
+        B::Device: Default,
+    {
+        let x = random::<B, 4>([4, 2, 3, 5], 41, 1.0);
+        let g = random::<B, 4>([7, 2, 3, 5], 42, 1.0);
+        let rows = [2usize, 0, 2, 3, 3, 3, 1];
+        let (xa, xb) = (leaf(&x), leaf(&x));
+        let index = Tensor::<B, 1, Int>::from_data(TensorData::new(rows.iter().map(|&r| r as i64).collect::<Vec<_>>(), [7]), &Default::default());
+        let (ya, yb) = (kernels::gather_rows(xa.clone(), &rows), xb.clone().select(0, index));
+        close(ya.clone(), yb.clone(), "gathered rows");
+        let (ga, gb) = ((ya * g.clone()).sum().backward(), (yb * g).sum().backward());
+        close(xa.grad(&ga).unwrap(), xb.grad(&gb).unwrap(), "scattered gradient");
+    }
+    check::<Autodiff<Flex>>();
+    check::<Autodiff<NdArray>>();
+}

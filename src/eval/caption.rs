@@ -3,7 +3,7 @@
 //! of them and to its own earlier tokens (the multimodal causal mask). Greedy or beam search, with
 //! minimum and maximum length; a caption ends at `[SEP]`.
 
-use burn::tensor::{activation::log_softmax, Int, Tensor};
+use burn::tensor::activation::log_softmax;
 
 use crate::model::{KeyValue, QFormer};
 use crate::objectives::batch::int_tensor;
@@ -34,8 +34,7 @@ fn next_token_logprobs<B: Kernels>(model: &QFormer<B>, query_kv: &[KeyValue<B>],
     let device = model.query_tokens.device();
     let (n, t, q) = (prefixes.len(), prefixes[0].len(), model.num_query);
     let ids = int_tensor::<B>(prefixes, &device);
-    let zeros = Tensor::<B, 1, Int>::zeros([n], &device);
-    let prefix: Vec<KeyValue<B>> = query_kv.iter().map(|kv| kv.select(zeros.clone())).collect();
+    let prefix: Vec<KeyValue<B>> = query_kv.iter().map(|kv| kv.select(&vec![0; n])).collect();
     let mask = AttentionMask::multimodal_causal(q, &vec![vec![1; t]; n]).select_rows(q, t).to_additive::<B>(&device);
     let hidden = model.encode(model.embed(None, Some(ids), false), 0, Some(mask), &[], Some(&prefix), None, false).hidden;
     let d = hidden.dims()[2];

@@ -25,8 +25,8 @@ impl<B: Kernels> ImageSide<B> {
         let idx = index_tensor::<B>(rows, &self.embeds.device());
         Self {
             embeds: self.embeds.clone().select(0, idx.clone()),
-            image_kv: self.image_kv.iter().map(|kv| kv.as_ref().map(|kv| kv.select(idx.clone()))).collect(),
-            query_kv: self.query_kv.iter().map(|kv| kv.select(idx.clone())).collect(),
+            image_kv: self.image_kv.iter().map(|kv| kv.as_ref().map(|kv| kv.select(rows))).collect(),
+            query_kv: self.query_kv.iter().map(|kv| kv.select(rows)).collect(),
         }
     }
 

@@ -68,6 +68,19 @@ impl<B: Kernels> Backward<B, 1> for SwapHeadsOp {
 }
 
 #[derive(Debug)]
+struct GatherRowsOp;
+
+impl<B: Kernels> Backward<B, 1> for GatherRowsOp {
+    /// The rows gathered and the source's row count.
+    type State = (Vec<usize>, usize);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (rows, n) = ops.state;
+        unary::<B, _>(ops.parents, ops.node, grads, |g| B::scatter_rows(g, &rows, n));
+    }
+}
+
+#[derive(Debug)]
 struct CrossEntropyOp;
 
 impl<B: Kernels> Backward<B, 1> for CrossEntropyOp {
@@ -127,6 +140,15 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
         let out = B::swap_heads(x.primitive);
         match SwapHeadsOp.prepare::<C>([x.node.clone()]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => prep.finish((), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
+    }
+
+    fn gather_rows(x: FloatTensor<Self>, rows: &[usize]) -> FloatTensor<Self> {
+        let n = x.primitive.shape()[0];
+        let out = B::gather_rows(x.primitive, rows);
+        match GatherRowsOp.prepare::<C>([x.node.clone()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish((rows.to_vec(), n), out),
             OpsKind::UnTracked(prep) => prep.finish(out),
         }
     }

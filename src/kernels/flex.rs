@@ -203,6 +203,45 @@ impl Kernels for Flex {
         from_vec(out, Shape::new([b, c, a, d]))
     }
 
+    fn gather_rows(x: FlexTensor, rows: &[usize]) -> FlexTensor {
+        if !is_f32(&[&x]) {
+            return reference::gather_rows::<Self>(x, rows);
+        }
+        let mut shape = x.layout().shape().clone();
+        let width = shape.num_elements() / shape[0].max(1);
+        let x = values(&x);
+        let xs = slice(&x);
+        let mut out = vec![0.0f32; rows.len() * width];
+        out.par_chunks_mut(width.max(1)).zip(rows.par_iter()).for_each(|(o, &r)| o.copy_from_slice(&xs[r * width..(r + 1) * width]));
+        shape[0] = rows.len();
+        from_vec(out, shape)
+    }
+
+    /// Each output row sums its own sources, so rows are written in parallel without atomics.
+    fn scatter_rows(grad: FlexTensor, rows: &[usize], n: usize) -> FlexTensor {
+        if !is_f32(&[&grad]) {
+            return reference::scatter_rows::<Self>(grad, rows, n);
+        }
+        let mut shape = grad.layout().shape().clone();
+        let width = shape.num_elements() / shape[0].max(1);
+        let mut sources = vec![Vec::new(); n];
+        for (i, &r) in rows.iter().enumerate() {
+            sources[r].push(i);
+        }
+        let g = values(&grad);
+        let gs = slice(&g);
+        let mut out = vec![0.0f32; n * width];
+        out.par_chunks_mut(width.max(1)).zip(sources.par_iter()).for_each(|(o, from)| {
+            vectorized(|| {
+                for &i in from {
+                    o.iter_mut().zip(&gs[i * width..(i + 1) * width]).for_each(|(o, g)| *o += g);
+                }
+            })
+        });
+        shape[0] = n;
+        from_vec(out, shape)
+    }
+
     fn fused_gelu(x: FlexTensor) -> FlexTensor {
         if !is_f32(&[&x]) {
             return <Self as burn::tensor::ops::ActivationOps<Self>>::gelu(x);

@@ -49,6 +49,16 @@ pub trait Kernels: Backend {
         Self::float_swap_dims(x, 1, 2)
     }
 
+    /// Rows `rows` of `x` along dimension 0, in that order (repeats allowed).
+    fn gather_rows(x: FloatTensor<Self>, rows: &[usize]) -> FloatTensor<Self> {
+        reference::gather_rows::<Self>(x, rows)
+    }
+
+    /// The gradient of [`Kernels::gather_rows`]: `grad`'s rows summed into `n` rows.
+    fn scatter_rows(grad: FloatTensor<Self>, rows: &[usize], n: usize) -> FloatTensor<Self> {
+        reference::scatter_rows::<Self>(grad, rows, n)
+    }
+
     /// Exact (erf) GELU.
     fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
         <Self as burn::tensor::ops::ActivationOps<Self>>::gelu(x)
@@ -144,6 +154,11 @@ pub fn attention_softmax<B: Kernels>(scores: Tensor<B, 4>, mask: Option<Tensor<B
 /// `[B, A, C, d]` to `[B, C, A, d]`.
 pub fn swap_heads<B: Kernels>(x: Tensor<B, 4>) -> Tensor<B, 4> {
     tensor(B::swap_heads(float(x)))
+}
+
+/// Rows `rows` of `x` along dimension 0 (gradients summed back).
+pub fn gather_rows<B: Kernels, const D: usize>(x: Tensor<B, D>, rows: &[usize]) -> Tensor<B, D> {
+    tensor(B::gather_rows(float(x), rows))
 }
 
 /// Exact GELU.

@@ -93,3 +93,21 @@ pub fn lm_logits<B: Backend>(h: FloatTensor<B>, weight: FloatTensor<B>, bias: Fl
     let vocab = bias.shape().num_elements();
     B::float_add(B::float_matmul(h, B::float_transpose(weight)), B::float_reshape(bias, [1, vocab].into()))
 }
+
+fn row_index<B: Backend>(rows: &[usize], device: &B::Device) -> burn::tensor::ops::IntTensor<B> {
+    let values: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+    Tensor::<B, 1, Int>::from_data(TensorData::new(values, [rows.len()]), device).into_primitive()
+}
+
+pub fn gather_rows<B: Backend>(x: FloatTensor<B>, rows: &[usize]) -> FloatTensor<B> {
+    let index = row_index::<B>(rows, &B::float_device(&x));
+    B::float_select(x, 0, index)
+}
+
+pub fn scatter_rows<B: Backend>(grad: FloatTensor<B>, rows: &[usize], n: usize) -> FloatTensor<B> {
+    let device = B::float_device(&grad);
+    let mut shape = grad.shape();
+    shape[0] = n;
+    let zeros = B::float_zeros(shape, &device, grad.dtype().into());
+    B::float_select_add(zeros, 0, row_index::<B>(rows, &device), grad)
+}

@@ -8,7 +8,7 @@ use super::norm::LayerNorm;
 use burn::tensor::Tensor;
 
 use super::linear_rows;
-use crate::kernels::{attention_softmax, dropout, swap_heads, Kernels};
+use crate::kernels::{attention_softmax, dropout, gather_rows, swap_heads, Kernels};
 
 /// Per-head keys and values, `[B, H, S, head_dim]`. Cached from the query rows for ITG and
 /// computed once per batch from the image for every cross-attention pass.
@@ -20,8 +20,8 @@ pub struct KeyValue<B: Kernels> {
 
 impl<B: Kernels> KeyValue<B> {
     /// Rows of the batch in the given order (negative pairs for ITM); gradients scatter back.
-    pub fn select(&self, rows: Tensor<B, 1, burn::tensor::Int>) -> Self {
-        Self { key: self.key.clone().select(0, rows.clone()), value: self.value.clone().select(0, rows) }
+    pub fn select(&self, rows: &[usize]) -> Self {
+        Self { key: gather_rows(self.key.clone(), rows), value: gather_rows(self.value.clone(), rows) }
     }
 
     /// Keeps sequence positions `start..start+len` (the query rows of a joint pass).

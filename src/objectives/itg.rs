@@ -3,10 +3,10 @@
 
 use burn::tensor::Tensor;
 
-use super::batch::{index_tensor, int_tensor};
+use super::batch::int_tensor;
 use super::masks::AttentionMask;
 use super::TextBatch;
-use crate::kernels::Kernels;
+use crate::kernels::{gather_rows, Kernels};
 use crate::model::{KeyValue, QFormer};
 
 /// Decoder input: `[DEC]` replaces `[CLS]` at position 0.
@@ -58,7 +58,7 @@ pub fn itg_loss<B: Kernels>(
     let embeds = model.embed(None, Some(int_tensor(&decoder_ids(text, bos), &device)), train);
     let hidden = model.encode(embeds, 0, Some(mask), &[], Some(query_kv), None, train).hidden;
     let [_, _, d] = hidden.dims();
-    let picked = hidden.reshape([b * t, d]).select(0, index_tensor(&rows, &device));
+    let picked = gather_rows(hidden.reshape([b * t, d]), &rows);
     let labels: Vec<usize> = labels.iter().map(|&l| l as usize).collect();
     model.lm_loss(picked, &labels, label_smoothing)
 }

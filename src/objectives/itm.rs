@@ -3,7 +3,6 @@
 
 use burn::tensor::Tensor;
 
-use super::batch::index_tensor;
 use super::masks::AttentionMask;
 use super::TextBatch;
 use crate::kernels::{cross_entropy, Kernels};
@@ -61,9 +60,8 @@ pub fn itm_loss<B: Kernels>(
     let device = model.query_tokens.device();
     let n = pairs.labels.len();
     let q = model.num_query;
-    let rows = index_tensor::<B>(&pairs.images, &device);
     let pair_kv: Vec<Option<KeyValue<B>>> =
-        image_kv.iter().map(|kv| kv.as_ref().map(|kv| kv.select(rows.clone()))).collect();
+        image_kv.iter().map(|kv| kv.as_ref().map(|kv| kv.select(&pairs.images))).collect();
     let pair_text = text.select(&pairs.texts);
     let mask = AttentionMask::bidirectional(q, &pair_text.mask).to_additive::<B>(&device);
     let embeds = model.embed(Some(model.queries(n)), Some(pair_text.ids_tensor(&device)), train);
