@@ -24,6 +24,8 @@ pub struct Bench {
     pub batch: usize,
     /// Image tokens per sample (257 for ViT-g at 224 px).
     pub image_tokens: usize,
+    /// Query tokens instead of the preset's.
+    pub queries: Option<usize>,
     pub text_len: usize,
     pub warmup: usize,
     pub steps: usize,
@@ -240,8 +242,14 @@ impl BackendJob for Bench {
     type Output = BenchReport;
 
     fn run<B: TrainBackend>(self, device: B::Device) -> Result<BenchReport> {
-        let cfg = QFormerConfig::preset(&self.preset)
+        let mut cfg = QFormerConfig::preset(&self.preset)
             .ok_or_else(|| Error::config("preset", format!("unknown preset `{}` (tiny, blip2)", self.preset), "command line"))?;
+        if let Some(queries) = self.queries {
+            if queries == 0 {
+                return Err(Error::config("queries", "need at least one query token", "command line"));
+            }
+            cfg.num_query_tokens = queries;
+        }
         if self.text_len > cfg.max_position_embeddings || self.text_len < 2 || self.batch == 0 || self.steps == 0 {
             return Err(Error::config("bench", "need batch > 0, steps > 0 and 2 <= text_len <= max positions", "command line"));
         }

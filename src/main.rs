@@ -185,6 +185,9 @@ enum Command {
         /// Image tokens per sample (default: 257 for blip2, 65 for tiny).
         #[arg(long)]
         image_tokens: Option<usize>,
+        /// Query tokens (default: the preset's, 8 for tiny and 32 for blip2).
+        #[arg(long)]
+        queries: Option<usize>,
         #[arg(long, default_value_t = 32)]
         text_len: usize,
         #[arg(long, default_value_t = 1)]
@@ -309,7 +312,7 @@ fn main() -> Result<()> {
             let e = hf::export(&trained.model, &trained.cfg.model, &trained.vit, &trained.cfg.encoder, &out)?;
             println!("wrote {} ({} tensors, {}), {} and {} ({} tensors: temperature and ITG head)", e.dir.join(hf::MODEL_FILE).display(), e.hf_tensors, if e.vision_included { "vision model included" } else { "no vision model: HF's BLIP-2 vision tower cannot hold a CLIP ViT" }, hf::CONFIG_FILE, hf::SIDECAR_FILE, e.sidecar_tensors);
         }
-        Command::Bench { preset, batch, image_tokens, text_len, warmup, steps, sets, seed, json, features, encoder } => {
+        Command::Bench { preset, batch, image_tokens, queries, text_len, warmup, steps, sets, seed, json, features, encoder } => {
             let label = if features == "encoder" { format!("encoder {encoder}") } else { features.clone() };
             let features = match features.as_str() {
                 "encoder" => BenchFeatures::Encoder(VitConfig::preset(&encoder).with_context(|| format!("--encoder: unknown `{encoder}` (eva-g, clip-l, tiny)"))?),
@@ -322,7 +325,7 @@ fn main() -> Result<()> {
                 .map(|set| set.split(',').map(parse_objective).collect::<Result<Vec<_>, _>>().map_err(anyhow::Error::msg))
                 .collect::<Result<Vec<_>>>()?;
             let image_tokens = image_tokens.unwrap_or(if preset == "blip2" { 257 } else { 65 });
-            let job = Bench { preset: preset.clone(), batch, image_tokens, text_len, warmup, steps, sets, seed, features };
+            let job = Bench { preset: preset.clone(), batch, image_tokens, queries, text_len, warmup, steps, sets, seed, features };
             let report = dispatch(cli.backend, job).context("bench failed")?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);

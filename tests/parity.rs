@@ -30,6 +30,8 @@ fn expected(name: &str) -> Value {
 
 fn assert_rel(what: &str, got: f64, want: f64, tol: f64) {
     let err = (got - want).abs() / want.abs().max(1e-12);
+    // Measured errors, for the README's figures (`-- --nocapture`).
+    eprintln!("parity loss {what}: {err:e}");
     assert!(err <= tol, "{what}: got {got}, want {want}, relative error {err:e} > {tol:e}");
 }
 
@@ -38,6 +40,7 @@ fn assert_matrix(what: &str, got: &[f32], want: &Value, tol: f64) {
     assert_eq!(got.len(), want.len(), "{what}: size");
     let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
     let err = got.iter().zip(&want).fold(0f64, |m, (g, w)| m.max((f64::from(*g) - w).abs()));
+    eprintln!("parity matrix {what}: {:e}", err / scale);
     assert!(err <= tol * scale, "{what}: max error {err:e} > {tol:e} × {scale}");
 }
 
@@ -89,11 +92,13 @@ fn compare_grads(name: &str, got: &Path, want: &Path) {
         assert_eq!(gs, ws, "{name} {n}: shape");
         let err = g.iter().zip(&w).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
         if n.ends_with("attention.key.bias") {
+            eprintln!("parity keybias {name} {n}: {err:e}");
             assert!(err <= 1e-6, "{name} {n}: key-bias gradient {err:e} should be ~0");
             continue;
         }
         let scale = w.iter().fold(0f32, |m, v| m.max(v.abs()));
         assert!(scale > 0.0, "{name} {n}: reference gradient is all zeros");
+        eprintln!("parity grad {name} {n}: {:e}", err / scale);
         assert!(err <= 1e-4 * scale, "{name} {n}: gradient error {err:e} > 1e-4 × {scale:e}");
     }
 }
