@@ -1,6 +1,6 @@
 //! The kernels on `flex`'s host memory: one pass per op, rows or chunks spread over rayon's pool,
 //! inner loops vectorised (lane-wise accumulators, so no reduction waits on the previous add).
-//! LayerNorm and softmax forward are flex's own (already fused and parallel). Tensors that are not
+//! LayerNorm forward is flex's own (already fused and parallel). Tensors that are not
 //! f32 take the composed path.
 
 use burn::backend::flex::FlexTensor;

@@ -1,7 +1,8 @@
-//! Fused kernels for the memory-bound pieces of a step: LayerNorm, softmax, GELU, dropout and
-//! cross-entropy. burn builds LayerNorm, softmax and cross-entropy from several elementwise ops,
-//! each a node of the autodiff graph, a full pass over memory and (on the CPU backends) a single
-//! thread; here each is one op forward and one backward. Every backend gets the composed version
+//! Fused kernels for the memory-bound pieces of a step: LayerNorm, attention softmax, GELU,
+//! dropout masks, cross-entropy (plain and through the tied LM head), head split/merge, row
+//! gathers and AdamW. burn builds several of these from many elementwise ops, each a node of the
+//! autodiff graph, a full pass over memory and (on the CPU backends) a single thread; here each is
+//! one op forward and one backward. Every backend gets the composed version
 //! by default ([`reference`]); `flex` overrides it with multi-threaded vectorised loops
 //! ([`flex`]); `Autodiff` wraps them with their hand-written gradients ([`autodiff`]).
 
