@@ -1,4 +1,5 @@
-//! Kill torture: a small training run is killed with SIGKILL at random moments (some land while a
+//! Kill torture: a training run (the wide configuration of the determinism test: batch 32,
+//! every parallel path of a CPU step) is killed with SIGKILL at random moments (some land while a
 //! checkpoint is being written, which the restarted run reports and cleans up) and resumed from
 //! `latest` until it completes. Its final weights, optimizer state and per-step losses must equal
 //! those of an uninterrupted run bit for bit.
@@ -11,7 +12,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{run_config as config, tensors};
+use common::{tensors, wide_run_config, workdir};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -32,11 +33,9 @@ fn losses(run: &Path) -> Vec<f64> {
 #[test]
 fn killed_and_resumed_run_equals_an_uninterrupted_one() {
     let kills_wanted: usize = std::env::var("QFORMER_TORTURE_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
-    let dir = std::env::temp_dir().join(format!("qformer-torture-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let steps = 8 * kills_wanted as u64;
-    let cfg = config(&dir, steps, "");
+    let dir = workdir("torture");
+    let steps = 3 * kills_wanted as u64;
+    let cfg = wide_run_config(&dir, steps);
 
     let started = Instant::now();
     let status = train(&cfg, "reference", false, &dir.join("reference.log")).wait().unwrap();

@@ -9,30 +9,12 @@ use burn::tensor::ops::FloatTensorOps;
 use burn::tensor::{DType, Distribution, FloatDType, Shape, TensorData};
 use rayon::prelude::*;
 
-use super::math::{self, vectorized, CHUNK};
+use super::math::{self, tree_reduce, vectorized, CHUNK};
 use super::{reference, AdamWStep, Kernels};
 
 const LANES: usize = 8;
 
-/// `Σ f(a[i], b[i])` with eight independent partial sums.
-#[inline(always)]
-fn sum2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
-    let mut acc = [0.0f32; LANES];
-    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for k in 0..LANES {
-            acc[k] += f(x[k], y[k]);
-        }
-    }
-    let tail: f32 = ra.iter().zip(rb).map(|(&x, &y)| f(x, y)).sum();
-    acc.iter().sum::<f32>() + tail
-}
-
-#[inline(always)]
-fn sum(a: &[f32], f: impl Fn(f32) -> f32) -> f32 {
-    sum2(a, a, |x, _| f(x))
-}
+use math::{lane_sum as sum, lane_sum2 as sum2};
 
 #[inline(always)]
 fn max(a: &[f32]) -> f32 {
@@ -87,7 +69,8 @@ impl Kernels for Flex {
         let inv_d = 1.0 / d as f32;
         let step = rows_per_task(d) * d;
         let mut dx = vec![0.0f32; xs.len()];
-        let (dgamma, dbeta) = dx
+        // One (dγ, dβ) partial per fixed block of rows, combined in a fixed tree.
+        let parts: Vec<(Vec<f32>, Vec<f32>)> = dx
             .par_chunks_mut(step)
             .zip(xs.par_chunks(step).zip(gs.par_chunks(step)))
             .map(|(dx, (x, g))| {
@@ -109,14 +92,13 @@ impl Kernels for Flex {
                     (dgamma, dbeta)
                 })
             })
-            .reduce(
-                || (vec![0.0f32; d], vec![0.0f32; d]),
-                |(mut ga, mut ba), (gb, bb)| {
-                    ga.iter_mut().zip(gb).for_each(|(a, b)| *a += b);
-                    ba.iter_mut().zip(bb).for_each(|(a, b)| *a += b);
-                    (ga, ba)
-                },
-            );
+            .collect();
+        let (dgamma, dbeta) = tree_reduce(parts, |(mut ga, mut ba), (gb, bb)| {
+            ga.iter_mut().zip(gb).for_each(|(a, b)| *a += b);
+            ba.iter_mut().zip(bb).for_each(|(a, b)| *a += b);
+            (ga, ba)
+        })
+        .unwrap_or_else(|| (vec![0.0; d], vec![0.0; d]));
         [from_vec(dx, shape), from_vec(dgamma, Shape::new([d])), from_vec(dbeta, Shape::new([d]))]
     }
 
@@ -240,6 +222,14 @@ impl Kernels for Flex {
         });
         shape[0] = n;
         from_vec(out, shape)
+    }
+
+    fn sum_squares(x: FlexTensor) -> FlexTensor {
+        if !is_f32(&[&x]) {
+            return reference::sum_squares::<Self>(x);
+        }
+        let x = values(&x);
+        from_vec(vec![math::fixed_sum(slice(&x), |v| v * v)], Shape::new([1]))
     }
 
     fn fused_gelu(x: FlexTensor) -> FlexTensor {

@@ -90,6 +90,55 @@ pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
 /// Elements per parallel task: large enough that scheduling is noise, small enough to balance.
 pub const CHUNK: usize = 1 << 14;
 
+/// Combines per-chunk partial results in a fixed pairwise tree (neighbours first, an odd last one
+/// carried up). Callers compute one partial per fixed-size chunk and collect them in chunk order,
+/// so the order of every floating-point addition depends on the data's shape alone: never on the
+/// number of threads or on which thread finished first (rayon's `reduce`/`sum` split adaptively).
+pub fn tree_reduce<T>(mut parts: Vec<T>, combine: impl Fn(T, T) -> T) -> Option<T> {
+    while parts.len() > 1 {
+        let mut next = Vec::with_capacity(parts.len().div_ceil(2));
+        let mut it = parts.into_iter();
+        while let Some(a) = it.next() {
+            next.push(match it.next() {
+                Some(b) => combine(a, b),
+                None => a,
+            });
+        }
+        parts = next;
+    }
+    parts.pop()
+}
+
+/// `Σ f(x)` over `a` in [`CHUNK`]-sized parallel pieces combined by [`tree_reduce`]: the same
+/// bits at any thread count.
+pub fn fixed_sum(a: &[f32], f: impl Fn(f32) -> f32 + Sync) -> f32 {
+    let parts: Vec<f32> = a.par_chunks(CHUNK).map(|c| vectorized(|| lane_sum(c, &f))).collect();
+    tree_reduce(parts, |x, y| x + y).unwrap_or(0.0)
+}
+
+const LANES: usize = 8;
+
+/// `Σ f(a[i])` with eight independent partial sums (vectorisable, and the order is fixed).
+#[inline(always)]
+pub fn lane_sum(a: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    lane_sum2(a, a, |x, _| f(x))
+}
+
+/// `Σ f(a[i], b[i])` with eight independent partial sums.
+#[inline(always)]
+pub fn lane_sum2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for k in 0..LANES {
+            acc[k] += f(x[k], y[k]);
+        }
+    }
+    let tail: f32 = ra.iter().zip(rb).map(|(&x, &y)| f(x, y)).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
 /// `out[i] = f(a[i])`, split over the thread pool.
 pub fn map(a: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
     let mut out = vec![0.0f32; a.len()];
@@ -146,6 +195,25 @@ mod tests {
         }
         assert_eq!(gelu(-30.0), 0.0);
         assert_eq!(gelu(30.0), 30.0);
+    }
+
+    #[test]
+    fn tree_reduce_pairs_neighbours_in_a_fixed_order() {
+        let order = tree_reduce((0..5).map(|i| i.to_string()).collect(), |a, b| format!("({a}+{b})"));
+        assert_eq!(order.as_deref(), Some("(((0+1)+(2+3))+4)"));
+        assert_eq!(tree_reduce(Vec::<f32>::new(), |a, b| a + b), None);
+    }
+
+    #[test]
+    fn fixed_sum_is_the_same_bits_in_any_thread_pool() {
+        let a: Vec<f32> = (0..(5 * CHUNK + 123)).map(|i| ((i as f32) * 0.37).sin() * 1e3).collect();
+        let in_pool = |threads| rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(|| fixed_sum(&a, |v| v * v));
+        let one = in_pool(1);
+        for threads in [2, 3, 4, 7] {
+            assert_eq!(in_pool(threads).to_bits(), one.to_bits(), "{threads} threads");
+        }
+        let exact: f64 = a.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+        assert!((f64::from(one) - exact).abs() < 1e-6 * exact, "{one} vs {exact}");
     }
 
     #[test]

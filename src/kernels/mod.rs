@@ -60,6 +60,12 @@ pub trait Kernels: Backend {
         reference::scatter_rows::<Self>(grad, rows, n)
     }
 
+    /// `Σ x²` over every element, as a `[1]` tensor (gradient norms). Its summation order must
+    /// depend on the shape alone, so that a run gives the same bits at any thread count.
+    fn sum_squares(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        reference::sum_squares::<Self>(x)
+    }
+
     /// Exact (erf) GELU.
     fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
         <Self as burn::tensor::ops::ActivationOps<Self>>::gelu(x)
@@ -160,6 +166,11 @@ pub fn swap_heads<B: Kernels>(x: Tensor<B, 4>) -> Tensor<B, 4> {
 /// Rows `rows` of `x` along dimension 0 (gradients summed back).
 pub fn gather_rows<B: Kernels, const D: usize>(x: Tensor<B, D>, rows: &[usize]) -> Tensor<B, D> {
     tensor(B::gather_rows(float(x), rows))
+}
+
+/// `Σ x²` as a `[1]` tensor, in a fixed summation order.
+pub fn sum_squares<B: Kernels, const D: usize>(x: Tensor<B, D>) -> Tensor<B, 1> {
+    tensor(B::sum_squares(float(x)))
 }
 
 /// Exact GELU.

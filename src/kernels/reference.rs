@@ -35,6 +35,11 @@ pub fn layer_norm_backward<B: Backend>(x: FloatTensor<B>, gamma: FloatTensor<B>,
     [B::float_reshape(float(dx), shape), float(dgamma), float(dbeta)]
 }
 
+pub fn sum_squares<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
+    let n = x.shape().num_elements();
+    float(tensor::<B, 1>(B::float_reshape(x, [n].into())).powf_scalar(2.0).sum())
+}
+
 pub fn attention_softmax<B: Backend>(scores: FloatTensor<B>, mask: Option<FloatTensor<B>>, scale: f64) -> FloatTensor<B> {
     let x = tensor::<B, 4>(scores).mul_scalar(scale);
     let x = match mask {

@@ -9,8 +9,8 @@ use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 use crate::config::OptimConfig;
 use crate::interop::safetensors_io::OwnedTensor;
 use crate::interop::weights::{visit_params, Layout, ParamVisitor};
-use crate::model::{scalar, QFormer};
-use crate::kernels::{AdamWStep, Kernels, TrainBackend};
+use crate::model::QFormer;
+use crate::kernels::{sum_squares, AdamWStep, Kernels, TrainBackend};
 
 /// Moments of one parameter, flattened.
 struct Moments<B: Kernels> {
@@ -70,15 +70,15 @@ impl<B: TrainBackend> GradAccumulator<B> {
         visit_params(&mut model.clone(), &mut Add::<B> { acc: &mut self.grads, grads, i: 0 });
     }
 
-    /// Global L2 norm of all gradients (NaN or inf when any entry is).
+    /// Global L2 norm of all gradients (NaN or inf when any entry is). Each tensor's sum of
+    /// squares stays on the device (fixed summation order); one read-back brings them all.
     pub fn norm(&self) -> f64 {
-        let sum: f64 = self
-            .grads
-            .iter()
-            .flatten()
-            .map(|g| scalar(g.clone().powf_scalar(2.0).sum()))
-            .sum();
-        sum.sqrt()
+        let sums: Vec<_> = self.grads.iter().flatten().map(|g| sum_squares(g.clone())).collect();
+        if sums.is_empty() {
+            return 0.0;
+        }
+        let host = Tensor::cat(sums, 0).into_data().convert::<f64>().to_vec::<f64>().expect("f64 data");
+        host.iter().sum::<f64>().sqrt()
     }
 
     pub fn scale(&mut self, factor: f64) {
