@@ -1,27 +1,29 @@
 //! The `qformer` command line: thin shells over library functions.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
-use qformer::backend::{dispatch, BackendKind};
-use qformer::bench::{Bench, BenchFeatures};
+use qformer::app::ablate::ablate;
+use qformer::app::bench::{Bench, BenchFeatures};
+use qformer::app::cache_features::CacheFeatures;
+use qformer::app::check_loss::CheckLoss;
+use qformer::app::console::Console;
+use qformer::app::eval::{CaptionJob, EvalJob};
+use qformer::app::export::{self, ExportSource};
 use qformer::data::feature_cache::CacheDtype;
-use qformer::model::vit::VitConfig;
-use qformer::cache_features::CacheFeatures;
-use qformer::check_loss::CheckLoss;
-use qformer::config::TrainConfig;
+use qformer::data::synth;
 use qformer::eval::caption::DecodeOptions;
 use qformer::eval::evaluate;
-use qformer::eval::jobs::{CaptionJob, EvalJob};
 use qformer::interop::hf;
-use qformer::trained::Trained;
-use burn::backend::Flex;
-use qformer::data::synth;
-use qformer::train::ablate::ablate;
-use qformer::train::trainer::TrainJob;
+use qformer::kernels::backend::{dispatch, BackendKind};
+use qformer::model::vit::VitConfig;
 use qformer::objectives::{ItcGradient, Objective};
+use qformer::train::config::TrainConfig;
+use qformer::train::metrics::Progress;
+use qformer::train::trainer::TrainJob;
 
 #[derive(Parser)]
 #[command(name = "qformer", version, about = "BLIP-2 Q-Former stage-one trainer")]
@@ -242,25 +244,40 @@ fn main() -> Result<()> {
             let name = run_name(&cfg, &config);
             let resume = resume.map(|r| if r.as_os_str() == "latest" { cfg.checkpoint.dir.join(&name) } else { r });
             let backend = cfg.train.backend;
-            let outcome = dispatch(backend, TrainJob { cfg, run_name: name, resume }).context("training failed")?;
+            let console = Arc::new(Console::new(cfg.log.every));
+            let job = TrainJob::new(cfg, name, resume).reporting(console.clone());
+            let outcome = dispatch(backend, job);
+            console.finish();
+            let outcome = outcome.context("training failed")?;
             println!("finished {} steps; run folder {}", outcome.steps, outcome.run_dir.display());
             println!("final: {}", outcome.last.summary());
             if let Some(r) = outcome.recall {
-                println!("held-out retrieval: i2t R@1 {:.1} R@5 {:.1} R@10 {:.1} | t2i R@1 {:.1} R@5 {:.1} R@10 {:.1}", r.i2t_r1, r.i2t_r5, r.i2t_r10, r.t2i_r1, r.t2i_r5, r.t2i_r10);
+                println!(
+                    "held-out retrieval: i2t R@1 {:.1} R@5 {:.1} R@10 {:.1} | t2i R@1 {:.1} R@5 {:.1} R@10 {:.1}",
+                    r.i2t_r1, r.i2t_r5, r.i2t_r10, r.t2i_r1, r.t2i_r5, r.t2i_r10
+                );
             }
         }
         Command::Ablate { config, variants, seeds, overrides } => {
             let (dir, table) = ablate(&config, &overrides, &variants, &seeds, |cfg, name| {
                 let backend = cfg.train.backend;
-                dispatch(backend, TrainJob { cfg, run_name: name, resume: None })
+                let console = Arc::new(Console::new(cfg.log.every));
+                let outcome = dispatch(backend, TrainJob::new(cfg, name, None).reporting(console.clone()));
+                console.finish();
+                outcome
             })?;
             println!("{table}");
             println!("written to {0}/ablation.md, ablation.csv, report.png and report.md", dir.display());
         }
         Command::BenchData { config, overrides, batches } => {
             let cfg = TrainConfig::load(&config, &overrides)?;
-            let rate = qformer::bench::data_throughput(&cfg, batches)?;
-            println!("data pipeline: {rate:.0} images/s ({} px, batch {}, {} threads)", cfg.encoder.image_size, cfg.train.batch_size, rayon::current_num_threads());
+            let rate = qformer::app::bench::data_throughput(&cfg, batches)?;
+            println!(
+                "data pipeline: {rate:.0} images/s ({} px, batch {}, {} threads)",
+                cfg.encoder.image_size,
+                cfg.train.batch_size,
+                rayon::current_num_threads()
+            );
         }
         Command::Synth { out, n, n_eval, size, seed } => {
             let (train, eval) = synth::generate(&out, n, n_eval, size, seed)?;
@@ -278,7 +295,18 @@ fn main() -> Result<()> {
             let cfg = TrainConfig::load(&config, &overrides)?;
             let backend = cfg.train.backend;
             for s in dispatch(backend, CacheFeatures { cfg, batch }).context("cache-features failed")? {
-                println!("{}: {} images, {} rows, {:.1} MB{}", s.split, s.images, s.rows, s.bytes as f64 / 1e6, if s.failed > 0 { format!(", {} images failed (their records are skipped in training)", s.failed) } else { String::new() });
+                println!(
+                    "{}: {} images, {} rows, {:.1} MB{}",
+                    s.split,
+                    s.images,
+                    s.rows,
+                    s.bytes as f64 / 1e6,
+                    if s.failed > 0 {
+                        format!(", {} images failed (their records are skipped in training)", s.failed)
+                    } else {
+                        String::new()
+                    }
+                );
             }
         }
         Command::Eval { checkpoint, data, k_test, max_images, json } => {
@@ -291,31 +319,52 @@ fn main() -> Result<()> {
         }
         Command::Caption { checkpoint, images, beams, max_len, min_len } => {
             let options = DecodeOptions { beams, max_len, min_len, ..DecodeOptions::default() };
-            for c in dispatch(cli.backend, CaptionJob { checkpoint, images, options }).context("caption failed")? {
-                println!("{}\t{}", c.image.display(), c.caption);
+            let captions = dispatch(cli.backend, CaptionJob { checkpoint, images, options }).context("caption failed")?;
+            let mut failed = 0;
+            for c in &captions {
+                match &c.caption {
+                    Ok(caption) => println!("{}\t{caption}", c.image.display()),
+                    Err(reason) => {
+                        eprintln!("{}: cannot caption: {reason}", c.image.display());
+                        failed += 1;
+                    }
+                }
+            }
+            if failed > 0 {
+                bail!("{failed} of {} images could not be captioned (named above); the others were", captions.len());
             }
         }
         Command::Report { runs, out } => {
-            let (png, md) = qformer::report::write(&runs, &out)?;
+            let (png, md) = qformer::app::report::write(&runs, &out)?;
             println!("wrote {} and {}", png.display(), md.display());
         }
         Command::Export { checkpoint, config, overrides, format: _, out } => {
-            let device = Default::default();
-            let trained = match (checkpoint, config) {
-                (Some(dir), None) => Trained::<Flex>::from_checkpoint(&dir, &device)?,
-                (None, Some(path)) => Trained::<Flex>::from_config(TrainConfig::load(&path, &overrides)?, &device)?,
+            let source = match (checkpoint, config) {
+                (Some(dir), None) => ExportSource::Checkpoint(dir),
+                (None, Some(path)) => ExportSource::Config(TrainConfig::load(&path, &overrides)?),
                 _ => bail!("pass --checkpoint DIR or --config FILE"),
             };
-            for m in &trained.messages {
-                eprintln!("{m}");
-            }
-            let e = hf::export(&trained.model, &trained.cfg.model, &trained.vit, &trained.cfg.encoder, &out)?;
-            println!("wrote {} ({} tensors, {}), {} and {} ({} tensors: temperature and ITG head)", e.dir.join(hf::MODEL_FILE).display(), e.hf_tensors, if e.vision_included { "vision model included" } else { "no vision model: HF's BLIP-2 vision tower cannot hold a CLIP ViT" }, hf::CONFIG_FILE, hf::SIDECAR_FILE, e.sidecar_tensors);
+            let e = export::run(source, &out, &Console::new(1))?;
+            println!(
+                "wrote {} ({} tensors, {}), {} and {} ({} tensors: temperature and ITG head)",
+                e.dir.join(hf::MODEL_FILE).display(),
+                e.hf_tensors,
+                if e.vision_included {
+                    "vision model included"
+                } else {
+                    "no vision model: HF's BLIP-2 vision tower cannot hold a CLIP ViT"
+                },
+                hf::CONFIG_FILE,
+                hf::SIDECAR_FILE,
+                e.sidecar_tensors
+            );
         }
         Command::Bench { preset, batch, image_tokens, queries, text_len, warmup, steps, sets, seed, json, features, encoder } => {
             let label = if features == "encoder" { format!("encoder {encoder}") } else { features.clone() };
             let features = match features.as_str() {
-                "encoder" => BenchFeatures::Encoder(VitConfig::preset(&encoder).with_context(|| format!("--encoder: unknown `{encoder}` (eva-g, clip-l, tiny)"))?),
+                "encoder" => BenchFeatures::Encoder(
+                    VitConfig::preset(&encoder).with_context(|| format!("--encoder: unknown `{encoder}` (eva-g, clip-l, tiny)"))?,
+                ),
                 "cache-f16" => BenchFeatures::Cache(CacheDtype::F16),
                 "cache-f32" => BenchFeatures::Cache(CacheDtype::F32),
                 _ => BenchFeatures::Random,
@@ -331,11 +380,22 @@ fn main() -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 println!("backend {:?}, preset {preset}, batch {batch}, image tokens {image_tokens}, text {text_len}, {steps} steps, features {label}", cli.backend);
-                println!("{:<12} {:>10} {:>10} {:>10} {:>11} {:>12} {:>13} {:>11} {:>9}", "objectives", "median ms", "min ms", "pairs/s", "forward ms", "backward ms", "optimizer ms", "model GFLOP", "GFLOP/s");
+                println!(
+                    "{:<12} {:>10} {:>10} {:>10} {:>11} {:>12} {:>13} {:>11} {:>9}",
+                    "objectives", "median ms", "min ms", "pairs/s", "forward ms", "backward ms", "optimizer ms", "model GFLOP", "GFLOP/s"
+                );
                 for r in &report.steps {
                     println!(
                         "{:<12} {:>10.1} {:>10.1} {:>10.2} {:>11.1} {:>12.1} {:>13.1} {:>11.1} {:>9.1}",
-                        r.objectives, r.median_ms, r.min_ms, r.pairs_per_s, r.forward_ms, r.backward_ms, r.optimizer_ms, r.model_gflop, r.gflops
+                        r.objectives,
+                        r.median_ms,
+                        r.min_ms,
+                        r.pairs_per_s,
+                        r.forward_ms,
+                        r.backward_ms,
+                        r.optimizer_ms,
+                        r.model_gflop,
+                        r.gflops
                     );
                 }
                 let kv = &report.image_kv;

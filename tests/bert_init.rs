@@ -13,7 +13,7 @@ use qformer::interop::bert::{init_from_bert, TokenType};
 use qformer::interop::safetensors_io::SafetensorsFile;
 use qformer::interop::source::TensorSource;
 use qformer::interop::weights::param_names;
-use qformer::model::{QFormer, QFormerConfig};
+use qformer::model::{Pass, QFormer, QFormerConfig};
 use qformer::objectives::AttentionMask;
 
 type B = Flex;
@@ -50,7 +50,24 @@ fn text_pass(model: &QFormer<B>, ids: &[i64], mask: &[i64], shape: &[usize]) -> 
     let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids.to_vec(), shape.to_vec()), &device);
     let mask = AttentionMask::bidirectional(0, &rows).to_additive::<B>(&device);
     let embeds = model.embed(None, Some(ids), false);
-    model.encode(embeds, 0, Some(mask), &[], None, None, false).hidden.into_data().to_vec::<f32>().unwrap()
+    model.encode(Pass::text(embeds, mask)).hidden.into_data().to_vec::<f32>().unwrap()
+}
+
+/// The Q-Former shape of the tiny BERT fixtures (41 tokens, 2 layers), `hidden` wide.
+fn tiny_bert(hidden: usize) -> QFormerConfig {
+    QFormerConfig {
+        hidden_size: hidden,
+        num_hidden_layers: 2,
+        num_attention_heads: 2,
+        intermediate_size: 32,
+        encoder_hidden_size: 8,
+        num_query_tokens: 2,
+        image_text_hidden_size: 8,
+        vocab_size: 41,
+        bos_token_id: 40,
+        max_position_embeddings: 12,
+        ..QFormerConfig::blip2()
+    }
 }
 
 fn max_rel_error(got: &[f32], want: &[f32]) -> f32 {
@@ -74,7 +91,11 @@ fn text_pass_of_minilm_initialised_qformer_equals_bert() {
         eprintln!("{key}: max error {err:.2e} of the largest value");
         assert!(err < 1e-5, "{key}: max error {err:e}");
         // Everything BERT has was used, except the token types (dropped or folded) and the pooler.
-        assert!(report.unused.iter().all(|n| n.contains("token_type") || n.starts_with("pooler.") || n.ends_with("position_ids")), "{:?}", report.unused);
+        assert!(
+            report.unused.iter().all(|n| n.contains("token_type") || n.starts_with("pooler.") || n.ends_with("position_ids")),
+            "{:?}",
+            report.unused
+        );
         assert!(report.kept.iter().any(|n| n.contains("crossattention")));
         assert!(report.kept.contains(&"lm_head.transform.dense.weight".to_string()), "no MLM head in this file");
     }
@@ -83,19 +104,7 @@ fn text_pass_of_minilm_initialised_qformer_equals_bert() {
 #[test]
 fn prefixed_mlm_checkpoint_maps_every_part() {
     let device = Default::default();
-    let cfg = QFormerConfig {
-        hidden_size: 16,
-        num_hidden_layers: 2,
-        num_attention_heads: 2,
-        intermediate_size: 32,
-        encoder_hidden_size: 8,
-        num_query_tokens: 2,
-        image_text_hidden_size: 8,
-        vocab_size: 41,
-        bos_token_id: 40,
-        max_position_embeddings: 12,
-        ..QFormerConfig::blip2()
-    };
+    let cfg = tiny_bert(16);
     let path = root().join("tests/fixtures/bert_init/mlm_tiny.safetensors");
     let src = TensorSource::open(&path).unwrap();
     let fresh = QFormer::<B>::new(&cfg, &device);
@@ -132,7 +141,7 @@ fn mismatched_bert_is_refused_by_name() {
     let device = Default::default();
     let path = root().join("tests/fixtures/bert_init/mlm_tiny.safetensors");
     let src = TensorSource::open(&path).unwrap();
-    let cfg = QFormerConfig { hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 32, encoder_hidden_size: 8, num_query_tokens: 2, image_text_hidden_size: 8, vocab_size: 41, bos_token_id: 40, max_position_embeddings: 12, ..QFormerConfig::blip2() };
+    let cfg = tiny_bert(32);
     let err = init_from_bert(QFormer::<B>::new(&cfg, &device), &cfg, &src, TokenType::Drop, &device).err().unwrap().to_string();
     assert!(err.contains("mlm_tiny.safetensors") && err.contains("bert.embeddings") && err.contains("shape"), "{err}");
     let deep = QFormerConfig { hidden_size: 16, num_hidden_layers: 3, ..cfg };

@@ -6,22 +6,20 @@ use std::path::Path;
 use burn::backend::{Autodiff, Flex};
 use burn::module::AutodiffModule;
 use burn::tensor::{Distribution, Tensor};
-use qformer::config::OptimConfig;
+use qformer::data::text::TextBatch;
 use qformer::data::text::{clean_caption, TextEncoder};
 use qformer::eval::caption::{generate, DecodeOptions};
 use qformer::eval::scoring::image_side;
-use qformer::model::QFormerConfig;
 use qformer::model::QFormer;
-use qformer::objectives::{stage1_loss, NegativeSampler, Objective, ObjectiveConfig, Stage1Batch, TextBatch};
+use qformer::model::QFormerConfig;
+use qformer::objectives::{stage1_loss, NegativeSampler, Objective, ObjectiveConfig, Stage1Batch};
+use qformer::train::config::OptimConfig;
 use qformer::train::optim::{AdamW, GradAccumulator};
 
 type B = Autodiff<Flex>;
 
-const CAPTIONS: [&str; 3] = [
-    "a small red circle left of a large blue square",
-    "a large green triangle above a small white circle",
-    "two yellow squares",
-];
+const CAPTIONS: [&str; 3] =
+    ["a small red circle left of a large blue square", "a large green triangle above a small white circle", "two yellow squares"];
 
 #[test]
 fn greedy_and_beam_decoding_reproduce_overfit_captions() {
@@ -50,7 +48,7 @@ fn greedy_and_beam_decoding_reproduce_overfit_captions() {
     let mut loss = f64::INFINITY;
     for _ in 0..200 {
         let out = stage1_loss(&model, &batch, &objectives, &mut NegativeSampler::new(0), true).unwrap();
-        loss = qformer::model::scalar(out.loss.clone().inner());
+        loss = qformer::util::host::scalar(out.loss.clone().inner());
         let mut grads = GradAccumulator::new(&model);
         grads.add(&model, &out.loss.backward());
         model = optim.update(model, &grads, 3e-3);

@@ -1,6 +1,8 @@
 //! Every annotation format reads into the same records; bad records become counted skips that name
 //! their file and line (or tar member); the loader keeps going past undecodable images.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -11,10 +13,7 @@ use qformer::data::loader::{Dataset, Prefetcher, Transform};
 use qformer::data::text::TextEncoder;
 
 fn dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("qformer-data-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::workdir(&format!("data-{name}"))
 }
 
 fn png(color: [u8; 3]) -> Vec<u8> {
@@ -143,13 +142,106 @@ fn loader_skips_bad_images_and_counts_them() {
     let text = Arc::new(TextEncoder::load(&vocab, 8, 50).unwrap());
     let transform = Transform { image_size: 8, max_pixels: 1 << 20, augment: Some(AugmentConfig::default()), cache: None };
     let mut loader = Prefetcher::start(data, text, transform, 0, 0, 4, 1);
-    let b = loader.next().unwrap();
+    let b = loader.next_batch().unwrap();
     assert_eq!(b.text.batch_size(), 4);
     assert_eq!(b.inputs.len(), 4 * 3 * 8 * 8);
     assert_eq!(b.skipped.len() as u64, b.seen - 4);
     let mut skipped = b.skipped;
-    skipped.extend(loader.next().unwrap().skipped);
+    skipped.extend(loader.next_batch().unwrap().skipped);
     let reasons: Vec<String> = skipped.iter().map(ToString::to_string).collect();
     assert!(reasons.iter().any(|r| r.contains("ann.json:4") && r.contains("decode")), "{reasons:?}");
     assert!(reasons.iter().any(|r| r.contains("ann.json:6") && r.contains("cannot read image")), "{reasons:?}");
+}
+
+/// A 24×16 scene in four colours (a GIF palette holds it exactly).
+fn scene() -> RgbImage {
+    RgbImage::from_fn(24, 16, |x, y| match (x < 12, y < 8) {
+        (true, true) => Rgb([230, 30, 30]),
+        (false, true) => Rgb([20, 40, 220]),
+        (true, false) => Rgb([250, 250, 250]),
+        (false, false) => Rgb([10, 160, 60]),
+    })
+}
+
+#[test]
+fn bmp_gif_and_tiff_train_like_a_png() {
+    use qformer::data::images::decode;
+    use qformer::train::config::TrainConfig;
+    use qformer::train::trainer::TrainJob;
+    let d = dir("formats");
+    let formats = [
+        ("png", image::ImageFormat::Png),
+        ("bmp", image::ImageFormat::Bmp),
+        ("gif", image::ImageFormat::Gif),
+        ("tiff", image::ImageFormat::Tiff),
+    ];
+    let mut lines = String::new();
+    for (i, (ext, format)) in formats.iter().enumerate() {
+        let mut bytes = Vec::new();
+        scene().write_to(&mut std::io::Cursor::new(&mut bytes), *format).unwrap();
+        let decoded = decode(&bytes, 1 << 20).unwrap_or_else(|e| panic!("{ext}: {e}"));
+        assert!(decoded == scene(), "{ext} decodes to other pixels than the PNG");
+        std::fs::write(d.join(format!("scene.{ext}")), bytes).unwrap();
+        for copy in 0..3 {
+            lines += &format!(
+                "{{\"image\": \"scene.{ext}\", \"caption\": \"a red square left of a blue square\", \"image_id\": \"{ext}{copy}{i}\"}}\n"
+            );
+        }
+    }
+    std::fs::write(d.join("train.jsonl"), lines).unwrap();
+    let cfg = common::RunConfig::miniature_bert().write(&d, "formats");
+    let ann = d.join("train.jsonl").display().to_string();
+    let overrides = [format!("data.train=\"{ann}\""), format!("data.eval=\"{ann}\""), "train.steps=2".into()];
+    let cfg = TrainConfig::load(&cfg, &overrides).unwrap();
+    let outcome =
+        qformer::kernels::backend::dispatch(qformer::kernels::backend::BackendKind::Flex, TrainJob::new(cfg, "formats", None)).unwrap();
+    assert_eq!(outcome.steps, 2);
+    assert_eq!(outcome.last.skipped_total, 0, "every format decodes in training");
+    assert!(outcome.last.loss.is_finite());
+}
+
+/// `n` records over a few good images, every `bad_every`-th (from the 3rd on) naming an
+/// undecodable file; trains the miniature model over them once with the default skip limit.
+fn train_with_bad_records(name: &str, n: usize, bad_every: usize) -> qformer::Result<qformer::train::trainer::TrainOutcome> {
+    use qformer::train::config::TrainConfig;
+    use qformer::train::trainer::TrainJob;
+    let d = dir(name);
+    for (i, color) in [[255, 0, 0], [0, 0, 255], [0, 200, 0]].into_iter().enumerate() {
+        std::fs::write(d.join(format!("{i}.png")), png(color)).unwrap();
+    }
+    std::fs::write(d.join("bad.png"), b"not an image").unwrap();
+    let lines: String = (0..n)
+        .map(|i| {
+            let image = if i >= 2 && (i - 2) % bad_every == 0 { "bad.png".to_string() } else { format!("{}.png", i % 3) };
+            format!("{{\"image\": \"{image}\", \"caption\": \"a thing number {i}\"}}\n")
+        })
+        .collect();
+    std::fs::write(d.join("train.jsonl"), lines).unwrap();
+    let cfg = common::RunConfig::miniature_bert().write(&d, name);
+    let batch = 50;
+    let ann = d.join("train.jsonl").display().to_string();
+    let overrides = [
+        format!("data.train=\"{ann}\""),
+        format!("data.eval=\"{ann}\""),
+        format!("train.batch_size={batch}"),
+        format!("train.steps={}", n / batch),
+        "eval.every=0".into(),
+    ];
+    let cfg = TrainConfig::load(&cfg, &overrides).unwrap();
+    qformer::kernels::backend::dispatch(qformer::kernels::backend::BackendKind::Flex, TrainJob::new(cfg, name, None))
+}
+
+#[test]
+fn one_early_bad_record_in_a_clean_set_does_not_stop_training() {
+    // Record 3 of 1000 is bad (0.1%): one skip in the first batch, and the run completes.
+    let outcome = train_with_bad_records("skip-clean", 1000, 10_000).unwrap();
+    assert_eq!(outcome.steps, 20);
+    // The last sample is the first of a new epoch, which may draw the bad record once more.
+    assert!((1..=2).contains(&outcome.last.skipped_total), "{}", outcome.last.skipped_total);
+}
+
+#[test]
+fn a_set_with_five_percent_bad_records_stops_naming_the_limit() {
+    let e = train_with_bad_records("skip-bad", 400, 20).unwrap_err().to_string();
+    assert!(e.contains("data.max_skip_fraction") && e.contains("1.0%"), "{e}");
 }

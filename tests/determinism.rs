@@ -10,7 +10,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{tensors, wide_run_config, workdir};
+use common::{tensors, workdir, RunConfig};
 
 const STEPS: u64 = 24;
 
@@ -44,7 +44,7 @@ fn records(run: &Path) -> Vec<String> {
 #[test]
 fn runs_are_bit_identical_across_repeats_and_thread_counts() {
     let dir = workdir("determinism");
-    let cfg = wide_run_config(&dir, STEPS);
+    let cfg = RunConfig::wide(STEPS).write(&dir, "run");
     let runs = [("first", 2), ("second", 2), ("one-thread", 1), ("four-threads", 4)];
     for (run, threads) in runs {
         train(&cfg, run, threads);
@@ -63,7 +63,10 @@ fn runs_are_bit_identical_across_repeats_and_thread_counts() {
             let (a, b) = (tensors(&last("first").join(file)), tensors(&last(run).join(file)));
             assert_eq!(a.len(), b.len());
             for ((name, x), (_, y)) in a.iter().zip(&b) {
-                assert!(x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits()), "{file}: `{name}` differs in `{run}` ({threads} threads)");
+                assert!(
+                    x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits()),
+                    "{file}: `{name}` differs in `{run}` ({threads} threads)"
+                );
             }
         }
     }

@@ -9,7 +9,8 @@ use burn::backend::Flex;
 use burn::tensor::{Tensor, TensorData};
 use qformer::interop::safetensors_io::SafetensorsFile;
 use qformer::interop::source::TensorSource;
-use qformer::model::vit::{bicubic_resize, Precision, Vit, VitConfig, VitKind};
+use qformer::interop::vit::{bicubic_resize, build_encoder};
+use qformer::model::vit::{Precision, VitConfig, VitKind};
 
 type B = Flex;
 
@@ -36,7 +37,7 @@ fn config(kind: VitKind, image_size: usize, depth: usize, weights: &str) -> VitC
 /// Runs the encoder of `cfg` on the stored pixels and compares with the stored features.
 fn check(cfg: &VitConfig, pixels: &str, expected: &str) -> f32 {
     let device = Default::default();
-    let (vit, report) = Vit::<B>::build(cfg, &device).unwrap();
+    let (vit, report) = build_encoder::<B>(cfg, &device).unwrap();
     let report = report.unwrap();
     let file = SafetensorsFile::open(&fixture("expected.safetensors")).unwrap();
     let (shape, values) = file.f32(pixels).unwrap();
@@ -77,7 +78,7 @@ fn eva_from_lavis_pickle_matches_hf() {
 fn unused_tensors_are_reported() {
     let device = Default::default();
     // One of the two blocks, as LAVIS keeps 39 of EVA's 40.
-    let (_, report) = Vit::<B>::build(&config(VitKind::Eva, 32, 1, "eva_lavis.pth"), &device).unwrap();
+    let (_, report) = build_encoder::<B>(&config(VitKind::Eva, 32, 1, "eva_lavis.pth"), &device).unwrap();
     let unused = report.unwrap().unused;
     assert!(unused.iter().any(|n| n.starts_with("visual_encoder.blocks.1.")), "{unused:?}");
     // ln_vision belongs to the Q-Former, not to the encoder's part of the file.
@@ -88,16 +89,16 @@ fn unused_tensors_are_reported() {
 #[test]
 fn wrong_family_or_shape_is_refused_by_name() {
     let device = Default::default();
-    let err = Vit::<B>::build(&config(VitKind::Eva, 32, 2, "clip.safetensors"), &device).err().unwrap().to_string();
+    let err = build_encoder::<B>(&config(VitKind::Eva, 32, 2, "clip.safetensors"), &device).err().unwrap().to_string();
     assert!(err.contains("clip") && err.contains("encoder.kind"), "{err}");
     let mut wide = config(VitKind::Clip, 32, 2, "clip.safetensors");
     wide.width = 64;
     wide.heads = 4;
-    let err = Vit::<B>::build(&wide, &device).err().unwrap().to_string();
+    let err = build_encoder::<B>(&wide, &device).err().unwrap().to_string();
     assert!(err.contains("patch_embedding.weight") && err.contains("shape"), "{err}");
     let mut deep = config(VitKind::Eva, 32, 3, "eva_hf.safetensors");
     deep.depth = 3;
-    let err = Vit::<B>::build(&deep, &device).err().unwrap().to_string();
+    let err = build_encoder::<B>(&deep, &device).err().unwrap().to_string();
     assert!(err.contains("encoder.layers.2"), "{err}");
 }
 
@@ -126,10 +127,11 @@ fn half_precision_matmuls_stay_close_to_f32() {
         let mut cfg = config(VitKind::Eva, 32, 2, "eva_hf.safetensors");
         cfg.precision = precision;
         let device = Default::default();
-        let (vit, _) = Vit::<B>::build(&cfg, &device).unwrap();
+        let (vit, _) = build_encoder::<B>(&cfg, &device).unwrap();
         let file = SafetensorsFile::open(&fixture("expected.safetensors")).unwrap();
         let (shape, values) = file.f32("pixels_32").unwrap();
-        let got = vit.forward(Tensor::from_data(TensorData::new(values, shape), &device)).into_data().convert::<f32>().to_vec::<f32>().unwrap();
+        let got =
+            vit.forward(Tensor::from_data(TensorData::new(values, shape), &device)).into_data().convert::<f32>().to_vec::<f32>().unwrap();
         let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
         let err = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
         eprintln!("{precision:?}: max error {err:.2e} of the largest feature");

@@ -2,19 +2,20 @@
 //! annotation parsers never panic on mutated or arbitrary input, and every error names its key,
 //! file or line.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
-use qformer::config::TrainConfig;
+use qformer::train::config::TrainConfig;
 
 fn tiny() -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/tiny.toml")).unwrap()
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("qformer-fuzz-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d.join(name)
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| common::workdir("fuzz")).join(name)
 }
 
 /// One edit of a config: replace a line, delete it, insert a line, or cut the file.
@@ -50,7 +51,8 @@ fn edit() -> impl Strategy<Value = Edit> {
     prop_oneof![
         (0usize..120, key.clone(), value.clone()).prop_map(|(l, k, v)| Edit::Replace(l, format!("{k} = {v}"))),
         (0usize..120).prop_map(Edit::Delete),
-        (0usize..120, prop_oneof![(key, value).prop_map(|(k, v)| format!("{k} = {v}")), "\\[[a-z.]{1,12}\\]", ".{0,40}"]).prop_map(|(l, t)| Edit::Insert(l, t)),
+        (0usize..120, prop_oneof![(key, value).prop_map(|(k, v)| format!("{k} = {v}")), "\\[[a-z.]{1,12}\\]", ".{0,40}"])
+            .prop_map(|(l, t)| Edit::Insert(l, t)),
         (0usize..4000).prop_map(Edit::Truncate),
     ]
 }

@@ -6,18 +6,20 @@
 //! Tolerances: tensor mappings are exact; outputs (ITM logits, ITC cosine similarities) within
 //! 1e-5 of the largest |value|.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use burn::backend::Flex;
 use burn::tensor::{Tensor, TensorData};
-use qformer::backend::{dispatch, BackendKind};
-use qformer::config::TrainConfig;
+use qformer::data::text::TextBatch;
 use qformer::eval::scoring::{image_side, itc_similarities, itm_logits, text_embeds};
 use qformer::interop::hf::{self, hf_name, sidecar_name};
 use qformer::interop::safetensors_io::SafetensorsFile;
 use qformer::interop::weights::named_tensors;
-use qformer::objectives::TextBatch;
-use qformer::trained::Trained;
+use qformer::kernels::backend::{dispatch, BackendKind};
+use qformer::train::config::TrainConfig;
+use qformer::train::trained::Trained;
 use qformer::train::trainer::TrainJob;
 
 type B = Flex;
@@ -67,7 +69,7 @@ fn lavis_checkpoint_maps_to_hf_names_exactly() {
 #[test]
 fn export_is_the_one_hf_loaded_and_gives_hf_outputs() {
     let trained = lavis_model();
-    let out = std::env::temp_dir().join(format!("qformer-export-{}", std::process::id()));
+    let out = common::workdir("export");
     let e = hf::export(&trained.model, &trained.cfg.model, &trained.vit, &trained.cfg.encoder, &out).unwrap();
     assert!(e.vision_included);
     // Byte for byte the tensors and config that tools/check_hf_export.py loaded into HF.
@@ -123,13 +125,13 @@ fn lavis_checkpoint_continues_training() {
     let dir = root().join("target/lavis-continue");
     let _ = std::fs::remove_dir_all(&dir);
     let cfg = config(&[]);
-    let outcome = dispatch(BackendKind::Flex, TrainJob { cfg: cfg.clone(), run_name: "continue".into(), resume: None }).unwrap();
+    let outcome = dispatch(BackendKind::Flex, TrainJob::new(cfg.clone(), "continue", None)).unwrap();
     assert_eq!(outcome.steps, 3);
     assert!(outcome.last.loss.is_finite() && outcome.last.loss_itm.is_some() && outcome.last.loss_itg.is_some());
     let metrics = std::fs::read_to_string(outcome.run_dir.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), 3);
     // The checkpoint resumes like any other.
     let more = config(&["train.steps=4".to_string()]);
-    let resumed = dispatch(BackendKind::Flex, TrainJob { cfg: more, run_name: "continue".into(), resume: Some(outcome.run_dir.clone()) }).unwrap();
+    let resumed = dispatch(BackendKind::Flex, TrainJob::new(more, "continue", Some(outcome.run_dir.clone()))).unwrap();
     assert_eq!(resumed.steps, 4);
 }

@@ -166,7 +166,8 @@ fn adamw_step_matches_the_composed_update() {
     for decay in [1.0, 1.0 - 1e-4 * 0.05] {
         let step = qformer::kernels::AdamWStep { beta1: 0.9, beta2: 0.999, eps: 1e-8, step_size: 1e-4 / 0.1, bc2_sqrt: 0.0316, decay };
         let ours = Flex::adamw_step(prim(w.clone()), prim(g.clone()), prim(m.clone()), prim(v.clone()), &step);
-        let theirs = qformer::kernels::reference::adamw_step::<Flex>(prim(w.clone()), prim(g.clone()), prim(m.clone()), prim(v.clone()), &step);
+        let theirs =
+            qformer::kernels::reference::adamw_step::<Flex>(prim(w.clone()), prim(g.clone()), prim(m.clone()), prim(v.clone()), &step);
         for (what, (a, b)) in ["w", "m", "v"].iter().zip(ours.into_iter().zip(theirs)) {
             let t = |p| Tensor::<Flex, 1>::from_primitive(burn::tensor::TensorPrimitive::Float(p));
             close(t(a), t(b), what);
@@ -213,7 +214,8 @@ fn gathered_rows_scatter_their_gradient_back() {
         let g = random::<B, 4>([7, 2, 3, 5], 42, 1.0);
         let rows = [2usize, 0, 2, 3, 3, 3, 1];
         let (xa, xb) = (leaf(&x), leaf(&x));
-        let index = Tensor::<B, 1, Int>::from_data(TensorData::new(rows.iter().map(|&r| r as i64).collect::<Vec<_>>(), [7]), &Default::default());
+        let index =
+            Tensor::<B, 1, Int>::from_data(TensorData::new(rows.iter().map(|&r| r as i64).collect::<Vec<_>>(), [7]), &Default::default());
         let (ya, yb) = (kernels::gather_rows(xa.clone(), &rows), xb.clone().select(0, index));
         close(ya.clone(), yb.clone(), "gathered rows");
         let (ga, gb) = ((ya * g.clone()).sum().backward(), (yb * g).sum().backward());

@@ -1,13 +1,15 @@
 //! Model shapes from TOML and from weights metadata: presets agree with the shipped files, and a
 //! bad file is refused with the key and file named.
 
+mod common;
+
 use std::path::Path;
 
-use qformer::check_loss::model_config_from_toml;
+use qformer::interop::hf_config::{model_config_file, model_config_from_json};
 use qformer::model::QFormerConfig;
 
 fn write(name: &str, text: &str) -> std::path::PathBuf {
-    let p = std::env::temp_dir().join(format!("qformer-cfg-{}-{name}", std::process::id()));
+    let p = common::workdir(&format!("cfg-{name}")).join(name);
     std::fs::write(&p, text).unwrap();
     p
 }
@@ -15,35 +17,35 @@ fn write(name: &str, text: &str) -> std::path::PathBuf {
 #[test]
 fn shipped_configs_are_the_presets() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    assert_eq!(model_config_from_toml(&root.join("configs/tiny.toml")).unwrap(), QFormerConfig::tiny());
-    assert_eq!(model_config_from_toml(&root.join("configs/blip2.toml")).unwrap(), QFormerConfig::blip2());
+    assert_eq!(model_config_file(&root.join("configs/tiny.toml")).unwrap(), QFormerConfig::tiny());
+    assert_eq!(model_config_file(&root.join("configs/blip2.toml")).unwrap(), QFormerConfig::blip2());
 }
 
 #[test]
 fn errors_name_the_key_and_file() {
     let base = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/tiny.toml")).unwrap();
     let p = write("unknown.toml", &base.replace("[model]\n", "[model]\nhidden_sise = 3\n"));
-    let e = model_config_from_toml(&p).unwrap_err().to_string();
+    let e = model_config_file(&p).unwrap_err().to_string();
     assert!(e.contains("hidden_sise") && e.contains("unknown.toml"), "{e}");
 
     let p = write("heads.toml", &base.replace("num_attention_heads = 4", "num_attention_heads = 3"));
-    let e = model_config_from_toml(&p).unwrap_err().to_string();
+    let e = model_config_file(&p).unwrap_err().to_string();
     assert!(e.contains("model.hidden_size") && e.contains("heads.toml"), "{e}");
 
     let p = write("type.toml", &base.replace("num_query_tokens = 8", "num_query_tokens = \"many\""));
-    let e = model_config_from_toml(&p).unwrap_err().to_string();
+    let e = model_config_file(&p).unwrap_err().to_string();
     assert!(e.contains("num_query_tokens"), "{e}");
 
     let p = write("bos.toml", &base.replace("bos_token_id = 30522", "bos_token_id = 40000"));
-    let e = model_config_from_toml(&p).unwrap_err().to_string();
+    let e = model_config_file(&p).unwrap_err().to_string();
     assert!(e.contains("model.bos_token_id"), "{e}");
 }
 
 #[test]
 fn json_metadata_round_trips() {
     let cfg = QFormerConfig::blip2();
-    assert_eq!(QFormerConfig::from_json(&cfg.to_json(), "x").unwrap(), cfg);
-    assert!(QFormerConfig::from_json("{\"hidden_size\": 1}", "w.safetensors").unwrap_err().to_string().contains("w.safetensors"));
+    assert_eq!(model_config_from_json(&cfg.to_json(), "x").unwrap(), cfg);
+    assert!(model_config_from_json("{\"hidden_size\": 1}", "w.safetensors").unwrap_err().to_string().contains("w.safetensors"));
 }
 
 #[test]
@@ -54,7 +56,7 @@ fn every_shipped_config_loads() {
     files.extend(std::fs::read_dir(root.join("configs/ablations")).unwrap().map(|e| e.unwrap().path()));
     let mut loaded = 0;
     for f in files.iter().filter(|f| f.extension().is_some_and(|e| e == "toml") && !f.ends_with("blip2.toml")) {
-        let cfg = qformer::config::TrainConfig::load(f, &[]).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        let cfg = qformer::train::config::TrainConfig::load(f, &[]).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
         if f.ends_with("tiny.toml") {
             assert_eq!(cfg.encoder, qformer::model::vit::VitConfig::preset("tiny").unwrap(), "bench's tiny encoder is the default run's");
         }
@@ -68,4 +70,83 @@ fn every_shipped_config_loads() {
         loaded += 1;
     }
     assert!(loaded >= 12, "{loaded}");
+}
+
+/// The stage-one losses of the parity fixture's batch under the weights in `weights` (their
+/// config read however the file carries it), as exact bits.
+fn fixture_losses(weights: &Path) -> Vec<u32> {
+    use qformer::interop::batch_file::read_batch;
+    use qformer::interop::weights::load_weights;
+    use qformer::objectives::{stage1_loss, NegativeMode, NegativeSampler, ObjectiveConfig};
+    type B = burn::backend::Autodiff<burn::backend::Flex>;
+    let device = Default::default();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/xattn_every_layer");
+    let (model, cfg) = load_weights::<B>(weights, None, &device).unwrap();
+    let file = read_batch::<B>(&fixture.join("batch.safetensors"), &cfg, &device).unwrap();
+    let (images, texts) = file.negatives.unwrap();
+    let objectives = ObjectiveConfig { negatives: NegativeMode::Explicit { images, texts }, ..Default::default() };
+    let out = stage1_loss(&model, &file.batch, &objectives, &mut NegativeSampler::new(0), false).unwrap();
+    [Some(out.loss), out.itc, out.itm, out.itg].into_iter().map(|t| t.unwrap().into_scalar().to_bits()).collect()
+}
+
+/// The fixture's weights written again with `config` metadata `config` (none when `None`).
+fn restamped(name: &str, config: Option<&str>) -> std::path::PathBuf {
+    use qformer::interop::safetensors_io::{write_atomic, OwnedTensor, SafetensorsFile};
+    let src =
+        SafetensorsFile::open(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/xattn_every_layer/weights.safetensors")).unwrap();
+    let tensors = src.names().unwrap().into_iter().map(|n| {
+        let (shape, values) = src.f32(&n).unwrap();
+        (n, OwnedTensor::f32(shape, &values))
+    });
+    let mut meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    if let Some(c) = config {
+        meta.insert("config".into(), c.to_string());
+    }
+    let path = common::workdir(&format!("hf-{name}")).join("model.safetensors");
+    write_atomic(&path, tensors.collect(), meta).unwrap();
+    path
+}
+
+fn hf_fixture(name: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf_config").join(name)).unwrap()
+}
+
+#[test]
+fn transformers_configs_give_the_same_losses_as_the_minimal_one() {
+    let minimal = fixture_losses(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/xattn_every_layer/weights.safetensors"));
+    // A full Blip2QFormerConfig dictionary (with qformer's extra shapes) as the metadata.
+    assert_eq!(fixture_losses(&restamped("qformer", Some(&hf_fixture("qformer_config.json")))), minimal);
+    // No metadata, and a whole Blip2Config as config.json beside the weights (an HF export).
+    let bare = restamped("blip2", None);
+    std::fs::write(bare.with_file_name("config.json"), hf_fixture("blip2_config.json")).unwrap();
+    assert_eq!(fixture_losses(&bare), minimal);
+    // The same file given as a model config (check-loss --config).
+    let cfg = model_config_file(&bare.with_file_name("config.json")).unwrap();
+    assert_eq!((cfg.hidden_size, cfg.num_query_tokens, cfg.image_text_hidden_size, cfg.bos_token_id), (32, 4, 16, 63));
+}
+
+#[test]
+fn transformers_fields_that_change_the_function_are_checked_by_name() {
+    let base: serde_json::Value = serde_json::from_str(&hf_fixture("qformer_config.json")).unwrap();
+    let with = |key: &str, value: serde_json::Value| {
+        let mut v = base.clone();
+        v[key] = value;
+        model_config_from_json(&v.to_string(), "model.safetensors").unwrap_err().to_string()
+    };
+    for (key, value) in [
+        ("hidden_act", serde_json::json!("relu")),
+        ("position_embedding_type", serde_json::json!("relative_key")),
+        ("pad_token_id", serde_json::json!(3)),
+        ("pruned_heads", serde_json::json!({"0": [1]})),
+        ("hidden_sise", serde_json::json!(3)),
+    ] {
+        let e = with(key, value);
+        assert!(e.contains(&format!("model.{key}")) && e.contains("model.safetensors"), "{key}: {e}");
+    }
+    let mut whole: serde_json::Value = serde_json::from_str(&hf_fixture("blip2_config.json")).unwrap();
+    whole["qformer_config"]["hidden_act"] = serde_json::json!("relu");
+    let e = model_config_from_json(&whole.to_string(), "config.json").unwrap_err().to_string();
+    assert!(e.contains("model.hidden_act"), "{e}");
+    whole["not_a_field"] = serde_json::json!(1);
+    assert!(model_config_from_json(&whole.to_string(), "config.json").unwrap_err().to_string().contains("config.not_a_field"));
 }

@@ -68,7 +68,10 @@ fn run(name: &str, gradient: ItcGradient, objectives: &[Objective]) -> Run {
         .only(objectives);
     let out = stage1_loss(&model, &file.batch, &objectives, &mut NegativeSampler::new(0), false).unwrap();
     let total = f64::from(out.loss.clone().into_scalar());
-    let grads_path = std::env::temp_dir().join(format!("qformer-parity-{name}-{gradient:?}-{}.safetensors", objectives.itc.enabled as u8 + 2 * objectives.itm.enabled as u8 + 4 * objectives.itg.enabled as u8));
+    let grads_path = std::env::temp_dir().join(format!(
+        "qformer-parity-{name}-{gradient:?}-{}.safetensors",
+        objectives.itc.enabled as u8 + 2 * objectives.itm.enabled as u8 + 4 * objectives.itg.enabled as u8
+    ));
     let grads = out.loss.backward();
     save_gradients(&model, &cfg, &grads, &grads_path).unwrap();
     let opt = |t: &Option<Tensor<B, 1>>| if t.is_some() { scalar(t) } else { f64::NAN };
@@ -85,7 +88,15 @@ fn compare_grads(name: &str, got: &Path, want: &Path) {
     let want = SafetensorsFile::open(want).unwrap();
     let mut names = want.names().unwrap();
     names.sort();
-    assert_eq!({ let mut g = got.names().unwrap(); g.sort(); g }, names, "{name}: gradient names");
+    assert_eq!(
+        {
+            let mut g = got.names().unwrap();
+            g.sort();
+            g
+        },
+        names,
+        "{name}: gradient names"
+    );
     for n in &names {
         let (gs, g) = got.f32(n).unwrap();
         let (ws, w) = want.f32(n).unwrap();
@@ -166,7 +177,12 @@ fn check_loss_cli_prints_reference_losses() {
         for key in ["loss", "loss_itc", "loss_itm", "loss_itg"] {
             assert_rel(&format!("{name} cli {key}"), got[key].as_f64().unwrap(), exp[key].as_f64().unwrap(), 1e-5);
         }
-        let sim: Vec<f32> = got["sim_i2t"].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32)).collect();
+        let sim: Vec<f32> = got["sim_i2t"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32))
+            .collect();
         assert_matrix(&format!("{name} cli sim_i2t"), &sim, &exp["sim_i2t"], 1e-5);
     }
 }

@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{run_config, tensors};
+use common::{tensors, RunConfig};
 use qformer::train::checkpoint;
 use qformer::train::metrics::MetricsLog;
 
@@ -22,16 +22,13 @@ fn qformer(args: &[&str], cfg: &Path, extra_sets: &[String]) -> Command {
 }
 
 fn workdir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("qformer-reliability-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::workdir(&format!("reliability-{name}"))
 }
 
 #[test]
 fn non_finite_steps_are_skipped_counted_and_stop_the_run() {
     let dir = workdir("nan");
-    let cfg = run_config(&dir, 2, "max_bad_steps = 3");
+    let cfg = RunConfig::miniature(2).train_line("max_bad_steps = 3").write(&dir, "run");
     let cache = [
         "data.features=\"cache\"".to_string(),
         format!("data.cache.dir=\"{}/cache\"", dir.display()),
@@ -55,7 +52,10 @@ fn non_finite_steps_are_skipped_counted_and_stop_the_run() {
     let out = qformer(&["train", "--resume", "latest"], &cfg, &resumed).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("3 consecutive non-finite steps") && stderr.contains("train.max_bad_steps") && stderr.contains("intact"), "{stderr}");
+    assert!(
+        stderr.contains("3 consecutive non-finite steps") && stderr.contains("train.max_bad_steps") && stderr.contains("intact"),
+        "{stderr}"
+    );
 
     // The skipped steps are logged; the checkpoint written meanwhile (step 4) holds the weights
     // of step 2, untouched by NaN, and verifies.
@@ -73,7 +73,7 @@ fn non_finite_steps_are_skipped_counted_and_stop_the_run() {
 #[test]
 fn a_failed_checkpoint_write_stops_the_run_and_keeps_the_previous_checkpoint() {
     let dir = workdir("full");
-    let cfg = run_config(&dir, 2, "");
+    let cfg = RunConfig::miniature(2).write(&dir, "run");
     let out = qformer(&["train"], &cfg, &[]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let run = dir.join("checkpoints/run");
@@ -99,7 +99,7 @@ fn a_failed_checkpoint_write_stops_the_run_and_keeps_the_previous_checkpoint() {
     // `latest` still names the step-2 checkpoint, which verifies and loads; no partial folder.
     let after = checkpoint::resolve(&run).unwrap();
     assert_eq!(after, before);
-    let cfg_loaded = qformer::config::TrainConfig::load(&after.join("config.toml"), &[]).unwrap();
+    let cfg_loaded = qformer::train::config::TrainConfig::load(&after.join("config.toml"), &[]).unwrap();
     checkpoint::verify(&after, &cfg_loaded).unwrap();
     assert!(!std::fs::read_dir(&run).unwrap().flatten().any(|e| e.file_name().to_string_lossy().contains(".tmp-")));
     let _ = std::fs::remove_dir_all(&dir);

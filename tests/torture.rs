@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{tensors, wide_run_config, workdir};
+use common::{tensors, workdir, RunConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -35,7 +35,7 @@ fn killed_and_resumed_run_equals_an_uninterrupted_one() {
     let kills_wanted: usize = std::env::var("QFORMER_TORTURE_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
     let dir = workdir("torture");
     let steps = 3 * kills_wanted as u64;
-    let cfg = wide_run_config(&dir, steps);
+    let cfg = RunConfig::wide(steps).write(&dir, "run");
 
     let started = Instant::now();
     let status = train(&cfg, "reference", false, &dir.join("reference.log")).wait().unwrap();
@@ -78,7 +78,9 @@ fn killed_and_resumed_run_equals_an_uninterrupted_one() {
             }
         }
     }
-    eprintln!("{kills} kills over {starts} starts; {cleaned} restarts found a partial checkpoint write; uninterrupted run {uninterrupted:.1?}");
+    eprintln!(
+        "{kills} kills over {starts} starts; {cleaned} restarts found a partial checkpoint write; uninterrupted run {uninterrupted:.1?}"
+    );
     assert!(kills >= kills_wanted, "the run finished after only {kills} kills");
 
     let reference = dir.join("checkpoints/reference");

@@ -5,56 +5,20 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use qformer::backend::{dispatch, BackendKind};
-use qformer::config::TrainConfig;
+use qformer::app::ablate::ablate;
 use qformer::interop::safetensors_io::SafetensorsFile;
-use qformer::train::ablate::ablate;
+use qformer::kernels::backend::{dispatch, BackendKind};
 use qformer::train::checkpoint::{self, MODEL_FILE, OPTIMIZER_FILE};
+use qformer::train::config::TrainConfig;
 use qformer::train::trainer::{TrainJob, TrainOutcome};
 
 fn workdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("qformer-train-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::workdir(&format!("train-{name}"))
 }
 
-/// A miniature config over a generated shapes set in `dir`.
+/// A miniature config over a generated shapes set in `dir`; `extra` lands in `[train]`.
 fn config(dir: &Path, extra: &str) -> PathBuf {
-    let vocab = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/bert-base-uncased-vocab.txt");
-    let text = format!(
-        r#"
-{model}
-[data]
-train = "{d}/shapes/train.json"
-eval = "{d}/shapes/eval.json"
-synth = {{ train = 40, eval = 12, seed = 1 }}
-
-[text]
-tokenizer = "{vocab}"
-max_len = 16
-
-[train]
-batch_size = 6
-steps = 4
-seed = 7
-{extra}
-
-[checkpoint]
-dir = "{d}/checkpoints"
-every = 2
-keep = 5
-
-[eval]
-every = 2
-"#,
-        d = dir.display(),
-        vocab = vocab.display(),
-        model = common::mini_model(30523)
-    );
-    let path = dir.join("mini.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    common::RunConfig { train_extra: extra.into(), ..common::RunConfig::miniature_bert() }.write(dir, "mini")
 }
 
 /// Training draws dropout from the backend's process-wide RNG, so runs in one process must not
@@ -67,7 +31,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 
 fn train(cfg_path: &Path, overrides: &[String], resume: Option<PathBuf>) -> qformer::Result<TrainOutcome> {
     let cfg = TrainConfig::load(cfg_path, overrides)?;
-    dispatch(BackendKind::Flex, TrainJob { cfg, run_name: "mini".into(), resume })
+    dispatch(BackendKind::Flex, TrainJob::new(cfg, "mini", resume))
 }
 
 #[test]
@@ -176,10 +140,9 @@ fn ablation_writes_its_table() {
     let dir = workdir("ablate");
     let cfg = config(&dir, "");
     let variants: Vec<String> = ["all", "no-itc", "no-itm", "no-itg"].map(String::from).to_vec();
-    let (out, md) = ablate(&cfg, &["train.steps=2".into()], &variants, &[0], |cfg, name| {
-        dispatch(BackendKind::Flex, TrainJob { cfg, run_name: name, resume: None })
-    })
-    .unwrap();
+    let (out, md) =
+        ablate(&cfg, &["train.steps=2".into()], &variants, &[0], |cfg, name| dispatch(BackendKind::Flex, TrainJob::new(cfg, name, None)))
+            .unwrap();
     let csv = std::fs::read_to_string(out.join("ablation.csv")).unwrap();
     assert_eq!(csv.lines().count(), 5, "{csv}");
     assert!(md.contains("| no-itc | 0 | 2 |"), "{md}");
@@ -215,7 +178,7 @@ fn losses(run: &Path) -> Vec<f64> {
 
 fn cache_features(cfg_path: &Path, overrides: &[String]) -> qformer::Result<Vec<qformer::data::feature_cache::BuildSummary>> {
     let cfg = TrainConfig::load(cfg_path, overrides)?;
-    dispatch(BackendKind::Flex, qformer::cache_features::CacheFeatures { cfg, batch: 7 })
+    dispatch(BackendKind::Flex, qformer::app::cache_features::CacheFeatures { cfg, batch: 7 })
 }
 
 #[test]
@@ -224,7 +187,11 @@ fn training_from_the_feature_cache_equals_training_from_images() {
     let dir = workdir("cache");
     let cfg = config(&dir, "");
     let cache = |dtype: &str, views: usize| {
-        vec![format!("data.cache.dir=\"{}/cache-{dtype}-{views}\"", dir.display()), format!("data.cache.dtype=\"{dtype}\""), format!("data.cache.views={views}")]
+        vec![
+            format!("data.cache.dir=\"{}/cache-{dtype}-{views}\"", dir.display()),
+            format!("data.cache.dtype=\"{dtype}\""),
+            format!("data.cache.views={views}"),
+        ]
     };
     let eval_transform = vec!["data.augment.enabled=false".to_string()];
     let with = |a: &[String], b: &[String]| [a, b].concat();
@@ -233,7 +200,10 @@ fn training_from_the_feature_cache_equals_training_from_images() {
     assert_eq!((built[1].split.as_str(), built[1].images), ("eval", 12));
 
     let images = train(&cfg, &with(&eval_transform, &["checkpoint.dir=\"{}/a\"".replace("{}", &dir.display().to_string())]), None).unwrap();
-    let cached_overrides = with(&with(&eval_transform, &cache("f32", 0)), &["data.features=\"cache\"".to_string(), format!("checkpoint.dir=\"{}/b\"", dir.display())]);
+    let cached_overrides = with(
+        &with(&eval_transform, &cache("f32", 0)),
+        &["data.features=\"cache\"".to_string(), format!("checkpoint.dir=\"{}/b\"", dir.display())],
+    );
     let cached = train(&cfg, &cached_overrides, None).unwrap();
     let (a, b) = (losses(&images.run_dir), losses(&cached.run_dir));
     assert_eq!(a.len(), 4);
@@ -244,13 +214,22 @@ fn training_from_the_feature_cache_equals_training_from_images() {
 
     // Half precision and augmented views train too; the f16 losses stay close to f32.
     cache_features(&cfg, &cache("f16", 0).into_iter().chain(eval_transform.clone()).collect::<Vec<_>>()).unwrap();
-    let half = train(&cfg, &with(&with(&eval_transform, &cache("f16", 0)), &["data.features=\"cache\"".to_string(), format!("checkpoint.dir=\"{}/c\"", dir.display())]), None).unwrap();
+    let half = train(
+        &cfg,
+        &with(
+            &with(&eval_transform, &cache("f16", 0)),
+            &["data.features=\"cache\"".to_string(), format!("checkpoint.dir=\"{}/c\"", dir.display())],
+        ),
+        None,
+    )
+    .unwrap();
     for (x, y) in a.iter().zip(&losses(&half.run_dir)) {
         assert!((x - y).abs() <= 1e-2 * x.abs(), "f16 cache: {x} vs {y}");
     }
     let views = cache_features(&cfg, &cache("f16", 3)).unwrap();
     assert_eq!(views[0].rows, 120);
-    train(&cfg, &with(&cache("f16", 3), &["data.features=\"cache\"".to_string(), format!("checkpoint.dir=\"{}/d\"", dir.display())]), None).unwrap();
+    train(&cfg, &with(&cache("f16", 3), &["data.features=\"cache\"".to_string(), format!("checkpoint.dir=\"{}/d\"", dir.display())]), None)
+        .unwrap();
 
     // A cache built for another encoder, or cut short, is refused with the reason.
     let other = with(&cached_overrides, &["encoder.seed=4".to_string()]);
@@ -272,7 +251,8 @@ fn evaluation_during_training_keeps_the_best_checkpoint_and_reports() {
     let cfg = config(&dir, "");
     let overrides = ["eval.every=1", "eval.rerank_every=2", "eval.k_test=4", "eval.best_metric=\"itm.mean\""].map(String::from);
     let run = train(&cfg, &overrides, None).unwrap();
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(run.run_dir.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(run.run_dir.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let evaluated: Vec<u64> = lines.iter().filter(|l| l.get("evaluation").is_some()).map(|l| l["step"].as_u64().unwrap()).collect();
     assert_eq!(evaluated, vec![2, 4]);
     assert!(lines.iter().all(|l| l.get("retrieval").is_some()), "ITC retrieval every step");
@@ -281,25 +261,44 @@ fn evaluation_during_training_keeps_the_best_checkpoint_and_reports() {
         let f = |k: &str| r[k].as_f64().unwrap();
         (f("i2t_r1") + f("i2t_r5") + f("i2t_r10") + f("t2i_r1") + f("t2i_r5") + f("t2i_r10")) / 6.0
     };
-    let (best_step, best_value) = lines.iter().filter(|l| l.get("evaluation").is_some()).map(|l| (l["step"].as_u64().unwrap(), mean(l))).fold((0, f64::NEG_INFINITY), |a, b| if b.1 > a.1 { b } else { a });
+    let (best_step, best_value) = lines
+        .iter()
+        .filter(|l| l.get("evaluation").is_some())
+        .map(|l| (l["step"].as_u64().unwrap(), mean(l)))
+        .fold((0, f64::NEG_INFINITY), |a, b| if b.1 > a.1 { b } else { a });
     let best_dir = run.run_dir.join(checkpoint::BEST);
     let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(best_dir.join("state.json")).unwrap()).unwrap();
     assert_eq!(state["step"].as_u64(), Some(best_step));
     assert!((state["best"][1].as_f64().unwrap() - best_value).abs() < 1e-9);
 
     // `qformer eval` on the final checkpoint repeats the last in-training evaluation.
-    let job = qformer::eval::jobs::EvalJob { checkpoint: run.run_dir.clone(), data: None, k_test: 4, max_images: 0 };
+    let job = qformer::app::eval::EvalJob { checkpoint: run.run_dir.clone(), data: None, k_test: 4, max_images: 0 };
     let report = dispatch(BackendKind::Flex, job).unwrap();
     let last: qformer::eval::evaluate::EvalReport = serde_json::from_value(lines[3]["evaluation"].clone()).unwrap();
     assert_eq!((report.itc, report.itm, report.itg_perplexity), (last.itc, last.itm, last.itg_perplexity));
     assert!(report.itg_perplexity.is_finite() && report.itg_perplexity > 1.0);
     assert!(report.timing.itm_pairs >= report.images * 4);
     // The best checkpoint is a checkpoint like any other.
-    dispatch(BackendKind::Flex, qformer::eval::jobs::EvalJob { checkpoint: best_dir, data: None, k_test: 4, max_images: 3 }).unwrap();
+    dispatch(BackendKind::Flex, qformer::app::eval::EvalJob { checkpoint: best_dir, data: None, k_test: 4, max_images: 3 }).unwrap();
+
+    // `qformer caption` captions every readable image and names the one it cannot read.
+    let good = dir.join("shapes/images/000000.png");
+    let bad = dir.join("broken.png");
+    std::fs::write(&bad, b"not an image").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qformer"))
+        .args(["caption", "--beams", "1", "--max-len", "5", "--min-len", "1", "--checkpoint"])
+        .arg(&run.run_dir)
+        .args([&good, &bad, &good])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "a failed image makes the exit status non-zero");
+    assert_eq!(stdout.lines().filter(|l| l.starts_with(&good.display().to_string())).count(), 2, "{stdout}");
+    assert!(stderr.contains("broken.png") && stderr.contains("1 of 3 images"), "{stderr}");
 
     // The report draws every curve of this run and of a second one, overlaid.
     let other = train(&cfg, &[format!("checkpoint.dir=\"{}/other\"", dir.display()), "objectives.itm.enabled=false".into()], None).unwrap();
-    let (png, md) = qformer::report::write(&[run.run_dir.clone(), other.run_dir.clone()], &dir.join("report")).unwrap();
+    let (png, md) = qformer::app::report::write(&[run.run_dir.clone(), other.run_dir.clone()], &dir.join("report")).unwrap();
     let img = image::open(&png).unwrap();
     assert!(img.width() >= 1600 && img.height() == 760, "{}x{}", img.width(), img.height());
     let md = std::fs::read_to_string(md).unwrap();

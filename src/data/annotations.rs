@@ -9,14 +9,18 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::error::{Error, Result};
+use crate::util::error::{Error, Result};
 
 /// Where a record's image bytes live.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ImageSource {
     File(PathBuf),
     /// A member of a tar shard, read on demand.
-    TarMember { shard: Arc<PathBuf>, offset: u64, len: u64 },
+    TarMember {
+        shard: Arc<PathBuf>,
+        offset: u64,
+        len: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -80,7 +84,8 @@ pub fn load(path: &Path, image_root: Option<&Path>) -> Result<Annotations> {
             let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
             match ext.as_str() {
                 "json" => {
-                    let text = std::str::from_utf8(&bytes).map_err(|e| Error::file(path, format!("not valid UTF-8 (byte {})", e.valid_up_to())))?;
+                    let text = std::str::from_utf8(&bytes)
+                        .map_err(|e| Error::file(path, format!("not valid UTF-8 (byte {})", e.valid_up_to())))?;
                     parse_json(text, path, &root)
                 }
                 "jsonl" => Ok(parse_jsonl(&bytes, path, &root)),
@@ -95,7 +100,10 @@ pub fn load(path: &Path, image_root: Option<&Path>) -> Result<Annotations> {
 fn captions_of(v: &Value) -> std::result::Result<Vec<String>, String> {
     let captions: Vec<String> = match v {
         Value::String(s) => vec![s.clone()],
-        Value::Array(a) => a.iter().map(|c| c.as_str().map(str::to_string).ok_or("caption list holds a non-string")).collect::<std::result::Result<_, _>>()?,
+        Value::Array(a) => a
+            .iter()
+            .map(|c| c.as_str().map(str::to_string).ok_or("caption list holds a non-string"))
+            .collect::<std::result::Result<_, _>>()?,
         Value::Null => return Err("missing `caption`".into()),
         _ => return Err("`caption` must be a string or a list of strings".into()),
     };
@@ -182,7 +190,8 @@ fn parse_jsonl(bytes: &[u8], path: &Path, root: &Path) -> Annotations {
     let name = path.display();
     collect(bytes.split(|&b| b == b'\n').enumerate().filter(|(_, l)| !l.trim_ascii().is_empty()).map(|(i, line)| {
         let origin = format!("{name}:{}", i + 1);
-        let line = std::str::from_utf8(line).map_err(|e| Skip { origin: origin.clone(), reason: format!("not valid UTF-8 (byte {} of the line)", e.valid_up_to()) })?;
+        let line = std::str::from_utf8(line)
+            .map_err(|e| Skip { origin: origin.clone(), reason: format!("not valid UTF-8 (byte {} of the line)", e.valid_up_to()) })?;
         match serde_json::from_str::<Value>(line) {
             Ok(v) => record_from_object(&v, root, origin),
             Err(e) => Err(Skip { origin, reason: format!("invalid JSON: {e}") }),
@@ -218,7 +227,7 @@ fn parse_delimited(bytes: &[u8], delimiter: u8, path: &Path, root: &Path) -> Res
     })))
 }
 
-const IMAGE_EXTS: [&str; 4] = ["jpg", "jpeg", "png", "webp"];
+const IMAGE_EXTS: [&str; 8] = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"];
 
 /// A webdataset shard: members grouped by key (the name up to the first dot of the basename); an
 /// image member (`jpg`, `png`, `webp`) plus `txt` or `json` (a `caption` field, string or list).
@@ -240,7 +249,10 @@ fn read_tar(path: &Path) -> Result<Annotations> {
         let mut entry = match entry {
             Ok(e) => e,
             Err(e) => {
-                skipped.push(Skip { origin: name.clone(), reason: format!("tar shard cut short or corrupt after {} samples: {e}", samples.len()) });
+                skipped.push(Skip {
+                    origin: name.clone(),
+                    reason: format!("tar shard cut short or corrupt after {} samples: {e}", samples.len()),
+                });
                 break;
             }
         };

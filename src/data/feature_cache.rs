@@ -19,10 +19,12 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::annotations::{ImageSource, Record};
+use super::dataset::Dataset;
 use super::images::{decode, eval_transform, train_transform, AugmentConfig};
-use super::loader::{mix, Dataset};
-use crate::error::{Error, Result};
 use crate::model::vit::VitConfig;
+use crate::util::error::{Error, Result};
+use crate::util::fs::{write_atomic, write_atomic_with};
+use crate::util::seed::mix;
 
 /// Where a run's image features come from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,56 +154,64 @@ pub fn build(
     let mut seen = HashMap::new();
     let images: Vec<&Record> = data.records.iter().filter(|r| seen.insert(image_key(&r.image), ()).is_none()).collect();
     let (bin, json) = files(&cache.dir, split);
-    let part = bin.with_extension("bin.part");
-    let file = std::fs::File::create(&part).map_err(|e| Error::io(&part, e))?;
-    let mut out = std::io::BufWriter::new(file);
     let (mut rows, mut failed) = (HashMap::new(), HashMap::new());
     let mut next_row = 0;
-    for (chunk_no, chunk) in images.chunks(batch.max(1)).enumerate() {
-        let first = chunk_no * batch.max(1);
-        let prepared: Vec<_> = chunk
-            .par_iter()
-            .enumerate()
-            .map(|(i, r)| {
-                let img = r.image.read().map_err(|e| format!("cannot read image: {e}")).and_then(|b| decode(&b, max_pixels))?;
-                Ok((0..views)
-                    .flat_map(|v| match &prov.augment {
-                        Some(aug) => train_transform(&img, size, aug, &mut ChaCha8Rng::seed_from_u64(mix(cache.seed, ((first + i) * views + v) as u64))),
-                        None => eval_transform(&img, size),
-                    })
-                    .collect::<Vec<f32>>())
-            })
-            .collect::<Vec<std::result::Result<Vec<f32>, String>>>();
-        let mut pixels = Vec::new();
-        let mut n = 0;
-        for (r, p) in chunk.iter().zip(prepared) {
-            match p {
-                Ok(px) => {
-                    pixels.extend(px);
-                    rows.insert(image_key(&r.image), next_row + n * views);
-                    n += 1;
-                }
-                Err(reason) => {
-                    failed.insert(image_key(&r.image), format!("{}: {reason}", r.origin));
+    // The rows stream into the temporary file, which replaces the split's file when complete.
+    write_atomic_with(&bin, |file| {
+        let mut out = std::io::BufWriter::new(file);
+        for (chunk_no, chunk) in images.chunks(batch.max(1)).enumerate() {
+            let first = chunk_no * batch.max(1);
+            let prepared: Vec<_> = chunk
+                .par_iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let img = r.image.read().map_err(|e| format!("cannot read image: {e}")).and_then(|b| decode(&b, max_pixels))?;
+                    Ok((0..views)
+                        .flat_map(|v| match &prov.augment {
+                            Some(aug) => train_transform(
+                                &img,
+                                size,
+                                aug,
+                                &mut ChaCha8Rng::seed_from_u64(mix(cache.seed, ((first + i) * views + v) as u64)),
+                            ),
+                            None => eval_transform(&img, size),
+                        })
+                        .collect::<Vec<f32>>())
+                })
+                .collect::<Vec<std::result::Result<Vec<f32>, String>>>();
+            let mut pixels = Vec::new();
+            let mut n = 0;
+            for (r, p) in chunk.iter().zip(prepared) {
+                match p {
+                    Ok(px) => {
+                        pixels.extend(px);
+                        rows.insert(image_key(&r.image), next_row + n * views);
+                        n += 1;
+                    }
+                    Err(reason) => {
+                        failed.insert(image_key(&r.image), format!("{}: {reason}", r.origin));
+                    }
                 }
             }
+            if n > 0 {
+                let feats = encode(pixels, n * views);
+                debug_assert_eq!(feats.len(), n * views * tokens * width);
+                out.write_all(&encode_values(&feats, cache.dtype))?;
+                next_row += n * views;
+            }
+            progress(first + chunk.len(), images.len());
         }
-        if n > 0 {
-            let feats = encode(pixels, n * views);
-            debug_assert_eq!(feats.len(), n * views * tokens * width);
-            out.write_all(&encode_values(&feats, cache.dtype)).map_err(|e| Error::io(&part, e))?;
-            next_row += n * views;
-        }
-        progress(first + chunk.len(), images.len());
-    }
-    let file = out.into_inner().map_err(|e| Error::io(&part, e.into_error()))?;
-    file.sync_all().map_err(|e| Error::io(&part, e))?;
-    std::fs::rename(&part, &bin).map_err(|e| Error::io(&bin, e))?;
-    let summary = BuildSummary { split: split.into(), images: rows.len(), rows: next_row, failed: failed.len(), bytes: (next_row * tokens * width * cache.dtype.bytes()) as u64 };
+        out.flush()
+    })?;
+    let summary = BuildSummary {
+        split: split.into(),
+        images: rows.len(),
+        rows: next_row,
+        failed: failed.len(),
+        bytes: (next_row * tokens * width * cache.dtype.bytes()) as u64,
+    };
     let index = Index { version: VERSION, provenance: prov, tokens, width, views_stored: views, rows, failed };
-    let tmp = json.with_extension("json.part");
-    std::fs::write(&tmp, serde_json::to_vec(&index).expect("index serialises")).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, &json).map_err(|e| Error::io(&json, e))?;
+    write_atomic(&json, &serde_json::to_vec(&index).expect("index serialises"))?;
     Ok(summary)
 }
 
@@ -284,7 +294,12 @@ impl FeatureCache {
     pub fn features(&self, source: &ImageSource, view: usize) -> std::result::Result<Vec<f32>, String> {
         let key = image_key(source);
         let Some(&first) = self.index.rows.get(&key) else {
-            return Err(self.index.failed.get(&key).cloned().unwrap_or_else(|| format!("not in the feature cache {}", self.path.display())));
+            return Err(self
+                .index
+                .failed
+                .get(&key)
+                .cloned()
+                .unwrap_or_else(|| format!("not in the feature cache {}", self.path.display())));
         };
         let n = self.index.tokens * self.index.width;
         let b = self.index.provenance.dtype.bytes();

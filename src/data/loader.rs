@@ -3,8 +3,6 @@
 //! at a position sees exactly the batches it would have seen. Images are decoded and transformed
 //! in parallel (rayon) on a background thread that stays `prefetch` batches ahead of the step.
 
-use std::collections::HashMap;
-use std::path::Path;
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -14,49 +12,14 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use super::annotations::{self, Record, Skip};
+use super::annotations::{Record, Skip};
+pub use super::dataset::Dataset;
 use super::feature_cache::FeatureCache;
 use super::images::{decode, eval_transform, train_transform, AugmentConfig};
+use super::text::TextBatch;
 use super::text::TextEncoder;
-use crate::error::{Error, Result};
-use crate::objectives::TextBatch;
-
-/// SplitMix64 finaliser: decorrelates seeds built from (seed, counter) pairs.
-pub fn mix(a: u64, b: u64) -> u64 {
-    let mut z = a ^ b.wrapping_add(0x9e37_79b9_7f4a_7c15).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-pub struct Dataset {
-    pub records: Vec<Record>,
-    /// Interned image ids: records of one image share an id; a record without one gets its own.
-    pub image_ids: Vec<i64>,
-    /// Records refused while reading the annotations.
-    pub skipped: Vec<Skip>,
-}
-
-impl Dataset {
-    pub fn load(path: &Path, image_root: Option<&Path>) -> Result<Self> {
-        let a = annotations::load(path, image_root)?;
-        if a.records.is_empty() {
-            return Err(Error::file(path, format!("no usable records ({} skipped)", a.skipped.len())));
-        }
-        let mut ids: HashMap<String, i64> = HashMap::new();
-        let image_ids = a
-            .records
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                let key = r.image_id.clone().unwrap_or_else(|| format!("\u{0}record{i}"));
-                let next = ids.len() as i64;
-                *ids.entry(key).or_insert(next)
-            })
-            .collect();
-        Ok(Self { records: a.records, image_ids, skipped: a.skipped })
-    }
-}
+use crate::util::error::{Error, Result};
+use crate::util::seed::mix;
 
 /// How samples become encoder inputs: pixels, or cached features.
 #[derive(Clone, Debug)]
@@ -146,21 +109,30 @@ fn build_batch(
     let limit = start + (data.records.len() as u64).max(batch_size as u64) * 2;
     while captions.len() < batch_size {
         if position >= limit {
-            return Err(Error::input("data", format!("no usable sample in {} records; last skip: {}", limit - start, skipped.last().map_or(String::new(), |s: &Skip| s.to_string()))));
+            return Err(Error::input(
+                "data",
+                format!(
+                    "no usable sample in {} records; last skip: {}",
+                    limit - start,
+                    skipped.last().map_or(String::new(), |s: &Skip| s.to_string())
+                ),
+            ));
         }
         let want = batch_size - captions.len();
         let window: Vec<(u64, usize)> = (position..position + want as u64).map(|p| (p, order.index(p))).collect();
         position += want as u64;
         let results: Vec<_> = window
             .par_iter()
-            .map(|&(p, i)| prepare_sample(&data.records[i], transform, seed, p).and_then(|(px, cap)| {
-                // A caption that cleans to nothing is as unusable as a missing one.
-                if super::text::clean_caption(&cap, text.max_words).is_empty() {
-                    Err(Skip { origin: data.records[i].origin.clone(), reason: "empty caption after cleaning".into() })
-                } else {
-                    Ok((px, cap, i))
-                }
-            }))
+            .map(|&(p, i)| {
+                prepare_sample(&data.records[i], transform, seed, p).and_then(|(px, cap)| {
+                    // A caption that cleans to nothing is as unusable as a missing one.
+                    if super::text::clean_caption(&cap, text.max_words).is_empty() {
+                        Err(Skip { origin: data.records[i].origin.clone(), reason: "empty caption after cleaning".into() })
+                    } else {
+                        Ok((px, cap, i))
+                    }
+                })
+            })
             .collect();
         for r in results {
             match r {
@@ -174,14 +146,7 @@ fn build_batch(
         }
     }
     let (ids, mask) = text.encode(&captions)?;
-    Ok(HostBatch {
-        inputs,
-        text: TextBatch::new(ids, mask, text.vocab_size)?,
-        image_ids,
-        skipped,
-        seen: position - start,
-        end: position,
-    })
+    Ok(HostBatch { inputs, text: TextBatch::new(ids, mask, text.vocab_size)?, image_ids, skipped, seen: position - start, end: position })
 }
 
 /// Produces consecutive batches from a start position on a background thread.
@@ -191,7 +156,15 @@ pub struct Prefetcher {
 }
 
 impl Prefetcher {
-    pub fn start(data: Arc<Dataset>, text: Arc<TextEncoder>, transform: Transform, seed: u64, start: u64, batch_size: usize, prefetch: usize) -> Self {
+    pub fn start(
+        data: Arc<Dataset>,
+        text: Arc<TextEncoder>,
+        transform: Transform,
+        seed: u64,
+        start: u64,
+        batch_size: usize,
+        prefetch: usize,
+    ) -> Self {
         let (tx, rx) = sync_channel(prefetch);
         let handle = std::thread::spawn(move || {
             let mut order = Order::new(seed, data.records.len());
@@ -210,7 +183,7 @@ impl Prefetcher {
         Self { rx, handle: Some(handle) }
     }
 
-    pub fn next(&mut self) -> Result<HostBatch> {
+    pub fn next_batch(&mut self) -> Result<HostBatch> {
         self.rx.recv().map_err(|_| Error::input("data", "the data thread stopped"))?
     }
 }

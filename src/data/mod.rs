@@ -2,8 +2,10 @@
 //! synthetic set, and the batch loader.
 
 pub mod annotations;
+pub mod dataset;
 pub mod feature_cache;
 pub mod images;
 pub mod loader;
+pub mod skip_limit;
 pub mod synth;
 pub mod text;

@@ -11,7 +11,41 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 
-use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::util::error::{Error, Result};
+use crate::util::fs::write_atomic;
+use crate::util::report::Reporter;
+
+/// `[data.synth]`: generate the shapes set when the annotations are missing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SynthConfig {
+    pub train: usize,
+    pub eval: usize,
+    pub seed: u64,
+}
+
+/// Generates the synthetic set beside `train` when that annotation file does not exist yet.
+pub fn ensure(train: &Path, synth: Option<&SynthConfig>, image_size: u32, reporter: &dyn Reporter) -> Result<()> {
+    if train.exists() {
+        return Ok(());
+    }
+    let Some(s) = synth else {
+        return Err(Error::file(train, "annotation file not found (set [data.synth] to generate the shapes set)"));
+    };
+    let out = train.parent().unwrap_or(Path::new("."));
+    reporter.note(&format!("generating {} + {} synthetic scenes in {}", s.train, s.eval, out.display()));
+    generate(out, s.train, s.eval, image_size, s.seed)?;
+    if !train.exists() {
+        return Err(Error::config(
+            "data.train",
+            "the synthetic set is written as train.json / eval.json: point data.train there",
+            "config",
+        ));
+    }
+    Ok(())
+}
 
 const SHAPES: [&str; 3] = ["circle", "square", "triangle"];
 const COLORS: [(&str, [u8; 3]); 6] = [
@@ -24,12 +58,8 @@ const COLORS: [(&str, [u8; 3]); 6] = [
 ];
 const SIZES: [&str; 2] = ["small", "large"];
 /// (relation, converse, dx, dy) of the first object relative to the second.
-const RELATIONS: [(&str, &str, i32, i32); 4] = [
-    ("left of", "right of", -1, 0),
-    ("right of", "left of", 1, 0),
-    ("above", "below", 0, -1),
-    ("below", "above", 0, 1),
-];
+const RELATIONS: [(&str, &str, i32, i32); 4] =
+    [("left of", "right of", -1, 0), ("right of", "left of", 1, 0), ("above", "below", 0, -1), ("below", "above", 0, 1)];
 
 #[derive(Clone, Copy)]
 struct Object {
@@ -107,7 +137,7 @@ pub fn generate(out: &Path, n_train: usize, n_eval: usize, size: u32, seed: u64)
         }
         let path = out.join(format!("{name}.json"));
         let text = serde_json::to_string_pretty(&entries).expect("json");
-        crate::train::checkpoint::write_atomic_text(&path, &text)?;
+        write_atomic(&path, text.as_bytes())?;
         Ok(path)
     };
     // Scenes are drawn train first, as always; the files are written eval first.

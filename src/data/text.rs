@@ -3,25 +3,30 @@
 
 use std::path::Path;
 
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor};
+
 use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
 use tokenizers::models::wordpiece::WordPiece;
 use tokenizers::normalizers::bert::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::processors::bert::BertProcessing;
-use tokenizers::{AddedToken, PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+use tokenizers::{
+    AddedToken, PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
+};
 
-use crate::error::{Error, Result};
+use crate::util::error::{Error, Result};
+use crate::util::host::int_tensor;
 
 pub const DEC_TOKEN: &str = "[DEC]";
+
+/// Token ids and attention mask, `[captions][max_len]` each.
+pub type IdsAndMask = (Vec<Vec<i64>>, Vec<Vec<i64>>);
 
 /// LAVIS `blip_caption`: lowercase, `.!"()*#:;~` become spaces, runs of whitespace collapse, ends
 /// are trimmed, and at most `max_words` words are kept.
 pub fn clean_caption(caption: &str, max_words: usize) -> String {
-    let lowered: String = caption
-        .to_lowercase()
-        .chars()
-        .map(|c| if ".!\"()*#:;~".contains(c) { ' ' } else { c })
-        .collect();
+    let lowered: String = caption.to_lowercase().chars().map(|c| if ".!\"()*#:;~".contains(c) { ' ' } else { c }).collect();
     lowered.split_whitespace().take(max_words).collect::<Vec<_>>().join(" ")
 }
 
@@ -75,12 +80,10 @@ impl TextEncoder {
     }
 
     /// Cleans and encodes captions into `(ids, mask)` rows of `max_len`.
-    pub fn encode(&self, captions: &[String]) -> Result<(Vec<Vec<i64>>, Vec<Vec<i64>>)> {
+    pub fn encode(&self, captions: &[String]) -> Result<IdsAndMask> {
         let cleaned: Vec<String> = captions.iter().map(|c| clean_caption(c, self.max_words)).collect();
-        let encodings = self
-            .tokenizer
-            .encode_batch(cleaned, true)
-            .map_err(|e| Error::input("caption", format!("tokenizer failed: {e}")))?;
+        let encodings =
+            self.tokenizer.encode_batch(cleaned, true).map_err(|e| Error::input("caption", format!("tokenizer failed: {e}")))?;
         let ids = encodings.iter().map(|e| e.get_ids().iter().map(|&i| i64::from(i)).collect()).collect();
         let mask = encodings.iter().map(|e| e.get_attention_mask().iter().map(|&m| i64::from(m)).collect()).collect();
         Ok((ids, mask))
@@ -95,6 +98,53 @@ impl TextEncoder {
     /// The id of a token in the vocabulary.
     pub fn token_id(&self, token: &str) -> Option<i64> {
         self.tokenizer.token_to_id(token).map(i64::from)
+    }
+}
+
+/// Token ids and padding mask, `[B][T]`, every row the same length.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TextBatch {
+    pub ids: Vec<Vec<i64>>,
+    pub mask: Vec<Vec<i64>>,
+}
+
+impl TextBatch {
+    /// Checks shapes and that ids fit the vocabulary.
+    pub fn new(ids: Vec<Vec<i64>>, mask: Vec<Vec<i64>>, vocab_size: usize) -> Result<Self> {
+        if ids.is_empty() {
+            return Err(Error::input("input_ids", "empty batch"));
+        }
+        let t = ids[0].len();
+        if t == 0 {
+            return Err(Error::input("input_ids", "zero-length captions"));
+        }
+        if mask.len() != ids.len() || ids.iter().chain(&mask).any(|r| r.len() != t) {
+            return Err(Error::input("attention_mask", "must have the shape of input_ids"));
+        }
+        if let Some(bad) = ids.iter().flatten().find(|&&id| id < 0 || id as usize >= vocab_size) {
+            return Err(Error::input("input_ids", format!("id {bad} outside the vocabulary of {vocab_size}")));
+        }
+        if let Some(row) = mask.iter().position(|r| r[0] == 0) {
+            return Err(Error::input("attention_mask", format!("row {row} masks its first token ([CLS])")));
+        }
+        Ok(Self { ids, mask })
+    }
+
+    pub fn batch_size(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn seq_len(&self) -> usize {
+        self.ids[0].len()
+    }
+
+    /// The rows in the given order (texts of ITM pairs).
+    pub fn select(&self, rows: &[usize]) -> Self {
+        Self { ids: rows.iter().map(|&r| self.ids[r].clone()).collect(), mask: rows.iter().map(|&r| self.mask[r].clone()).collect() }
+    }
+
+    pub fn ids_tensor<B: Backend>(&self, device: &B::Device) -> Tensor<B, 2, Int> {
+        int_tensor(&self.ids, device)
     }
 }
 

@@ -5,10 +5,11 @@
 
 use burn::tensor::activation::log_softmax;
 
-use crate::model::{KeyValue, QFormer};
-use crate::objectives::batch::int_tensor;
-use crate::objectives::AttentionMask;
 use crate::kernels::Kernels;
+use crate::model::{KeyValue, Pass, QFormer};
+use crate::objectives::AttentionMask;
+use crate::util::host::int_tensor;
+use crate::util::host::to_f32;
 
 #[derive(Clone, Debug)]
 pub struct DecodeOptions {
@@ -36,12 +37,12 @@ fn next_token_logprobs<B: Kernels>(model: &QFormer<B>, query_kv: &[KeyValue<B>],
     let ids = int_tensor::<B>(prefixes, &device);
     let prefix: Vec<KeyValue<B>> = query_kv.iter().map(|kv| kv.select(&vec![0; n])).collect();
     let mask = AttentionMask::multimodal_causal(q, &vec![vec![1; t]; n]).select_rows(q, t).to_additive::<B>(&device);
-    let hidden = model.encode(model.embed(None, Some(ids), false), 0, Some(mask), &[], Some(&prefix), None, false).hidden;
+    let hidden = model.encode(Pass::after_queries(model.embed(None, Some(ids), false), mask, &prefix)).hidden;
     let d = hidden.dims()[2];
     let last = hidden.slice([0..n, t - 1..t, 0..d]).reshape([n, d]);
     let logp = log_softmax(model.lm_logits(last), 1);
     let vocab = logp.dims()[1];
-    let flat = logp.into_data().convert::<f32>().to_vec::<f32>().expect("f32");
+    let flat = to_f32(logp);
     flat.chunks(vocab).map(<[f32]>::to_vec).collect()
 }
 
@@ -61,7 +62,8 @@ pub fn generate<B: Kernels>(model: &QFormer<B>, query_kv: &[KeyValue<B>], eos: i
         let width = 2 * beams;
         let mut candidates: Vec<(usize, i64, f64)> = Vec::new();
         for (b, lp) in logprobs.iter().enumerate() {
-            let mut order: Vec<usize> = (0..lp.len()).filter(|&tok| (tok as i64 != eos || step + 1 >= opts.min_len) && tok as i64 != bos).collect();
+            let mut order: Vec<usize> =
+                (0..lp.len()).filter(|&tok| (tok as i64 != eos || step + 1 >= opts.min_len) && tok as i64 != bos).collect();
             let keep = width.min(order.len());
             order.select_nth_unstable_by(keep - 1, |&x, &y| lp[y].total_cmp(&lp[x]));
             candidates.extend(order[..keep].iter().map(|&tok| (b, tok as i64, alive[b].1 + f64::from(lp[tok]))));
@@ -96,9 +98,5 @@ pub fn generate<B: Kernels>(model: &QFormer<B>, query_kv: &[KeyValue<B>], eos: i
         }
     }
     finished.extend(alive);
-    finished
-        .into_iter()
-        .max_by(|a, b| score(&a.0, a.1).total_cmp(&score(&b.0, b.1)))
-        .map(|(tokens, _)| tokens)
-        .unwrap_or_default()
+    finished.into_iter().max_by(|a, b| score(&a.0, a.1).total_cmp(&score(&b.0, b.1))).map(|(tokens, _)| tokens).unwrap_or_default()
 }

@@ -13,10 +13,11 @@ use serde::{Deserialize, Serialize};
 use super::retrieval::{recall, recall_from_scores, Recall};
 use super::scoring::{image_side, itc_similarities, itm_logits, text_embeds, ImageSide};
 use crate::data::loader::EvalSet;
+use crate::kernels::Kernels;
 use crate::model::frozen::Frozen;
 use crate::model::QFormer;
 use crate::objectives::itg::{itg_loss, targets};
-use crate::kernels::Kernels;
+use crate::util::host::{scalar, to_f32};
 
 #[derive(Clone, Debug)]
 pub struct EvalOptions {
@@ -70,7 +71,14 @@ fn hardest(scores: &[f32], exclude: impl Fn(usize) -> bool) -> Option<usize> {
 
 /// LAVIS's re-ranked score matrices (`i2t`: images × texts, `t2i`: texts × images): each
 /// query's ITC top-k candidates get `itm(image, text) + sim`, everything else −100.
-pub fn rerank_scores(sims: &[f32], n_img: usize, n_txt: usize, i2t_top: &[Vec<usize>], t2i_top: &[Vec<usize>], itm: impl Fn(usize, usize) -> f32) -> (Vec<f32>, Vec<f32>) {
+pub fn rerank_scores(
+    sims: &[f32],
+    n_img: usize,
+    n_txt: usize,
+    i2t_top: &[Vec<usize>],
+    t2i_top: &[Vec<usize>],
+    itm: impl Fn(usize, usize) -> f32,
+) -> (Vec<f32>, Vec<f32>) {
     let mut i2t = vec![-100f32; n_img * n_txt];
     for (i, tops) in i2t_top.iter().enumerate() {
         for &t in tops {
@@ -107,8 +115,11 @@ pub fn evaluate<B: Kernels>(model: &QFormer<B>, frozen: &Frozen<B>, set: &EvalSe
     timing.features_ms = ms(started);
 
     let started = Instant::now();
-    let text: Vec<Tensor<B, 2>> = (0..n_txt).step_by(chunk).map(|s| text_embeds(model, &set.captions.select(&(s..(s + chunk).min(n_txt)).collect::<Vec<_>>()))).collect();
-    let sims = itc_similarities(side.embeds.clone(), Tensor::cat(text, 0)).into_data().convert::<f32>().to_vec::<f32>().expect("f32");
+    let text: Vec<Tensor<B, 2>> = (0..n_txt)
+        .step_by(chunk)
+        .map(|s| text_embeds(model, &set.captions.select(&(s..(s + chunk).min(n_txt)).collect::<Vec<_>>())))
+        .collect();
+    let sims = to_f32(itc_similarities(side.embeds.clone(), Tensor::cat(text, 0)));
     // Text → image rows, transposed once.
     let columns: Vec<Vec<f32>> = (0..n_txt).map(|t| (0..n_img).map(|i| sims[i * n_txt + t]).collect()).collect();
     let itc = recall(&sims, n_img, &set.caption_image);
@@ -121,7 +132,8 @@ pub fn evaluate<B: Kernels>(model: &QFormer<B>, frozen: &Frozen<B>, set: &EvalSe
     let i2t_top: Vec<Vec<usize>> = (0..n_img).map(|i| top_k(&sims[i * n_txt..(i + 1) * n_txt], k)).collect();
     let t2i_top: Vec<Vec<usize>> = columns.iter().map(|c| top_k(c, k)).collect();
     let positives: Vec<(usize, usize)> = (0..n_txt).map(|t| (set.caption_image[t], t)).collect();
-    let mut negatives: Vec<(usize, usize)> = (0..n_img).filter_map(|i| hardest(&sims[i * n_txt..(i + 1) * n_txt], |t| set.caption_image[t] == i).map(|t| (i, t))).collect();
+    let mut negatives: Vec<(usize, usize)> =
+        (0..n_img).filter_map(|i| hardest(&sims[i * n_txt..(i + 1) * n_txt], |t| set.caption_image[t] == i).map(|t| (i, t))).collect();
     negatives.extend(columns.iter().enumerate().filter_map(|(t, c)| hardest(c, |i| i == set.caption_image[t]).map(|i| (i, t))));
     for (i, tops) in i2t_top.iter().enumerate() {
         pairs.extend(tops.iter().map(|&t| ((i, t), (0.0, false))));
@@ -135,14 +147,15 @@ pub fn evaluate<B: Kernels>(model: &QFormer<B>, frozen: &Frozen<B>, set: &EvalSe
         let images: Vec<usize> = batch.iter().map(|p| p.0).collect();
         let texts: Vec<usize> = batch.iter().map(|p| p.1).collect();
         let logits = itm_logits(model, &side.select(&images).image_kv, &set.captions.select(&texts));
-        let host = logits.into_data().convert::<f32>().to_vec::<f32>().expect("f32");
+        let host = to_f32(logits);
         for (j, key) in batch.iter().enumerate() {
             pairs.insert(*key, (host[2 * j + 1], host[2 * j + 1] > host[2 * j]));
         }
     }
     let (i2t, t2i) = rerank_scores(&sims, n_img, n_txt, &i2t_top, &t2i_top, |i, t| pairs[&(i, t)].0);
     let itm = recall_from_scores(&i2t, &t2i, n_img, &set.caption_image);
-    let accuracy = |list: &[(usize, usize)], want: bool| 100.0 * list.iter().filter(|p| pairs[p].1 == want).count() as f64 / list.len().max(1) as f64;
+    let accuracy =
+        |list: &[(usize, usize)], want: bool| 100.0 * list.iter().filter(|p| pairs[p].1 == want).count() as f64 / list.len().max(1) as f64;
     let (itm_acc_positive, itm_acc_negative) = (accuracy(&positives, true), accuracy(&negatives, false));
     timing.rerank_ms = ms(started);
     timing.itm_pairs = keys.len();
@@ -160,7 +173,7 @@ pub fn evaluate<B: Kernels>(model: &QFormer<B>, frozen: &Frozen<B>, set: &EvalSe
         let images: Vec<usize> = rows.iter().map(|&t| set.caption_image[t]).collect();
         let query_kv = side.select(&images).query_kv;
         let loss = itg_loss(model, &query_kv, &captions, model.bos_token_id, 0.0, false);
-        nll += crate::model::scalar(loss) * n as f64;
+        nll += scalar(loss) * n as f64;
         tokens += n;
     }
     timing.itg_ms = ms(started);
@@ -183,11 +196,22 @@ pub fn table(r: &EvalReport) -> String {
     let row = |name: &str, x: &Recall| {
         format!(
             "{name:<14} {:>6.1} {:>6.1} {:>6.1} {:>7.1} | {:>6.1} {:>6.1} {:>6.1} {:>7.1} | {:>6.1}\n",
-            x.i2t_r1, x.i2t_r5, x.i2t_r10, x.i2t_mean(), x.t2i_r1, x.t2i_r5, x.t2i_r10, x.t2i_mean(), x.mean()
+            x.i2t_r1,
+            x.i2t_r5,
+            x.i2t_r10,
+            x.i2t_mean(),
+            x.t2i_r1,
+            x.t2i_r5,
+            x.t2i_r10,
+            x.t2i_mean(),
+            x.mean()
         )
     };
     let mut s = format!("{} images, {} captions; ITM re-ranks the top {} of each query\n", r.images, r.texts, r.k_test);
-    s += &format!("{:<14} {:>6} {:>6} {:>6} {:>7} | {:>6} {:>6} {:>6} {:>7} | {:>6}\n", "ranking", "i2t@1", "@5", "@10", "mean", "t2i@1", "@5", "@10", "mean", "mean");
+    s += &format!(
+        "{:<14} {:>6} {:>6} {:>6} {:>7} | {:>6} {:>6} {:>6} {:>7} | {:>6}\n",
+        "ranking", "i2t@1", "@5", "@10", "mean", "t2i@1", "@5", "@10", "mean", "mean"
+    );
     s += &row("ITC", &r.itc);
     s += &row("ITC + ITM", &r.itm);
     s += &format!("ITM accuracy: positives {:.1}%, hard negatives {:.1}%\n", r.itm_acc_positive, r.itm_acc_negative);

@@ -2,6 +2,5 @@
 
 pub mod caption;
 pub mod evaluate;
-pub mod jobs;
 pub mod retrieval;
 pub mod scoring;

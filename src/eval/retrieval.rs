@@ -4,11 +4,12 @@
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
+use super::scoring::{image_side, itc_similarities, text_embeds};
 use crate::data::loader::EvalSet;
+use crate::kernels::Kernels;
 use crate::model::frozen::Frozen;
 use crate::model::QFormer;
-use super::scoring::{image_side, itc_similarities, text_embeds};
-use crate::kernels::Kernels;
+use crate::util::host::to_f32;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Recall {
@@ -93,7 +94,7 @@ pub fn itc_recall<B: Kernels>(model: &QFormer<B>, frozen: &Frozen<B>, set: &Eval
         .map(|start| text_embeds(model, &set.captions.select(&(start..(start + chunk).min(texts)).collect::<Vec<_>>())))
         .collect();
     let sims = itc_similarities(Tensor::cat(images, 0), Tensor::cat(text, 0));
-    let sims = sims.into_data().convert::<f32>().to_vec::<f32>().expect("f32");
+    let sims = to_f32(sims);
     recall(&sims, set.images, &set.caption_image)
 }
 

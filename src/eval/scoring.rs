@@ -3,11 +3,12 @@
 
 use burn::tensor::Tensor;
 
-use crate::model::{KeyValue, QFormer};
-use crate::objectives::batch::index_tensor;
-use crate::objectives::itc::normalize;
-use crate::objectives::{AttentionMask, TextBatch};
+use crate::data::text::TextBatch;
 use crate::kernels::Kernels;
+use crate::model::{KeyValue, Pass, QFormer};
+use crate::objectives::itc::normalize;
+use crate::objectives::AttentionMask;
+use crate::util::host::index_tensor;
 
 /// What the query pass over some images yields.
 pub struct ImageSide<B: Kernels> {
@@ -40,7 +41,11 @@ impl<B: Kernels> ImageSide<B> {
         Self {
             embeds: Tensor::cat(parts.iter().map(|p| p.embeds.clone()).collect(), 0),
             image_kv: (0..layers)
-                .map(|l| parts[0].image_kv[l].as_ref().map(|_| kv_cat(parts.iter().map(|p| p.image_kv[l].clone().expect("same layers")).collect())))
+                .map(|l| {
+                    parts[0].image_kv[l]
+                        .as_ref()
+                        .map(|_| kv_cat(parts.iter().map(|p| p.image_kv[l].clone().expect("same layers")).collect()))
+                })
                 .collect(),
             query_kv: (0..layers).map(|l| kv_cat(parts.iter().map(|p| p.query_kv[l].clone()).collect())).collect(),
         }
@@ -52,7 +57,7 @@ pub fn image_side<B: Kernels>(model: &QFormer<B>, feats: Tensor<B, 3>) -> ImageS
     let n = feats.dims()[0];
     let q = model.num_query;
     let image_kv = model.image_key_values(feats);
-    let enc = model.encode(model.embed(Some(model.queries(n)), None, false), q, None, &image_kv, None, None, false);
+    let enc = model.encode(Pass::with_image(model.embed(Some(model.queries(n)), None, false), q, &image_kv));
     ImageSide { embeds: normalize(model.project_image(enc.hidden)), image_kv, query_kv: enc.key_values }
 }
 
@@ -60,7 +65,7 @@ pub fn image_side<B: Kernels>(model: &QFormer<B>, feats: Tensor<B, 3>) -> ImageS
 pub fn text_embeds<B: Kernels>(model: &QFormer<B>, text: &TextBatch) -> Tensor<B, 2> {
     let device = model.query_tokens.device();
     let mask = AttentionMask::unimodal(0, &text.mask).to_additive::<B>(&device);
-    let hidden = model.encode(model.embed(None, Some(text.ids_tensor(&device)), false), 0, Some(mask), &[], None, Some(1), false).hidden;
+    let hidden = model.encode(Pass::text(model.embed(None, Some(text.ids_tensor(&device)), false), mask).reading(1)).hidden;
     let [n, _, d] = hidden.dims();
     normalize(model.project_text(hidden.slice([0..n, 0..1, 0..d]).reshape([n, d])))
 }
@@ -80,7 +85,7 @@ pub fn itm_logits<B: Kernels>(model: &QFormer<B>, image_kv: &[Option<KeyValue<B>
     let q = model.num_query;
     let mask = AttentionMask::bidirectional(q, &text.mask).to_additive::<B>(&device);
     let embeds = model.embed(Some(model.queries(n)), Some(text.ids_tensor(&device)), false);
-    let hidden = model.encode(embeds, q, Some(mask), image_kv, None, Some(q), false).hidden;
+    let hidden = model.encode(Pass::with_image(embeds, q, image_kv).masked(Some(mask)).reading(q)).hidden;
     let d = hidden.dims()[2];
     model.itm_logits(hidden.slice([0..n, 0..q, 0..d]))
 }

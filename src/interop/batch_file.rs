@@ -7,10 +7,11 @@ use std::path::Path;
 use burn::tensor::{Tensor, TensorData};
 
 use super::safetensors_io::SafetensorsFile;
-use crate::error::{Error, Result};
-use crate::model::QFormerConfig;
-use crate::objectives::{Stage1Batch, TextBatch};
+use crate::data::text::TextBatch;
 use crate::kernels::Kernels;
+use crate::model::QFormerConfig;
+use crate::objectives::Stage1Batch;
+use crate::util::error::{Error, Result};
 
 pub struct BatchFile<B: Kernels> {
     pub batch: Stage1Batch<B>,
@@ -47,10 +48,7 @@ pub fn read_batch<B: Kernels>(path: &Path, cfg: &QFormerConfig, device: &B::Devi
     let file = SafetensorsFile::open(path)?;
     let (shape, feats) = file.f32("image_feats")?;
     if shape.len() != 3 || shape[2] != cfg.encoder_hidden_size || shape[0] == 0 || shape[1] == 0 {
-        return Err(Error::file(
-            path,
-            format!("`image_feats` must be [B, Nv, {}], got {shape:?}", cfg.encoder_hidden_size),
-        ));
+        return Err(Error::file(path, format!("`image_feats` must be [B, Nv, {}], got {shape:?}", cfg.encoder_hidden_size)));
     }
     let b = shape[0];
     let (id_shape, ids) = file.i64("input_ids")?;
@@ -59,7 +57,10 @@ pub fn read_batch<B: Kernels>(path: &Path, cfg: &QFormerConfig, device: &B::Devi
         return Err(Error::file(path, format!("`input_ids` {id_shape:?} and `attention_mask` {mask_shape:?} must both be [{b}, T]")));
     }
     if id_shape[1] > cfg.max_position_embeddings {
-        return Err(Error::file(path, format!("captions of {} tokens exceed max_position_embeddings {}", id_shape[1], cfg.max_position_embeddings)));
+        return Err(Error::file(
+            path,
+            format!("captions of {} tokens exceed max_position_embeddings {}", id_shape[1], cfg.max_position_embeddings),
+        ));
     }
     let text = TextBatch::new(rows(&id_shape, ids, "input_ids", path)?, rows(&mask_shape, mask, "attention_mask", path)?, cfg.vocab_size)
         .map_err(|e| Error::file(path, e.to_string()))?;

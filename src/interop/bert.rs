@@ -10,9 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use super::source::TensorSource;
 use super::weights::{load_mapped, LoadReport, Mapped};
-use crate::error::{Error, Result};
-use crate::model::{QFormer, QFormerConfig};
 use crate::kernels::Kernels;
+use crate::model::{QFormer, QFormerConfig};
+use crate::util::error::{Error, Result};
 
 /// What happens to BERT's token-type embedding, which the Q-Former does not have.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,10 +11,10 @@ use serde_json::json;
 use super::safetensors_io::{write_atomic, OwnedTensor};
 use super::source::TensorSource;
 use super::weights::{load_mapped, named_tensors, LoadReport, Mapped};
-use crate::error::{Error, Result};
+use crate::kernels::Kernels;
 use crate::model::vit::{Vit, VitConfig, VitKind};
 use crate::model::{QFormer, QFormerConfig};
-use crate::kernels::Kernels;
+use crate::util::error::{Error, Result};
 
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const CONFIG_FILE: &str = "config.json";
@@ -109,7 +109,7 @@ pub fn export<B: Kernels>(model: &QFormer<B>, cfg: &QFormerConfig, vit: &Vit<B>,
     }
     let vision_included = vit_cfg.kind == VitKind::Eva;
     if vision_included {
-        hf.extend(vit.hf_blip2_tensors().into_iter().map(|(n, shape, v)| (n, OwnedTensor::f32(shape, &v))));
+        hf.extend(super::vit::hf_blip2_tensors(vit).into_iter().map(|(n, shape, v)| (n, OwnedTensor::f32(shape, &v))));
     }
     let summary = Export { dir: out.to_path_buf(), hf_tensors: hf.len(), sidecar_tensors: extra.len(), vision_included };
     let pt = HashMap::from([("format".to_string(), "pt".to_string())]);

@@ -10,9 +10,9 @@ use super::hf;
 use super::lavis::{is_lavis, lavis_name};
 use super::source::TensorSource;
 use super::weights::{load_mapped, LoadReport, Mapped};
-use crate::error::{Error, Result};
-use crate::model::{QFormer, QFormerConfig};
 use crate::kernels::Kernels;
+use crate::model::{QFormer, QFormerConfig};
+use crate::util::error::{Error, Result};
 
 /// The `[init]` config section.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -45,7 +45,12 @@ impl InitConfig {
 
 /// Applies `init` to a freshly built model; returns log lines saying what was loaded and what
 /// kept its initial values.
-pub fn apply<B: Kernels>(model: QFormer<B>, cfg: &QFormerConfig, init: &InitConfig, device: &B::Device) -> Result<(QFormer<B>, Vec<String>)> {
+pub fn apply<B: Kernels>(
+    model: QFormer<B>,
+    cfg: &QFormerConfig,
+    init: &InitConfig,
+    device: &B::Device,
+) -> Result<(QFormer<B>, Vec<String>)> {
     let describe = |what: &str, path: &std::path::Path, r: &LoadReport| {
         let mut line = format!("init: {what} {} ({} tensors loaded", path.display(), r.loaded);
         if !r.kept.is_empty() {

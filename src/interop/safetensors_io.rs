@@ -1,12 +1,12 @@
 //! Reading and atomically writing safetensors files of f32/i64 tensors.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
 
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 
-use crate::error::{Error, Result};
+use crate::util::error::{Error, Result};
+use crate::util::fs::write_atomic as write_atomic_bytes;
 
 /// An owned tensor ready to be written.
 pub struct OwnedTensor {
@@ -24,8 +24,7 @@ impl OwnedTensor {
     }
 }
 
-/// Writes `tensors` with `metadata` to a temporary file beside `path`, syncs it, then renames it
-/// over `path`: a reader sees the old file or the new one, never half of one.
+/// Writes `tensors` with `metadata` over `path` atomically (`util::fs`).
 pub fn write_atomic(path: &Path, tensors: Vec<(String, OwnedTensor)>, metadata: HashMap<String, String>) -> Result<()> {
     let views: Vec<(String, TensorView<'_>)> = tensors
         .iter()
@@ -36,18 +35,7 @@ pub fn write_atomic(path: &Path, tensors: Vec<(String, OwnedTensor)>, metadata: 
         })
         .collect::<Result<_>>()?;
     let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| Error::file(path, e.to_string()))?;
-    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
-    let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io(path, e)
-    })
+    write_atomic_bytes(path, &bytes)
 }
 
 /// Where one tensor lies in the file.
@@ -107,15 +95,9 @@ impl SafetensorsFile {
         let (dtype, shape, data) = self.view(name)?;
         let values = match dtype {
             Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-            Dtype::F64 => data
-                .chunks_exact(8)
-                .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
-                .collect(),
+            Dtype::F64 => data.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32).collect(),
             Dtype::F16 => data.chunks_exact(2).map(|c| half_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect(),
-            Dtype::BF16 => data
-                .chunks_exact(2)
-                .map(|c| f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16))
-                .collect(),
+            Dtype::BF16 => data.chunks_exact(2).map(|c| f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16)).collect(),
             other => return Err(Error::file(&self.path, format!("tensor `{name}` is {other:?}, expected a float type"))),
         };
         Ok((shape, values))

@@ -9,7 +9,7 @@ use burn_store::pytorch::PytorchReader;
 use burn_store::TensorSnapshot;
 
 use super::safetensors_io::SafetensorsFile;
-use crate::error::{Error, Result};
+use crate::util::error::{Error, Result};
 
 /// One tensor on the host, as f32, in the file's layout.
 #[derive(Clone, Debug)]

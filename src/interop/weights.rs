@@ -12,11 +12,13 @@ use burn::nn::Linear;
 use crate::model::norm::LayerNorm;
 use burn::tensor::{Tensor, TensorData};
 
+use super::hf_config::{model_config_file, model_config_from_json};
 use super::safetensors_io::{write_atomic, OwnedTensor, SafetensorsFile};
 use super::source::{transpose, TensorSource};
-use crate::error::{Error, Result};
-use crate::model::{QFormer, QFormerConfig};
 use crate::kernels::{Kernels, TrainBackend};
+use crate::model::{QFormer, QFormerConfig};
+use crate::util::error::{Error, Result};
+use crate::util::host::to_f32;
 
 /// How a parameter's burn layout maps to the file's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,7 +88,7 @@ pub fn visit_params<B: Kernels, V: ParamVisitor<B>>(m: &mut QFormer<B>, v: &mut 
 fn to_file_layout<B: Kernels, const D: usize>(t: Tensor<B, D>, layout: Layout) -> OwnedTensor {
     let t = if layout == Layout::Transposed { t.swap_dims(0, 1) } else { t };
     let shape = if layout == Layout::Scalar { vec![] } else { t.dims().to_vec() };
-    let values = t.into_data().convert::<f32>().to_vec::<f32>().expect("f32 data");
+    let values = to_f32(t);
     OwnedTensor::f32(shape, &values)
 }
 
@@ -127,12 +129,7 @@ pub fn save_weights<B: Kernels>(model: &QFormer<B>, cfg: &QFormerConfig, path: &
 
 /// Writes d(loss)/d(parameter) for every parameter under the weights' names. A parameter the loss
 /// does not reach (a switched-off objective's head) gets zeros.
-pub fn save_gradients<B: TrainBackend>(
-    model: &QFormer<B>,
-    cfg: &QFormerConfig,
-    grads: &B::Gradients,
-    path: &Path,
-) -> Result<()> {
+pub fn save_gradients<B: TrainBackend>(model: &QFormer<B>, cfg: &QFormerConfig, grads: &B::Gradients, path: &Path) -> Result<()> {
     struct Collect<'a, B: TrainBackend>(Vec<(String, OwnedTensor)>, &'a B::Gradients);
     impl<B: TrainBackend> ParamVisitor<B> for Collect<'_, B> {
         fn visit<const D: usize>(&mut self, name: &str, p: &mut Param<Tensor<B, D>>, layout: Layout) {
@@ -146,13 +143,18 @@ pub fn save_gradients<B: TrainBackend>(
     write_atomic(path, out.0, metadata(cfg))
 }
 
-/// Reads the model config from a weights file's metadata.
+/// Reads the model config from a weights file's `config` metadata or, for files written by
+/// `transformers` (no such metadata), from the `config.json` beside them.
 pub fn read_config(file: &SafetensorsFile) -> Result<QFormerConfig> {
     let meta = file.metadata()?;
-    let json = meta.get("config").ok_or_else(|| {
-        Error::file(&file.path, "no `config` in the metadata: pass the model shape with --config")
-    })?;
-    QFormerConfig::from_json(json, &file.path.display().to_string())
+    if let Some(json) = meta.get("config") {
+        return model_config_from_json(json, &file.path.display().to_string());
+    }
+    let beside = file.path.with_file_name("config.json");
+    if beside.exists() {
+        return model_config_file(&beside);
+    }
+    Err(Error::file(&file.path, "no `config` in the metadata and no config.json beside it: pass the model shape with --config"))
 }
 
 /// Where one model parameter comes from in a foreign file.
@@ -224,7 +226,13 @@ pub fn load_mapped<B: Kernels>(
 }
 
 /// One parameter from the file, converted to burn's layout.
-fn read_param<B: Kernels, const D: usize>(src: &TensorSource, m: &Mapped, current: Tensor<B, D>, layout: Layout, device: &B::Device) -> Result<Tensor<B, D>> {
+fn read_param<B: Kernels, const D: usize>(
+    src: &TensorSource,
+    m: &Mapped,
+    current: Tensor<B, D>,
+    layout: Layout,
+    device: &B::Device,
+) -> Result<Tensor<B, D>> {
     let name = &m.name;
     let want = current.dims().to_vec();
     let file = src.get(name)?;
@@ -250,7 +258,7 @@ fn read_param<B: Kernels, const D: usize>(src: &TensorSource, m: &Mapped, curren
     }
     let row: usize = want[1..].iter().product();
     let rows = file.shape[0].min(want[0]);
-    let mut values = current.into_data().convert::<f32>().to_vec::<f32>().expect("f32 data");
+    let mut values = to_f32(current);
     values[..rows * row].copy_from_slice(&file.values[..rows * row]);
     Ok(Tensor::from_data(TensorData::new(values, want), device))
 }

@@ -6,8 +6,8 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
 use burn::backend::Autodiff;
-use burn::tensor::ops::FloatTensor;
 use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Shape, TensorMetadata};
 
 use super::{reference, Kernels};
@@ -166,7 +166,13 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
         Self::from_inner(B::dropout_mask(shape, keep, device))
     }
 
-    fn lm_cross_entropy(h: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, labels: &[usize], eps: f64) -> FloatTensor<Self> {
+    fn lm_cross_entropy(
+        h: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        labels: &[usize],
+        eps: f64,
+    ) -> FloatTensor<Self> {
         let logits = reference::lm_logits::<B>(h.primitive.clone(), weight.primitive.clone(), bias.primitive);
         let (loss, lse) = B::cross_entropy_forward(logits.clone(), labels, eps);
         match LmCrossEntropyOp.prepare::<C>([h.node.clone(), weight.node.clone(), bias.node.clone()]).compute_bound().stateful() {

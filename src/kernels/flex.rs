@@ -283,7 +283,11 @@ impl Kernels for Flex {
         // A buffer of exactly this tensor, written in place (copied first only if shared).
         let owned = |t: FlexTensor| {
             let exact = t.is_contiguous() && t.layout().start_offset() == 0 && t.bytes().len() == n * 4;
-            if exact { t } else { from_vec(slice(&values(&t)).to_vec(), shape.clone()) }
+            if exact {
+                t
+            } else {
+                from_vec(slice(&values(&t)).to_vec(), shape.clone())
+            }
         };
         let (mut m, mut v) = (owned(m), owned(v));
         let (b1, c1, b2, c2) = (s.beta1 as f32, (1.0 - s.beta1) as f32, s.beta2 as f32, (1.0 - s.beta2) as f32);
@@ -345,16 +349,14 @@ impl Kernels for Flex {
         let scale = slice(&grad)[0] / labels.len().max(1) as f32;
         let (hit, uniform) = ((1.0 - eps) as f32 * scale, eps as f32 / c as f32);
         let mut dx = vec![0.0f32; xs.len()];
-        dx.par_chunks_mut(c).zip(xs.par_chunks(c)).zip(lse.par_iter().zip(labels.par_iter())).for_each(
-            |((dx, row), (&lse, &label))| {
-                vectorized(|| {
-                    for (d, &v) in dx.iter_mut().zip(row) {
-                        *d = scale * (math::exp(v - lse) - uniform);
-                    }
-                });
-                dx[label] -= hit;
-            },
-        );
+        dx.par_chunks_mut(c).zip(xs.par_chunks(c)).zip(lse.par_iter().zip(labels.par_iter())).for_each(|((dx, row), (&lse, &label))| {
+            vectorized(|| {
+                for (d, &v) in dx.iter_mut().zip(row) {
+                    *d = scale * (math::exp(v - lse) - uniform);
+                }
+            });
+            dx[label] -= hit;
+        });
         from_vec(dx, shape)
     }
 }

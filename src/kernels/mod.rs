@@ -7,6 +7,7 @@
 //! ([`flex`]); `Autodiff` wraps them with their hand-written gradients ([`autodiff`]).
 
 mod autodiff;
+pub mod backend;
 mod flex;
 mod math;
 pub mod reference;
@@ -102,14 +103,26 @@ pub trait Kernels: Backend {
 
     /// One AdamW update of a flat parameter `w` with gradient `g` and moments `m`, `v`;
     /// returns the new `[w, m, v]`.
-    fn adamw_step(w: FloatTensor<Self>, g: FloatTensor<Self>, m: FloatTensor<Self>, v: FloatTensor<Self>, step: &AdamWStep) -> [FloatTensor<Self>; 3] {
+    fn adamw_step(
+        w: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+        m: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        step: &AdamWStep,
+    ) -> [FloatTensor<Self>; 3] {
         reference::adamw_step::<Self>(w, g, m, v, step)
     }
 
     /// Cross-entropy of the tied LM head's logits `h · weightᵀ + bias` (`h`: `[N, D]`, `weight`:
     /// `[V, D]`) as one op: its backward writes the weight gradient straight in `[V, D]` (no
     /// transposed `[D, V]` copy to add into the embedding's) and runs no autodiff node per piece.
-    fn lm_cross_entropy(h: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, labels: &[usize], eps: f64) -> FloatTensor<Self> {
+    fn lm_cross_entropy(
+        h: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        labels: &[usize],
+        eps: f64,
+    ) -> FloatTensor<Self> {
         Self::cross_entropy_forward(reference::lm_logits::<Self>(h, weight, bias), labels, eps).0
     }
 

@@ -83,7 +83,13 @@ pub fn cross_entropy_backward<B: Backend>(
     float(probs.scatter(1, labels_tensor::<B>(labels, &device), hot, IndexingUpdateOp::Add) * scale)
 }
 
-pub fn adamw_step<B: Backend>(w: FloatTensor<B>, g: FloatTensor<B>, m: FloatTensor<B>, v: FloatTensor<B>, s: &AdamWStep) -> [FloatTensor<B>; 3] {
+pub fn adamw_step<B: Backend>(
+    w: FloatTensor<B>,
+    g: FloatTensor<B>,
+    m: FloatTensor<B>,
+    v: FloatTensor<B>,
+    s: &AdamWStep,
+) -> [FloatTensor<B>; 3] {
     let (w, g) = (tensor::<B, 1>(w), tensor::<B, 1>(g));
     let m = tensor::<B, 1>(m).mul_scalar(s.beta1) + g.clone().mul_scalar(1.0 - s.beta1);
     let v = tensor::<B, 1>(v).mul_scalar(s.beta2) + g.powf_scalar(2.0).mul_scalar(1.0 - s.beta2);

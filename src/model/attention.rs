@@ -2,7 +2,7 @@
 //! the queries (image features are wider) and has no additive masks.
 
 use burn::module::{Module, Param};
-use burn::nn::{Linear, LinearConfig, Initializer};
+use burn::nn::{Initializer, Linear, LinearConfig};
 
 use super::norm::LayerNorm;
 use burn::tensor::Tensor;
@@ -31,10 +31,7 @@ impl<B: Kernels> KeyValue<B> {
 
     /// Puts `prefix` in front along the sequence: ITG text attends to cached query keys first.
     pub fn prepend(self, prefix: &Self) -> Self {
-        Self {
-            key: Tensor::cat(vec![prefix.key.clone(), self.key], 2),
-            value: Tensor::cat(vec![prefix.value.clone(), self.value], 2),
-        }
+        Self { key: Tensor::cat(vec![prefix.key.clone(), self.key], 2), value: Tensor::cat(vec![prefix.value.clone(), self.value], 2) }
     }
 }
 
@@ -66,9 +63,7 @@ pub struct AttentionConfig {
 /// BERT initialisation: N(0, std) weights (std = `initializer_range`), zero biases (trainable,
 /// like every parameter).
 pub(crate) fn bert_linear<B: Kernels>(d_in: usize, d_out: usize, std: f64, device: &B::Device) -> Linear<B> {
-    let mut linear = LinearConfig::new(d_in, d_out)
-        .with_initializer(Initializer::Normal { mean: 0.0, std })
-        .init(device);
+    let mut linear = LinearConfig::new(d_in, d_out).with_initializer(Initializer::Normal { mean: 0.0, std }).init(device);
     linear.bias = Some(Param::from_tensor(Tensor::zeros([d_out], device)));
     linear
 }
@@ -99,21 +94,12 @@ impl<B: Kernels> Attention<B> {
 
     /// Keys and values of `source` (`[B, S, kv_width]`), split into heads.
     pub fn key_value(&self, source: Tensor<B, 3>) -> KeyValue<B> {
-        KeyValue {
-            key: self.heads(linear_rows(&self.key, source.clone())),
-            value: self.heads(linear_rows(&self.value, source)),
-        }
+        KeyValue { key: self.heads(linear_rows(&self.key, source.clone())), value: self.heads(linear_rows(&self.value, source)) }
     }
 
     /// Attends from `hidden` (`[B, Sq, D]`) to `kv`; `mask` is additive, broadcastable to
     /// `[B, H, Sq, Sk]`. Returns the block output, residual and LayerNorm included.
-    pub fn attend(
-        &self,
-        hidden: Tensor<B, 3>,
-        kv: &KeyValue<B>,
-        mask: Option<Tensor<B, 4>>,
-        train: bool,
-    ) -> Tensor<B, 3> {
+    pub fn attend(&self, hidden: Tensor<B, 3>, kv: &KeyValue<B>, mask: Option<Tensor<B, 4>>, train: bool) -> Tensor<B, 3> {
         let q = self.heads(linear_rows(&self.query, hidden.clone()));
         let context = scaled_dot_product(q, kv, mask, self.attention_dropout, train);
         let out = dropout(linear_rows(&self.dense, context), self.hidden_dropout, train);

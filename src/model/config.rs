@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::util::error::{Error, Result};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -100,7 +100,7 @@ impl QFormerConfig {
     }
 
     pub fn has_cross_attention(&self, layer: usize) -> bool {
-        layer % self.cross_attention_frequency == 0
+        layer.is_multiple_of(self.cross_attention_frequency)
     }
 
     /// Checks every field; `source_name` (a file name or "preset") goes into the error.
@@ -123,34 +123,27 @@ impl QFormerConfig {
                 return err(key, "must be > 0");
             }
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return err("hidden_size", "must be a multiple of num_attention_heads");
         }
         if self.bos_token_id >= self.vocab_size {
             return err("bos_token_id", "must be < vocab_size");
         }
-        for (key, p) in [
-            ("hidden_dropout_prob", self.hidden_dropout_prob),
-            ("attention_probs_dropout_prob", self.attention_probs_dropout_prob),
-        ] {
+        for (key, p) in
+            [("hidden_dropout_prob", self.hidden_dropout_prob), ("attention_probs_dropout_prob", self.attention_probs_dropout_prob)]
+        {
             if !(0.0..1.0).contains(&p) {
                 return err(key, "must be in [0, 1)");
             }
         }
-        for (key, eps) in [("layer_norm_eps", self.layer_norm_eps), ("ln_vision_eps", self.ln_vision_eps), ("initializer_range", self.initializer_range)] {
+        for (key, eps) in
+            [("layer_norm_eps", self.layer_norm_eps), ("ln_vision_eps", self.ln_vision_eps), ("initializer_range", self.initializer_range)]
+        {
             if !(eps > 0.0 && eps.is_finite()) {
                 return err(key, "must be > 0");
             }
         }
         Ok(())
-    }
-
-    /// Parses the JSON object stored under the `config` key of a weights file's metadata.
-    pub fn from_json(text: &str, source_name: &str) -> Result<Self> {
-        let cfg: Self = serde_json::from_str(text)
-            .map_err(|e| Error::config("config", format!("invalid model config JSON: {e}"), source_name))?;
-        cfg.validate(source_name)?;
-        Ok(cfg)
     }
 
     pub fn to_json(&self) -> String {

@@ -77,9 +77,7 @@ impl<B: Kernels> Layer<B> {
         };
         Self {
             attention: attention(cfg.hidden_size).init(device),
-            crossattention: cfg
-                .has_cross_attention(index)
-                .then(|| attention(cfg.encoder_hidden_size).init(device)),
+            crossattention: cfg.has_cross_attention(index).then(|| attention(cfg.encoder_hidden_size).init(device)),
             ffn_text: FeedForward::new(cfg, device),
             ffn_query: FeedForward::new(cfg, device),
         }
@@ -98,7 +96,11 @@ impl<B: Kernels> Layer<B> {
         let (hidden, mask) = if s < hidden.dims()[1] {
             let mask = ctx.mask.map(|m| {
                 let [mb, mh, mq, mk] = m.dims();
-                if mq > 1 { m.slice([0..mb, 0..mh, 0..s, 0..mk]) } else { m }
+                if mq > 1 {
+                    m.slice([0..mb, 0..mh, 0..s, 0..mk])
+                } else {
+                    m
+                }
             });
             (hidden.slice([0..b, 0..s, 0..d]), mask)
         } else {

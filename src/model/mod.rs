@@ -12,12 +12,12 @@ pub mod vit;
 
 pub use attention::KeyValue;
 pub use config::QFormerConfig;
-pub use qformer::QFormer;
+pub use qformer::{Pass, QFormer};
 
+use crate::kernels::Kernels;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::Linear;
 use burn::tensor::Tensor;
-use crate::kernels::Kernels;
 
 /// Applies a `Linear` to `[B, S, D]` as one 2-D product: burn's backward for 3-D inputs is several
 /// times slower on CPU backends.
@@ -26,11 +26,6 @@ pub(crate) fn linear_rows<B: Kernels>(linear: &Linear<B>, x: Tensor<B, 3>) -> Te
     let y = linear.forward(x.reshape([b * s, d]));
     let out = y.dims()[1];
     y.reshape([b, s, out])
-}
-
-/// The value of a one-element tensor, on the host.
-pub fn scalar<B: Kernels>(t: Tensor<B, 1>) -> f64 {
-    t.into_data().convert::<f64>().to_vec::<f64>().expect("f64 data")[0]
 }
 
 /// burn draws a parameter's initial value lazily, at its first use, from whatever the backend RNG

@@ -30,12 +30,8 @@ impl<B: Kernels> LayerNorm<B> {
             Some(beta) => beta.val(),
             None => Tensor::zeros(gamma.shape(), &gamma.device()),
         };
-        let out = B::fused_layer_norm(
-            x.into_primitive().tensor(),
-            gamma.into_primitive().tensor(),
-            beta.into_primitive().tensor(),
-            self.epsilon,
-        );
+        let out =
+            B::fused_layer_norm(x.into_primitive().tensor(), gamma.into_primitive().tensor(), beta.into_primitive().tensor(), self.epsilon);
         Tensor::from_primitive(TensorPrimitive::Float(out))
     }
 }

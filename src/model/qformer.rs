@@ -39,6 +39,62 @@ pub struct QFormer<B: Kernels> {
     pub bos_token_id: usize,
 }
 
+/// What a trunk pass attends to besides its own rows.
+enum Context<'a, B: Kernels> {
+    /// Nothing: text alone.
+    Text,
+    /// The leading `num_query` rows are queries, cross-attending to per-layer image keys/values.
+    Image { num_query: usize, image: &'a [Option<KeyValue<B>>] },
+    /// Text whose self-attention also sees each layer's cached query keys/values (ITG decoding).
+    AfterQueries(&'a [KeyValue<B>]),
+}
+
+/// One pass through the trunk, built by the constructor of its kind so that only meaningful
+/// combinations can be written: queries always come with an image, cached query keys/values
+/// never with one, and the text-only and decoding passes always with their mask.
+pub struct Pass<'a, B: Kernels> {
+    embeds: Tensor<B, 3>,
+    mask: Option<Tensor<B, 4>>,
+    context: Context<'a, B>,
+    rows_read: Option<usize>,
+    train: bool,
+}
+
+impl<'a, B: Kernels> Pass<'a, B> {
+    /// Text rows alone under an additive `mask` (ITC's text side at evaluation, plain BERT).
+    pub fn text(embeds: Tensor<B, 3>, mask: Tensor<B, 4>) -> Self {
+        Self { embeds, mask: Some(mask), context: Context::Text, rows_read: None, train: false }
+    }
+
+    /// `[queries; text?]` rows whose `num_query` leading queries cross-attend to the image's
+    /// per-layer keys/values (the unimodal ITC pass, the ITM pass, the image side of retrieval).
+    pub fn with_image(embeds: Tensor<B, 3>, num_query: usize, image: &'a [Option<KeyValue<B>>]) -> Self {
+        Self { embeds, mask: None, context: Context::Image { num_query, image }, rows_read: None, train: false }
+    }
+
+    /// Text rows that also attend to the queries' cached keys/values of each layer, under the
+    /// text part of the multimodal causal `mask` (ITG, captioning).
+    pub fn after_queries(embeds: Tensor<B, 3>, mask: Tensor<B, 4>, queries: &'a [KeyValue<B>]) -> Self {
+        Self { embeds, mask: Some(mask), context: Context::AfterQueries(queries), rows_read: None, train: false }
+    }
+
+    /// An additive attention mask (`None`: every row sees every row).
+    pub fn masked(self, mask: Option<Tensor<B, 4>>) -> Self {
+        Self { mask, ..self }
+    }
+
+    /// Only the first `rows` output rows are read: the last layer computes just those (queries
+    /// and `[CLS]` for ITC, queries for ITM), which the reference does not skip.
+    pub fn reading(self, rows: usize) -> Self {
+        Self { rows_read: Some(rows), ..self }
+    }
+
+    /// Dropout on (training) or off.
+    pub fn training(self, train: bool) -> Self {
+        Self { train, ..self }
+    }
+}
+
 /// Output of a trunk pass.
 pub struct Encoded<B: Kernels> {
     /// `[B, S, D]`.
@@ -51,8 +107,8 @@ impl<B: Kernels> QFormer<B> {
     /// A randomly initialised model (BERT init for the trunk, PyTorch defaults for the heads).
     pub fn new(cfg: &QFormerConfig, device: &B::Device) -> Self {
         let default_linear = |d_in, d_out| LinearConfig::new(d_in, d_out).init(device);
-        let query_tokens = Initializer::Normal { mean: 0.0, std: cfg.initializer_range }
-            .init([1, cfg.num_query_tokens, cfg.hidden_size], device);
+        let query_tokens =
+            Initializer::Normal { mean: 0.0, std: cfg.initializer_range }.init([1, cfg.num_query_tokens, cfg.hidden_size], device);
         super::materialize(Self {
             query_tokens,
             embeddings: Embeddings::new(cfg, device),
@@ -83,38 +139,27 @@ impl<B: Kernels> QFormer<B> {
     /// keys/values once per layer; every pass of the step (and every ITM pair) reuses them.
     pub fn image_key_values(&self, image_feats: Tensor<B, 3>) -> Vec<Option<KeyValue<B>>> {
         let image = self.ln_vision.forward(image_feats);
-        self.layers
-            .iter()
-            .map(|layer| layer.crossattention.as_ref().map(|c| c.key_value(image.clone())))
-            .collect()
+        self.layers.iter().map(|layer| layer.crossattention.as_ref().map(|c| c.key_value(image.clone()))).collect()
     }
 
-    /// Runs the trunk. `num_query` leading rows of `embeds` are queries; `image` holds per-layer
-    /// image keys/values (needed when `num_query > 0`); `prefix` per-layer cached keys/values.
-    /// `last_rows`: how many leading rows of the output the caller reads (`None`: all); the last
-    /// layer computes only those (queries and `[CLS]` for ITC, queries for ITM), which the
-    /// reference does not skip.
-    pub fn encode(
-        &self,
-        embeds: Tensor<B, 3>,
-        num_query: usize,
-        mask: Option<Tensor<B, 4>>,
-        image: &[Option<KeyValue<B>>],
-        prefix: Option<&[KeyValue<B>]>,
-        last_rows: Option<usize>,
-        train: bool,
-    ) -> Encoded<B> {
+    /// Runs the trunk over one [`Pass`].
+    pub fn encode(&self, pass: Pass<'_, B>) -> Encoded<B> {
+        let (num_query, image, prefix) = match pass.context {
+            Context::Text => (0, None, None),
+            Context::Image { num_query, image } => (num_query, Some(image), None),
+            Context::AfterQueries(prefix) => (0, None, Some(prefix)),
+        };
         let last = self.layers.len().saturating_sub(1);
-        let mut hidden = embeds;
+        let mut hidden = pass.embeds;
         let mut key_values = Vec::with_capacity(self.layers.len());
         for (i, layer) in self.layers.iter().enumerate() {
             let ctx = LayerContext {
                 num_query,
-                mask: mask.clone(),
+                mask: pass.mask.clone(),
                 prefix: prefix.map(|p| &p[i]),
-                image: image.get(i).and_then(|kv| kv.as_ref()),
-                rows: if i == last { last_rows } else { None },
-                train,
+                image: image.and_then(|kv| kv.get(i)).and_then(|kv| kv.as_ref()),
+                rows: if i == last { pass.rows_read } else { None },
+                train: pass.train,
             };
             let (h, kv) = layer.forward(hidden, ctx);
             hidden = h;

@@ -48,19 +48,8 @@ pub fn similarities<B: Kernels>(
         ItcGradient::Full => (image.clone(), text.clone()),
     };
     let temp = temp.unsqueeze::<2>();
-    let i2t = image
-        .reshape([b * q, e])
-        .matmul(text_all.transpose())
-        .reshape([b, q, n])
-        .max_dim(1)
-        .squeeze_dim::<2>(1)
-        / temp.clone();
-    let t2i = text
-        .matmul(image_all.reshape([b * q, e]).transpose())
-        .reshape([n, b, q])
-        .max_dim(2)
-        .squeeze_dim::<2>(2)
-        / temp;
+    let i2t = image.reshape([b * q, e]).matmul(text_all.transpose()).reshape([b, q, n]).max_dim(1).squeeze_dim::<2>(1) / temp.clone();
+    let t2i = text.matmul(image_all.reshape([b * q, e]).transpose()).reshape([n, b, q]).max_dim(2).squeeze_dim::<2>(2) / temp;
     (i2t, t2i)
 }
 
@@ -88,8 +77,7 @@ pub fn itc_loss<B: Kernels>(
     let device = image.device();
     let (sim_i2t, sim_t2i) = similarities(normalize(image), normalize(text), temp, gradient);
     let t_i2t = targets::<B>(positives, label_smoothing, &device);
-    let transposed: Vec<Vec<bool>> =
-        (0..positives.len()).map(|j| positives.iter().map(|row| row[j]).collect()).collect();
+    let transposed: Vec<Vec<bool>> = (0..positives.len()).map(|j| positives.iter().map(|row| row[j]).collect()).collect();
     let t_t2i = targets::<B>(&transposed, label_smoothing, &device);
     let loss = (soft_cross_entropy(sim_i2t.clone(), t_i2t) + soft_cross_entropy(sim_t2i.clone(), t_t2i)).div_scalar(2.0);
     ItcOutput { loss, sim_i2t, sim_t2i }

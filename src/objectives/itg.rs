@@ -3,11 +3,11 @@
 
 use burn::tensor::Tensor;
 
-use super::batch::int_tensor;
 use super::masks::AttentionMask;
-use super::TextBatch;
+use crate::data::text::TextBatch;
 use crate::kernels::{gather_rows, Kernels};
-use crate::model::{KeyValue, QFormer};
+use crate::model::{KeyValue, Pass, QFormer};
+use crate::util::host::int_tensor;
 
 /// Decoder input: `[DEC]` replaces `[CLS]` at position 0.
 pub fn decoder_ids(text: &TextBatch, bos: usize) -> Vec<Vec<i64>> {
@@ -56,7 +56,7 @@ pub fn itg_loss<B: Kernels>(
     }
     let mask = AttentionMask::multimodal_causal(q, &text.mask).select_rows(q, t).to_additive::<B>(&device);
     let embeds = model.embed(None, Some(int_tensor(&decoder_ids(text, bos), &device)), train);
-    let hidden = model.encode(embeds, 0, Some(mask), &[], Some(query_kv), None, train).hidden;
+    let hidden = model.encode(Pass::after_queries(embeds, mask, query_kv).training(train)).hidden;
     let [_, _, d] = hidden.dims();
     let picked = gather_rows(hidden.reshape([b * t, d]), &rows);
     let labels: Vec<usize> = labels.iter().map(|&l| l as usize).collect();

@@ -4,9 +4,9 @@
 use burn::tensor::Tensor;
 
 use super::masks::AttentionMask;
-use super::TextBatch;
+use crate::data::text::TextBatch;
 use crate::kernels::{cross_entropy, Kernels};
-use crate::model::{KeyValue, QFormer};
+use crate::model::{KeyValue, Pass, QFormer};
 
 /// The pairs scored by ITM, LAVIS's order: `B` positives, then (negative image, text b) for every
 /// text with a negative, then (image b, negative text) for every image with one.
@@ -60,12 +60,11 @@ pub fn itm_loss<B: Kernels>(
     let device = model.query_tokens.device();
     let n = pairs.labels.len();
     let q = model.num_query;
-    let pair_kv: Vec<Option<KeyValue<B>>> =
-        image_kv.iter().map(|kv| kv.as_ref().map(|kv| kv.select(&pairs.images))).collect();
+    let pair_kv: Vec<Option<KeyValue<B>>> = image_kv.iter().map(|kv| kv.as_ref().map(|kv| kv.select(&pairs.images))).collect();
     let pair_text = text.select(&pairs.texts);
     let mask = AttentionMask::bidirectional(q, &pair_text.mask).to_additive::<B>(&device);
     let embeds = model.embed(Some(model.queries(n)), Some(pair_text.ids_tensor(&device)), train);
-    let hidden = model.encode(embeds, q, Some(mask), &pair_kv, None, Some(q), train).hidden;
+    let hidden = model.encode(Pass::with_image(embeds, q, &pair_kv).masked(Some(mask)).reading(q).training(train)).hidden;
     let [_, _, d] = hidden.dims();
     let logits = model.itm_logits(hidden.slice([0..n, 0..q, 0..d]));
     let labels: Vec<usize> = pairs.labels.iter().map(|&l| l as usize).collect();

@@ -2,8 +2,8 @@
 //! with the text padding. They are plain values (who may attend whom) so they can be printed and
 //! tested; `to_additive` turns one into the additive form the attention adds to its scores.
 
-use burn::tensor::{Tensor, TensorData};
 use crate::kernels::Kernels;
+use burn::tensor::{Tensor, TensorData};
 
 /// Added to the scores of forbidden keys, as BERT and LAVIS do (not -inf: a fully masked row stays
 /// finite instead of turning into NaN).

@@ -8,14 +8,14 @@ pub mod masks;
 pub mod sampler;
 pub mod stage1;
 
-pub use batch::{Stage1Batch, TextBatch};
+pub use batch::Stage1Batch;
 pub use itc::ItcGradient;
 pub use masks::{AttentionMask, MaskKind};
 pub use sampler::{NegativeMode, NegativeSampler, SamplerStats};
-pub use stage1::{stage1_loss, ObjectiveConfig, Objective, Stage1Output, Switch};
+pub use stage1::{stage1_loss, Objective, ObjectiveConfig, Stage1Output, Switch};
 
-use burn::tensor::{activation::log_softmax, Tensor};
 use crate::kernels::Kernels;
+use burn::tensor::{activation::log_softmax, Tensor};
 
 /// Cross-entropy against a target distribution per row: `mean_n(-sum_c target[n,c] log p[n,c])`.
 /// Covers label smoothing and several positives per row (LAVIS's `image_id` branch).

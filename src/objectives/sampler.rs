@@ -7,7 +7,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::util::error::{Error, Result};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -89,14 +89,9 @@ impl NegativeSampler {
                         Direction::ImageForText => images,
                         Direction::TextForImage => texts,
                     };
-                    let c = *indices
-                        .get(r)
-                        .ok_or_else(|| Error::input(direction.name(), format!("no index for row {r}")))?;
+                    let c = *indices.get(r).ok_or_else(|| Error::input(direction.name(), format!("no index for row {r}")))?;
                     if c >= cols || pos[c] {
-                        return Err(Error::input(
-                            direction.name(),
-                            format!("row {r}: index {c} is out of range or a positive"),
-                        ));
+                        return Err(Error::input(direction.name(), format!("row {r}: index {c} is out of range or a positive")));
                     }
                     Some(c)
                 }
@@ -148,11 +143,7 @@ impl NegativeSampler {
 }
 
 fn argmax(row: &[f32], valid: &[usize]) -> Option<usize> {
-    valid
-        .iter()
-        .copied()
-        .filter(|&c| !row[c].is_nan())
-        .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+    valid.iter().copied().filter(|&c| !row[c].is_nan()).max_by(|&a, &b| row[a].total_cmp(&row[b]))
 }
 
 #[cfg(test)]

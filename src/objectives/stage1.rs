@@ -11,9 +11,10 @@ use super::itm::{itm_loss, ItmPairs};
 use super::masks::AttentionMask;
 use super::sampler::{Direction, NegativeMode, NegativeSampler, SamplerStats};
 use super::{ItcGradient, Stage1Batch};
-use crate::error::{Error, Result};
-use crate::model::QFormer;
 use crate::kernels::Kernels;
+use crate::model::{Pass, QFormer};
+use crate::util::error::{Error, Result};
+use crate::util::host::to_f32;
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -92,7 +93,7 @@ pub struct Stage1Output<B: Kernels> {
 
 /// Host copy of a `[B, N]` tensor for the sampler.
 fn host_rows<B: Kernels>(t: Tensor<B, 2>) -> Vec<f32> {
-    t.detach().into_data().convert::<f32>().to_vec::<f32>().expect("f32 data")
+    to_f32(t.detach())
 }
 
 pub fn stage1_loss<B: Kernels>(
@@ -123,7 +124,8 @@ pub fn stage1_loss<B: Kernels>(
         let mask = with_text.then(|| AttentionMask::unimodal(q, &text.mask).to_additive::<B>(&device));
         let embeds = model.embed(Some(model.queries(b)), ids, train);
         // Only the queries and [CLS] of the last layer are read.
-        model.encode(embeds, q, mask, &image_kv, None, with_text.then_some(q + 1), train)
+        let pass = Pass::with_image(embeds, q, &image_kv).masked(mask).training(train);
+        model.encode(if with_text { pass.reading(q + 1) } else { pass })
     });
 
     let mut out = Stage1Output {

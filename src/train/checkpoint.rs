@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::config::TrainConfig;
-use crate::error::{Error, Result};
+use crate::train::config::TrainConfig;
+use crate::util::error::{Error, Result};
+use crate::util::fs::{sync_dir, temp_path, write_atomic};
 
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
@@ -53,9 +54,15 @@ fn step_dir_name(step: u64) -> String {
 /// Writes a checkpoint. `write_files` fills the temporary folder with the model and optimizer
 /// files; this adds the config and the state with checksums, publishes it as the step's folder,
 /// points `latest` at it and prunes to the last `keep`.
-pub fn save(run_dir: &Path, cfg: &TrainConfig, state: &TrainState, keep: usize, write_files: impl FnOnce(&Path) -> Result<()>) -> Result<PathBuf> {
+pub fn save(
+    run_dir: &Path,
+    cfg: &TrainConfig,
+    state: &TrainState,
+    keep: usize,
+    write_files: impl FnOnce(&Path) -> Result<()>,
+) -> Result<PathBuf> {
     let dir = write_checkpoint(run_dir, &step_dir_name(state.step), cfg, state, write_files)?;
-    write_atomic_text(&run_dir.join(LATEST), &step_dir_name(state.step))?;
+    write_atomic(&run_dir.join(LATEST), step_dir_name(state.step).as_bytes())?;
     prune(run_dir, keep)?;
     Ok(dir)
 }
@@ -66,9 +73,15 @@ pub fn save_best(run_dir: &Path, cfg: &TrainConfig, state: &TrainState, write_fi
 }
 
 /// Fills `.<name>.tmp-<pid>` and renames it to `name`: a reader sees the old folder or the new one.
-fn write_checkpoint(run_dir: &Path, name: &str, cfg: &TrainConfig, state: &TrainState, write_files: impl FnOnce(&Path) -> Result<()>) -> Result<PathBuf> {
+fn write_checkpoint(
+    run_dir: &Path,
+    name: &str,
+    cfg: &TrainConfig,
+    state: &TrainState,
+    write_files: impl FnOnce(&Path) -> Result<()>,
+) -> Result<PathBuf> {
     let final_dir = run_dir.join(name);
-    let tmp = run_dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let tmp = temp_path(&final_dir);
     let io = |p: &Path, e| Error::io(p, e);
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
@@ -82,13 +95,12 @@ fn write_checkpoint(run_dir: &Path, name: &str, cfg: &TrainConfig, state: &Train
             state.checksums.insert(f.to_string(), sha256(&tmp.join(f))?);
         }
         let state_path = tmp.join(STATE_FILE);
-        write_synced(&state_path, serde_json::to_string_pretty(&state).expect("state json").as_bytes())?;
-        sync_dir(&tmp)?;
+        write_atomic(&state_path, serde_json::to_string_pretty(&state).expect("state json").as_bytes())?;
         if final_dir.exists() {
             std::fs::remove_dir_all(&final_dir).map_err(|e| io(&final_dir, e))?;
         }
         std::fs::rename(&tmp, &final_dir).map_err(|e| io(&final_dir, e))?;
-        Ok(())
+        sync_dir(run_dir)
     })();
     if let Err(e) = result {
         let _ = std::fs::remove_dir_all(&tmp);
@@ -97,25 +109,9 @@ fn write_checkpoint(run_dir: &Path, name: &str, cfg: &TrainConfig, state: &Train
     Ok(final_dir)
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| Error::io(path, e))
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(|e| Error::io(dir, e))
-}
-
-/// Replaces a small text file atomically (temporary file, sync, rename).
-pub(crate) fn write_atomic_text(path: &Path, text: &str) -> Result<()> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    write_synced(&tmp, text.as_bytes())?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-}
-
 /// Removes what an interrupted write left behind in a run folder (`.step-*.tmp-PID`,
-/// `.best.tmp-PID`, `latest.tmp-PID`): published checkpoints are never touched.
+/// `.best.tmp-PID`, `.latest.tmp-PID`, and `latest.tmp-PID` from earlier builds): published
+/// checkpoints are never touched.
 pub fn clean_stale(run_dir: &Path) -> Result<usize> {
     let mut removed = 0;
     for entry in std::fs::read_dir(run_dir).map_err(|e| Error::io(run_dir, e))?.flatten() {
@@ -170,7 +166,8 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
 
 /// Config keys that may change when a run resumes (extending it, changing how often it logs;
 /// starting weights only matter to a fresh run).
-const RESUMABLE_CHANGES: [&str; 8] = ["train.steps", "train.epochs", "train.run_name", "checkpoint", "log", "eval", "data.prefetch", "init"];
+const RESUMABLE_CHANGES: [&str; 8] =
+    ["train.steps", "train.epochs", "train.run_name", "checkpoint", "log", "eval", "data.prefetch", "init"];
 
 fn flatten(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, String>) {
     match v {
@@ -213,7 +210,9 @@ pub fn verify(dir: &Path, cfg: &TrainConfig) -> Result<TrainState> {
         .into_iter()
         .filter(|k| a.get(*k) != b.get(*k))
         .filter(|k| !RESUMABLE_CHANGES.iter().any(|r| k.as_str() == *r || k.starts_with(&format!("{r}."))))
-        .map(|k| format!("{k} (checkpoint {}, config {})", a.get(k).map_or("unset", String::as_str), b.get(k).map_or("unset", String::as_str)))
+        .map(|k| {
+            format!("{k} (checkpoint {}, config {})", a.get(k).map_or("unset", String::as_str), b.get(k).map_or("unset", String::as_str))
+        })
         .collect();
     if !differing.is_empty() {
         return Err(Error::file(dir, format!("checkpoint was made with a different config: {}", differing.join("; "))));

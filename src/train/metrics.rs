@@ -1,15 +1,16 @@
-//! `metrics.jsonl` (one JSON object per step, every loss term separately) and the progress display:
-//! an indicatif bar on a terminal, plain lines every N steps otherwise (CI, nohup).
+//! `metrics.jsonl` (one JSON object per step, every loss term separately) and the [`Progress`]
+//! interface through which a run reports each step to the application.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
 use crate::eval::evaluate::EvalReport;
 use crate::eval::retrieval::Recall;
+use crate::util::error::{Error, Result};
+use crate::util::fs::write_atomic;
+use crate::util::report::{Reporter, Silent};
 
 /// JSON has no NaN: a non-finite value is written as `null` and read back as NaN, so a bad step's
 /// record survives a resume. A switched-off objective's term is absent.
@@ -76,15 +77,13 @@ impl MetricsLog {
         let path = run_dir.join("metrics.jsonl");
         if path.exists() {
             let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-            let kept: Vec<&str> = text
-                .lines()
-                .filter(|l| serde_json::from_str::<StepMetrics>(l).is_ok_and(|m| m.step <= resume_step))
-                .collect();
+            let kept: Vec<&str> =
+                text.lines().filter(|l| serde_json::from_str::<StepMetrics>(l).is_ok_and(|m| m.step <= resume_step)).collect();
             let mut out = kept.join("\n");
             if !out.is_empty() {
                 out.push('\n');
             }
-            crate::train::checkpoint::write_atomic_text(&path, &out)?;
+            write_atomic(&path, out.as_bytes())?;
         }
         Ok(Self { path })
     }
@@ -109,45 +108,19 @@ impl MetricsLog {
     }
 }
 
-pub struct Progress {
-    bar: Option<ProgressBar>,
-    every: u64,
+/// Follows a run step by step. The application shows it (a bar on a terminal, plain lines in a
+/// log); the library only calls it.
+pub trait Progress: Reporter {
+    /// The run starts (or resumes) at `step` of `total`.
+    fn start(&self, step: u64, total: u64);
+    /// A step finished.
+    fn step(&self, m: &StepMetrics, total: u64);
+    /// The run ended (finished or stopped).
+    fn finish(&self);
 }
 
-impl Progress {
-    pub fn new(start: u64, total: u64, every: u64) -> Self {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = ProgressBar::new(total);
-            bar.set_style(
-                ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}").expect("template"),
-            );
-            bar.set_position(start);
-            bar
-        });
-        Self { bar, every }
-    }
-
-    pub fn step(&self, m: &StepMetrics, total: u64) {
-        match &self.bar {
-            Some(bar) => {
-                bar.set_position(m.step);
-                bar.set_message(m.summary());
-            }
-            None if m.step % self.every == 0 || m.step == total => eprintln!("step {}/{total} {}", m.step, m.summary()),
-            None => {}
-        }
-    }
-
-    pub fn println(&self, line: &str) {
-        match &self.bar {
-            Some(bar) => bar.println(line),
-            None => eprintln!("{line}"),
-        }
-    }
-
-    pub fn finish(&self) {
-        if let Some(bar) = &self.bar {
-            bar.finish();
-        }
-    }
+impl Progress for Silent {
+    fn start(&self, _: u64, _: u64) {}
+    fn step(&self, _: &StepMetrics, _: u64) {}
+    fn finish(&self) {}
 }

@@ -1,8 +1,10 @@
-//! Training: the optimizer, schedules, checkpoints, metrics and the loop itself.
+//! Training: the run's config, the optimizer, schedules, checkpoints, metrics, the model a run
+//! starts from or ends with, and the loop itself.
 
 pub mod checkpoint;
+pub mod config;
 pub mod metrics;
 pub mod optim;
 pub mod schedule;
-pub mod ablate;
+pub mod trained;
 pub mod trainer;

@@ -6,11 +6,12 @@
 use burn::module::Param;
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 
-use crate::config::OptimConfig;
 use crate::interop::safetensors_io::OwnedTensor;
 use crate::interop::weights::{visit_params, Layout, ParamVisitor};
-use crate::model::QFormer;
 use crate::kernels::{sum_squares, AdamWStep, Kernels, TrainBackend};
+use crate::model::QFormer;
+use crate::train::config::OptimConfig;
+use crate::util::host::{to_f32, to_f64};
 
 /// Moments of one parameter, flattened.
 struct Moments<B: Kernels> {
@@ -77,7 +78,7 @@ impl<B: TrainBackend> GradAccumulator<B> {
         if sums.is_empty() {
             return 0.0;
         }
-        let host = Tensor::cat(sums, 0).into_data().convert::<f64>().to_vec::<f64>().expect("f64 data");
+        let host = to_f64(Tensor::cat(sums, 0));
         host.iter().sum::<f64>().sqrt()
     }
 
@@ -138,7 +139,13 @@ impl<B: TrainBackend> AdamW<B> {
                 // Hand over the moments (not a second reference), so a backend can update them in place.
                 let none = || Tensor::<B::InnerBackend, 1>::zeros([0], &g.device());
                 let (m, v) = (std::mem::replace(&mut st.m, none()), std::mem::replace(&mut st.v, none()));
-                let [w, m, v] = B::InnerBackend::adamw_step(prim(&flat(value)), prim(g), m.into_primitive().tensor(), v.into_primitive().tensor(), &step);
+                let [w, m, v] = B::InnerBackend::adamw_step(
+                    prim(&flat(value)),
+                    prim(g),
+                    m.into_primitive().tensor(),
+                    v.into_primitive().tensor(),
+                    &step,
+                );
                 let back = |t| Tensor::<B::InnerBackend, 1>::from_primitive(TensorPrimitive::Float(t));
                 (st.m, st.v) = (back(m), back(v));
                 *p = Param::initialized(p.id, Tensor::from_inner(back(w).reshape(shape)).require_grad());
@@ -151,7 +158,7 @@ impl<B: TrainBackend> AdamW<B> {
 
     /// Moments under `{param}.exp_avg` / `{param}.exp_avg_sq`, flattened.
     pub fn state_tensors(&self) -> Vec<(String, OwnedTensor)> {
-        let host = |t: &Tensor<B::InnerBackend, 1>| t.clone().into_data().convert::<f32>().to_vec::<f32>().expect("f32");
+        let host = |t: &Tensor<B::InnerBackend, 1>| to_f32(t.clone());
         self.moments
             .iter()
             .flat_map(|s| {
@@ -165,11 +172,7 @@ impl<B: TrainBackend> AdamW<B> {
     }
 
     /// Restores moments read by `read`, which returns a named flat tensor.
-    pub fn load_state(
-        &mut self,
-        step: u64,
-        mut read: impl FnMut(&str, usize) -> crate::Result<Vec<f32>>,
-    ) -> crate::Result<()> {
+    pub fn load_state(&mut self, step: u64, mut read: impl FnMut(&str, usize) -> crate::util::Result<Vec<f32>>) -> crate::util::Result<()> {
         for s in &mut self.moments {
             let n = s.m.dims()[0];
             let device = s.m.device();

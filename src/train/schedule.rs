@@ -2,7 +2,7 @@
 //! `min_lr` at the last step (the paper's description). `Staircase`: LAVIS's
 //! `linear_warmup_cosine_lr`, warm-up within epoch 0, then one cosine value per epoch.
 
-use crate::config::{ScheduleConfig, ScheduleKind};
+use crate::train::config::{ScheduleConfig, ScheduleKind};
 
 /// Learning rate at optimizer step `step` (0-based) of `total`, for a peak of `peak`.
 pub fn lr_at(cfg: &ScheduleConfig, peak: f64, step: u64, total: u64, steps_per_epoch: u64) -> f64 {

@@ -13,24 +13,28 @@ use super::checkpoint::{self, TrainState, MODEL_FILE, OPTIMIZER_FILE};
 use super::metrics::{MetricsLog, Progress, StepMetrics};
 use super::optim::{AdamW, GradAccumulator};
 use super::schedule::lr_at;
-use crate::backend::BackendJob;
-use crate::config::TrainConfig;
-use crate::data::loader::{mix, Dataset, EvalSet, Prefetcher, Transform};
+use crate::data::feature_cache::{FeatureCache, FeatureSource};
+use crate::data::loader::{Dataset, EvalSet, Prefetcher, Transform};
+use crate::data::skip_limit::SkipLimit;
 use crate::data::synth;
 use crate::data::text::TextEncoder;
-use crate::error::{Error, Result};
 use crate::eval::evaluate::{evaluate, EvalOptions};
 use crate::eval::retrieval::{itc_recall, Recall};
-use crate::trained::fresh_model;
 use crate::interop::safetensors_io::{write_atomic, SafetensorsFile};
+use crate::interop::vit::build_encoder;
 use crate::interop::weights::{load_weights, save_weights};
-use crate::model::qformer::TEMP_RANGE;
-use crate::data::feature_cache::{FeatureCache, FeatureSource};
-use crate::model::frozen::Frozen;
-use crate::model::vit::Vit;
-use crate::model::{scalar, QFormer};
-use crate::objectives::{stage1_loss, NegativeSampler, Stage1Batch};
+use crate::kernels::backend::BackendJob;
 use crate::kernels::{Kernels, TrainBackend};
+use crate::model::frozen::Frozen;
+use crate::model::qformer::TEMP_RANGE;
+use crate::model::QFormer;
+use crate::objectives::{stage1_loss, NegativeSampler, Stage1Batch};
+use crate::train::config::TrainConfig;
+use crate::train::trained::fresh_model;
+use crate::util::error::{Error, Result};
+use crate::util::host::scalar;
+use crate::util::report::{Reporter, Silent};
+use crate::util::seed::mix;
 
 /// Stream tags that keep the seeds of the different random consumers apart.
 const SAMPLER_STREAM: u64 = 0x5a3b_1e00;
@@ -40,6 +44,19 @@ pub struct TrainJob {
     pub run_name: String,
     /// A run folder (its latest checkpoint) or a step folder.
     pub resume: Option<PathBuf>,
+    /// Where the run reports its steps and notes.
+    pub progress: Arc<dyn Progress>,
+}
+
+impl TrainJob {
+    /// A job that reports nothing (library callers, tests); see [`TrainJob::reporting`].
+    pub fn new(cfg: TrainConfig, run_name: impl Into<String>, resume: Option<PathBuf>) -> Self {
+        Self { cfg, run_name: run_name.into(), resume, progress: Arc::new(Silent) }
+    }
+
+    pub fn reporting(self, progress: Arc<dyn Progress>) -> Self {
+        Self { progress, ..self }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -51,42 +68,29 @@ pub struct TrainOutcome {
 }
 
 /// Generates the synthetic set when the configured annotations do not exist yet.
-pub fn ensure_data(cfg: &TrainConfig) -> Result<()> {
-    if cfg.data.train.exists() {
-        return Ok(());
-    }
-    let Some(s) = &cfg.data.synth else {
-        return Err(Error::file(&cfg.data.train, "annotation file not found (set [data.synth] to generate the shapes set)"));
-    };
-    let out = cfg.data.train.parent().unwrap_or(Path::new("."));
-    eprintln!("generating {} + {} synthetic scenes in {}", s.train, s.eval, out.display());
-    synth::generate(out, s.train, s.eval, cfg.encoder.image_size as u32, s.seed)?;
-    if !cfg.data.train.exists() {
-        return Err(Error::config("data.train", "the synthetic set is written as train.json / eval.json: point data.train there", "config"));
-    }
-    Ok(())
-}
-
-fn check_skips(skipped: u64, seen: u64, max: f64) -> Result<()> {
-    if seen > 0 && skipped as f64 / seen as f64 > max {
-        return Err(Error::input(
-            "data.max_skip_fraction",
-            format!("{skipped} of {seen} records skipped ({:.1}%), above the limit of {:.1}%; see the messages above", 100.0 * skipped as f64 / seen as f64, 100.0 * max),
-        ));
-    }
-    Ok(())
+pub fn ensure_data(cfg: &TrainConfig, reporter: &dyn Reporter) -> Result<()> {
+    synth::ensure(&cfg.data.train, cfg.data.synth.as_ref(), cfg.encoder.image_size as u32, reporter)
 }
 
 /// The run's frozen-feature source, with the training and held-out transforms that feed it.
-fn frozen_source<B: Kernels>(cfg: &TrainConfig, device: &B::Device) -> Result<(Frozen<B>, Transform, Transform)> {
+fn frozen_source<B: Kernels>(cfg: &TrainConfig, device: &B::Device, reporter: &dyn Reporter) -> Result<(Frozen<B>, Transform, Transform)> {
     let d = &cfg.data;
-    let mut train = Transform { image_size: cfg.encoder.image_size as u32, max_pixels: d.max_pixels, augment: d.augment.enabled.then(|| d.augment.clone()), cache: None };
+    let mut train = Transform {
+        image_size: cfg.encoder.image_size as u32,
+        max_pixels: d.max_pixels,
+        augment: d.augment.enabled.then(|| d.augment.clone()),
+        cache: None,
+    };
     let mut eval = Transform { augment: None, ..train.clone() };
     let frozen = match (d.features, &d.cache) {
         (FeatureSource::Cache, Some(cache)) => {
             let open = |path: &Path, split| FeatureCache::open(cache, &cfg.encoder, path, &d.augment, split).map(Arc::new);
             let c = open(&d.train, "train")?;
-            eprintln!("features from the cache in {} ({} views per image); the encoder is not run", cache.dir.display(), c.views());
+            reporter.note(&format!(
+                "features from the cache in {} ({} views per image); the encoder is not run",
+                cache.dir.display(),
+                c.views()
+            ));
             let frozen = Frozen::Cache { tokens: c.tokens(), width: c.width() };
             train.cache = Some(c);
             if let Some(path) = &d.eval {
@@ -95,9 +99,9 @@ fn frozen_source<B: Kernels>(cfg: &TrainConfig, device: &B::Device) -> Result<(F
             frozen
         }
         _ => {
-            let (vit, report) = Vit::build(&cfg.encoder, device)?;
+            let (vit, report) = build_encoder(&cfg.encoder, device)?;
             if let Some(r) = report {
-                eprintln!("{}", r.summary());
+                reporter.note(&r.summary());
             }
             Frozen::Encoder { vit, image_size: cfg.encoder.image_size }
         }
@@ -118,29 +122,34 @@ impl BackendJob for TrainJob {
 
     fn run<B: TrainBackend>(self, device: B::Device) -> Result<TrainOutcome> {
         let cfg = self.cfg;
+        let progress = self.progress;
         let (t, seed) = (&cfg.train, cfg.train.seed);
-        ensure_data(&cfg)?;
+        ensure_data(&cfg, progress.as_ref())?;
         let text = Arc::new(TextEncoder::load(&cfg.text.tokenizer, cfg.text.max_len, cfg.text.max_words)?);
         if text.vocab_size != cfg.model.vocab_size || text.dec_id as usize != cfg.model.bos_token_id {
             return Err(Error::config(
                 "model.vocab_size",
-                format!("the tokenizer has {} tokens with [DEC] = {}; the model expects {} and bos_token_id {}", text.vocab_size, text.dec_id, cfg.model.vocab_size, cfg.model.bos_token_id),
+                format!(
+                    "the tokenizer has {} tokens with [DEC] = {}; the model expects {} and bos_token_id {}",
+                    text.vocab_size, text.dec_id, cfg.model.vocab_size, cfg.model.bos_token_id
+                ),
                 "config",
             ));
         }
         let train_data = Arc::new(Dataset::load(&cfg.data.train, cfg.data.image_root.as_deref())?);
         for s in &train_data.skipped {
-            eprintln!("skipped {s}");
+            progress.note(&format!("skipped {s}"));
         }
         let n_records = train_data.records.len() as u64;
-        check_skips(train_data.skipped.len() as u64, n_records + train_data.skipped.len() as u64, cfg.data.max_skip_fraction)?;
-        let (frozen, transform, eval_transform) = frozen_source::<B::InnerBackend>(&cfg, &device)?;
+        let skip_limit = SkipLimit { max_fraction: cfg.data.max_skip_fraction };
+        skip_limit.check_complete(train_data.skipped.len() as u64, n_records + train_data.skipped.len() as u64)?;
+        let (frozen, transform, eval_transform) = frozen_source::<B::InnerBackend>(&cfg, &device, progress.as_ref())?;
         let eval_set = match &cfg.data.eval {
             Some(path) => {
                 let data = Dataset::load(path, cfg.data.image_root.as_deref())?;
                 let set = EvalSet::load(&data, &text, &eval_transform, cfg.eval.max_images)?;
                 for s in data.skipped.iter().chain(&set.skipped) {
-                    eprintln!("skipped (held-out) {s}");
+                    progress.note(&format!("skipped (held-out) {s}"));
                 }
                 Some(set)
             }
@@ -151,7 +160,7 @@ impl BackendJob for TrainJob {
         std::fs::create_dir_all(&run_dir).map_err(|e| Error::io(&run_dir, e))?;
         let stale = checkpoint::clean_stale(&run_dir)?;
         if stale > 0 {
-            eprintln!("removed {stale} partial checkpoint write(s) left by an interrupted run");
+            progress.note(&format!("removed {stale} partial checkpoint write(s) left by an interrupted run"));
         }
         std::fs::write(run_dir.join("config.toml"), cfg.to_toml()).map_err(|e| Error::io(&run_dir, e))?;
 
@@ -166,7 +175,11 @@ impl BackendJob for TrainJob {
                 let (model, _) = load_weights::<B>(&dir.join(MODEL_FILE), Some(&cfg.model), &device)?;
                 let mut optim = AdamW::new(&cfg.optim, &model);
                 let file = SafetensorsFile::open(&dir.join(OPTIMIZER_FILE))?;
-                let opt_steps = file.metadata()?.get("step").and_then(|s| s.parse().ok()).ok_or_else(|| Error::file(&file.path, "no `step` in the metadata"))?;
+                let opt_steps = file
+                    .metadata()?
+                    .get("step")
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| Error::file(&file.path, "no `step` in the metadata"))?;
                 optim.load_state(opt_steps, |name, n| {
                     let (shape, v) = file.f32(name)?;
                     if shape != [n] {
@@ -174,13 +187,13 @@ impl BackendJob for TrainJob {
                     }
                     Ok(v)
                 })?;
-                eprintln!("resumed from {} at step {}", dir.display(), state.step);
+                progress.note(&format!("resumed from {} at step {}", dir.display(), state.step));
                 (model, optim, state)
             }
             None => {
                 let (model, lines) = fresh_model::<B>(&cfg, &device)?;
                 for line in lines {
-                    eprintln!("{line}");
+                    progress.note(&line);
                 }
                 let optim = AdamW::new(&cfg.optim, &model);
                 (model, optim, TrainState { seed, ..Default::default() })
@@ -189,7 +202,7 @@ impl BackendJob for TrainJob {
 
         let metrics = MetricsLog::open(&run_dir, state.step)?;
         let mut loader = Prefetcher::start(train_data, text, transform, seed, state.data_position, t.batch_size, cfg.data.prefetch);
-        let progress = Progress::new(state.step, total, cfg.log.every);
+        progress.start(state.step, total);
         let objectives = cfg.objectives.clone();
         let accum = t.grad_accum;
         let mut consecutive_bad = 0usize;
@@ -202,14 +215,14 @@ impl BackendJob for TrainJob {
             let mut grads = GradAccumulator::new(&model);
             let (mut loss, mut terms, mut fallbacks, mut finite) = (0.0, [None::<f64>; 3], 0, true);
             for micro in 0..accum {
-                let hb = loader.next()?;
+                let hb = loader.next_batch()?;
                 for s in &hb.skipped {
-                    progress.println(&format!("skipped {s}"));
+                    progress.note(&format!("skipped {s}"));
                 }
                 state.samples_seen += hb.seen;
                 state.samples_skipped += hb.skipped.len() as u64;
                 state.data_position = hb.end;
-                check_skips(state.samples_skipped, state.samples_seen, cfg.data.max_skip_fraction)?;
+                skip_limit.check_running(state.samples_skipped, state.samples_seen)?;
                 let feats = Tensor::<B, 3>::from_inner(frozen.features(hb.inputs, &device));
                 let batch = Stage1Batch::new(feats, hb.text, Some(hb.image_ids))?;
                 // Dropout and negatives are drawn from (seed, micro-step): a resumed run repeats them.
@@ -233,9 +246,16 @@ impl BackendJob for TrainJob {
             if skip_update {
                 consecutive_bad += 1;
                 state.bad_steps_total += 1;
-                progress.println(&format!("step {}: non-finite loss or gradient, update skipped ({consecutive_bad} in a row)", state.step + 1));
+                progress
+                    .note(&format!("step {}: non-finite loss or gradient, update skipped ({consecutive_bad} in a row)", state.step + 1));
                 if consecutive_bad >= t.max_bad_steps {
-                    stop = Some(Error::input("train.max_bad_steps", format!("{consecutive_bad} consecutive non-finite steps; stopping. The last checkpoint in {} is intact", run_dir.display())));
+                    stop = Some(Error::input(
+                        "train.max_bad_steps",
+                        format!(
+                            "{consecutive_bad} consecutive non-finite steps; stopping. The last checkpoint in {} is intact",
+                            run_dir.display()
+                        ),
+                    ));
                 }
             } else {
                 consecutive_bad = 0;
@@ -267,7 +287,7 @@ impl BackendJob for TrainJob {
             if let (true, Some(set)) = (eval_due, &eval_set) {
                 let valid = model.valid();
                 let r = itc_recall(&valid, &frozen, set, 64);
-                progress.println(&format!(
+                progress.note(&format!(
                     "step {} held-out retrieval: i2t R@1 {:.1} R@5 {:.1} | t2i R@1 {:.1} R@5 {:.1} ({} images)",
                     state.step, r.i2t_r1, r.i2t_r5, r.t2i_r1, r.t2i_r5, set.images
                 ));
@@ -275,9 +295,15 @@ impl BackendJob for TrainJob {
                 recall = Some(r);
                 if rerank_due {
                     let report = evaluate(&valid, &frozen, set, &EvalOptions { k_test: cfg.eval.k_test, chunk: 64 });
-                    progress.println(&format!(
+                    progress.note(&format!(
                         "step {} re-ranked (top {}): i2t R@1 {:.1} | t2i R@1 {:.1}; ITM accuracy {:.1}/{:.1}; ITG perplexity {:.2}",
-                        state.step, report.k_test, report.itm.i2t_r1, report.itm.t2i_r1, report.itm_acc_positive, report.itm_acc_negative, report.itg_perplexity
+                        state.step,
+                        report.k_test,
+                        report.itm.i2t_r1,
+                        report.itm.t2i_r1,
+                        report.itm_acc_positive,
+                        report.itm_acc_negative,
+                        report.itg_perplexity
                     ));
                     last.evaluation = Some(report);
                 }
@@ -301,7 +327,12 @@ impl BackendJob for TrainJob {
             if let Some(value) = best_candidate {
                 state.best = Some((state.step, value));
                 let dir = checkpoint::save_best(&run_dir, &cfg, &state, write_files)?;
-                progress.println(&format!("step {}: best {} so far ({value:.2}), saved to {}", state.step, cfg.eval.best_metric, dir.display()));
+                progress.note(&format!(
+                    "step {}: best {} so far ({value:.2}), saved to {}",
+                    state.step,
+                    cfg.eval.best_metric,
+                    dir.display()
+                ));
             }
             if state.step % cfg.checkpoint.every == 0 || state.step == total {
                 checkpoint::save(&run_dir, &cfg, &state, cfg.checkpoint.keep, write_files)?;

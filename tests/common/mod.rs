@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Distribution, Tensor};
+use qformer::data::text::TextBatch;
 use qformer::model::QFormerConfig;
-use qformer::objectives::{Stage1Batch, TextBatch};
+use qformer::objectives::Stage1Batch;
 
 pub type B = Autodiff<Flex>;
 
@@ -31,12 +32,20 @@ pub fn batch(b: usize, image_ids: Option<Vec<i64>>, seed: u64) -> Stage1Batch<B>
     let feats = Tensor::<B, 3>::random([b, 10, 48], Distribution::Normal(0.0, 1.0), &device);
     let t = 12;
     let ids = (0..b)
-        .map(|i| (0..t).map(|j| match j { 0 => 101, j if j < 6 + i % 5 => 200 + ((i * 31 + j * 7) % 700) as i64, j if j == 6 + i % 5 => 102, _ => 0 }).collect())
+        .map(|i| {
+            (0..t)
+                .map(|j| match j {
+                    0 => 101,
+                    j if j < 6 + i % 5 => 200 + ((i * 31 + j * 7) % 700) as i64,
+                    j if j == 6 + i % 5 => 102,
+                    _ => 0,
+                })
+                .collect()
+        })
         .collect::<Vec<Vec<i64>>>();
     let mask = ids.iter().map(|r| r.iter().map(|&x| i64::from(x != 0)).collect()).collect();
     Stage1Batch::new(feats, TextBatch::new(ids, mask, 1000).unwrap(), image_ids).unwrap()
 }
-
 
 /// The backend RNG is process-wide: tests that seed it and draw from it hold this lock so that
 /// parallel test threads cannot interleave their draws.
@@ -76,63 +85,129 @@ seed = 3
     )
 }
 
-/// A whole training run in miniature (the 32-word fixture vocabulary, 16 px images, checkpoint every
-/// step), written to `dir/run.toml`; `extra` lands in `[train]`.
-pub fn run_config(dir: &Path, steps: u64, extra: &str) -> PathBuf {
-    let vocab = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lavis/vocab.txt");
-    let text = format!(
-        r#"
-{model}
-[data]
-train = "{d}/shapes/train.json"
-eval = "{d}/shapes/eval.json"
-synth = {{ train = 48, eval = 8, seed = 1 }}
-
-[text]
-tokenizer = "{vocab}"
-max_len = 14
-
-[optim]
-lr = 1e-3
-
-[train]
-batch_size = 6
-steps = {steps}
-grad_accum = 2
-clip_grad_norm = 1.0
-seed = 5
-{extra}
-
-[checkpoint]
-dir = "{d}/checkpoints"
-every = 1
-keep = 2
-
-[log]
-every = 1
-
-[eval]
-every = 0
-"#,
-        d = dir.display(),
-        vocab = vocab.display(),
-        model = mini_model(33)
-    );
-    let path = dir.join("run.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+/// One builder for every test run's config: the model and encoder tables, the generated shapes
+/// set, and the `[train]`, `[checkpoint]` and `[eval]` values a test needs; [`RunConfig::write`]
+/// puts it in a folder as TOML.
+pub struct RunConfig {
+    /// The `[model]` and `[encoder]` tables.
+    pub model: String,
+    pub vocab: PathBuf,
+    /// Generated training and held-out scenes.
+    pub synth: (usize, usize),
+    pub max_len: usize,
+    pub batch_size: usize,
+    pub steps: u64,
+    pub seed: u64,
+    /// More `[train]` lines (`grad_accum = 2`, ...).
+    pub train_extra: String,
+    pub checkpoint_every: u64,
+    pub keep: usize,
+    /// The `[eval]` table's lines.
+    pub eval: String,
+    /// Whole sections placed before `[train]` (`[optim]`, `[schedule]`).
+    pub sections: String,
 }
 
-/// A run wide enough to take every parallel path of a CPU step (batch 32; rows of LayerNorm,
-/// attention and elementwise kernels in many chunks; a 4.4M-element tied word embedding, above
-/// the size where flex sums in parallel; matmuls above gemm's threading threshold), yet a fraction
-/// of a second per step: the real 30523-token vocabulary, 144-wide trunk, 32 px images. Held-out
-/// retrieval and the full evaluation run at the last step. Written to `dir/run.toml`.
-pub fn wide_run_config(dir: &Path, steps: u64) -> PathBuf {
-    let vocab = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/bert-base-uncased-vocab.txt");
-    let text = format!(
-        r#"
-[model]
+fn manifest(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+impl RunConfig {
+    /// A whole training run in miniature: the 32-word fixture vocabulary, 16 px images, a
+    /// checkpoint every step.
+    pub fn miniature(steps: u64) -> Self {
+        Self {
+            model: mini_model(33),
+            vocab: manifest("tests/fixtures/lavis/vocab.txt"),
+            synth: (48, 8),
+            max_len: 14,
+            batch_size: 6,
+            steps,
+            seed: 5,
+            train_extra: "grad_accum = 2\nclip_grad_norm = 1.0".into(),
+            checkpoint_every: 1,
+            keep: 2,
+            eval: "every = 0".into(),
+            sections: "[optim]\nlr = 1e-3\n\n[log]\nevery = 1".into(),
+        }
+    }
+
+    /// The miniature model with the real BERT vocabulary: 4 steps of batch 6, checkpoints and
+    /// held-out retrieval every 2 steps.
+    pub fn miniature_bert() -> Self {
+        Self {
+            model: mini_model(30523),
+            vocab: manifest("data/bert-base-uncased-vocab.txt"),
+            synth: (40, 12),
+            max_len: 16,
+            steps: 4,
+            seed: 7,
+            train_extra: String::new(),
+            checkpoint_every: 2,
+            keep: 5,
+            eval: "every = 2".into(),
+            sections: String::new(),
+            ..Self::miniature(4)
+        }
+    }
+
+    /// A run wide enough to take every parallel path of a CPU step (batch 32; rows of LayerNorm,
+    /// attention and elementwise kernels in many chunks; a 4.4M-element tied word embedding,
+    /// above the size where flex sums in parallel; matmuls above gemm's threading threshold),
+    /// yet a fraction of a second per step: the real 30523-token vocabulary, 144-wide trunk,
+    /// 32 px images. Held-out retrieval and the full evaluation run at the last step.
+    pub fn wide(steps: u64) -> Self {
+        Self {
+            model: WIDE_MODEL.into(),
+            vocab: manifest("data/bert-base-uncased-vocab.txt"),
+            synth: (320, 32),
+            max_len: 20,
+            batch_size: 32,
+            steps,
+            seed: 5,
+            train_extra: "clip_grad_norm = 1.0".into(),
+            checkpoint_every: 1,
+            keep: 2,
+            eval: format!("every = {steps}\nmax_images = 32\nrerank_every = {steps}\nk_test = 4"),
+            sections: "[optim]\nlr = 1e-3\n\n[schedule]\nwarmup_steps = 4\n\n[log]\nevery = 1".into(),
+        }
+    }
+
+    /// One more `[train]` line.
+    pub fn train_line(mut self, line: &str) -> Self {
+        self.train_extra = format!("{}\n{line}", self.train_extra);
+        self
+    }
+
+    /// Writes `dir/<name>.toml`, data and checkpoints under `dir`.
+    pub fn write(&self, dir: &Path, name: &str) -> PathBuf {
+        let d = dir.display();
+        let text = format!(
+            "{model}\n[data]\ntrain = \"{d}/shapes/train.json\"\neval = \"{d}/shapes/eval.json\"\nsynth = {{ train = {st}, eval = {se}, seed = 1 }}\n\n\
+             [text]\ntokenizer = \"{vocab}\"\nmax_len = {max_len}\n\n{sections}\n\n\
+             [train]\nbatch_size = {batch}\nsteps = {steps}\nseed = {seed}\n{train_extra}\n\n\
+             [checkpoint]\ndir = \"{d}/checkpoints\"\nevery = {every}\nkeep = {keep}\n\n[eval]\n{eval}\n",
+            model = self.model,
+            st = self.synth.0,
+            se = self.synth.1,
+            vocab = self.vocab.display(),
+            max_len = self.max_len,
+            sections = self.sections,
+            batch = self.batch_size,
+            steps = self.steps,
+            seed = self.seed,
+            train_extra = self.train_extra,
+            every = self.checkpoint_every,
+            keep = self.keep,
+            eval = self.eval,
+        );
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+const WIDE_MODEL: &str = r#"[model]
 hidden_size = 144
 num_hidden_layers = 2
 num_attention_heads = 4
@@ -155,49 +230,7 @@ depth = 1
 heads = 2
 mlp_ratio = 2.0
 seed = 3
-
-[data]
-train = "{d}/shapes/train.json"
-eval = "{d}/shapes/eval.json"
-synth = {{ train = 320, eval = 32, seed = 1 }}
-
-[text]
-tokenizer = "{vocab}"
-max_len = 20
-
-[optim]
-lr = 1e-3
-
-[schedule]
-warmup_steps = 4
-
-[train]
-batch_size = 32
-steps = {steps}
-clip_grad_norm = 1.0
-seed = 5
-
-[checkpoint]
-dir = "{d}/checkpoints"
-every = 1
-keep = 2
-
-[log]
-every = 1
-
-[eval]
-every = {steps}
-max_images = 32
-rerank_every = {steps}
-k_test = 4
-"#,
-        d = dir.display(),
-        vocab = vocab.display(),
-    );
-    let path = dir.join("run.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
+"#;
 
 /// A fresh, empty temporary folder for one test (removed first if a previous run left it).
 pub fn workdir(name: &str) -> PathBuf {

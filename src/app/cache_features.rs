@@ -3,14 +3,16 @@
 
 use burn::tensor::{Tensor, TensorData};
 
-use crate::backend::BackendJob;
-use crate::config::TrainConfig;
+use super::console::Console;
 use crate::data::feature_cache::{build, BuildSummary};
 use crate::data::loader::Dataset;
-use crate::error::{Error, Result};
-use crate::model::vit::Vit;
+use crate::interop::vit::build_encoder;
+use crate::kernels::backend::BackendJob;
+use crate::kernels::TrainBackend;
+use crate::train::config::TrainConfig;
 use crate::train::trainer::ensure_data;
-use crate::kernels::{TrainBackend};
+use crate::util::error::{Error, Result};
+use crate::util::host::to_f32;
 
 pub struct CacheFeatures {
     pub cfg: TrainConfig,
@@ -25,8 +27,8 @@ impl BackendJob for CacheFeatures {
         let cfg = self.cfg;
         let d = &cfg.data;
         let cache = d.cache.as_ref().ok_or_else(|| Error::config("data.cache", "no [data.cache] section (dir, dtype, views)", "config"))?;
-        ensure_data(&cfg)?;
-        let (vit, report) = Vit::<B::InnerBackend>::build(&cfg.encoder, &device)?;
+        ensure_data(&cfg, &Console::new(1))?;
+        let (vit, report) = build_encoder::<B::InnerBackend>(&cfg.encoder, &device)?;
         if let Some(r) = report {
             eprintln!("{}", r.summary());
         }
@@ -50,7 +52,7 @@ impl BackendJob for CacheFeatures {
                 self.batch,
                 |pixels, n| {
                     let feats = vit.forward(Tensor::from_data(TensorData::new(pixels, [n, 3, s, s]), &device));
-                    feats.into_data().convert::<f32>().to_vec::<f32>().expect("f32 features")
+                    to_f32(feats)
                 },
                 |done, total| {
                     if done * 10 / total.max(1) > last_report || done == total {

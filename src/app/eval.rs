@@ -4,17 +4,17 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::caption::{generate, DecodeOptions};
-use super::evaluate::{evaluate, EvalOptions, EvalReport};
-use super::scoring::image_side;
-use crate::backend::BackendJob;
 use crate::data::images::{decode, eval_transform};
 use crate::data::loader::{Dataset, EvalSet, Transform};
 use crate::data::text::TextEncoder;
-use crate::error::{Error, Result};
+use crate::eval::caption::{generate, DecodeOptions};
+use crate::eval::evaluate::{evaluate, EvalOptions, EvalReport};
+use crate::eval::scoring::image_side;
+use crate::kernels::backend::BackendJob;
+use crate::kernels::TrainBackend;
 use crate::model::frozen::Frozen;
-use crate::trained::Trained;
-use crate::kernels::{TrainBackend};
+use crate::train::trained::Trained;
+use crate::util::error::{Error, Result};
 
 pub struct EvalJob {
     pub checkpoint: PathBuf,
@@ -34,10 +34,14 @@ impl BackendJob for EvalJob {
             eprintln!("{m}");
         }
         let cfg = &trained.cfg;
-        let path = self.data.or_else(|| cfg.data.eval.clone()).ok_or_else(|| Error::config("data.eval", "the run has no held-out set: pass --data", "command line"))?;
+        let path = self
+            .data
+            .or_else(|| cfg.data.eval.clone())
+            .ok_or_else(|| Error::config("data.eval", "the run has no held-out set: pass --data", "command line"))?;
         let text = TextEncoder::load(&cfg.text.tokenizer, cfg.text.max_len, cfg.text.max_words)?;
         let data = Dataset::load(&path, cfg.data.image_root.as_deref())?;
-        let transform = Transform { image_size: cfg.encoder.image_size as u32, max_pixels: cfg.data.max_pixels, augment: None, cache: None };
+        let transform =
+            Transform { image_size: cfg.encoder.image_size as u32, max_pixels: cfg.data.max_pixels, augment: None, cache: None };
         let set = EvalSet::load(&data, &text, &transform, self.max_images)?;
         for s in data.skipped.iter().chain(&set.skipped) {
             eprintln!("skipped {s}");
@@ -53,10 +57,11 @@ pub struct CaptionJob {
     pub options: DecodeOptions,
 }
 
+/// One image's caption, or why it has none (an unreadable image does not stop the others).
 #[derive(Debug, Serialize)]
 pub struct Caption {
     pub image: PathBuf,
-    pub caption: String,
+    pub caption: std::result::Result<String, String>,
 }
 
 impl BackendJob for CaptionJob {
@@ -71,11 +76,16 @@ impl BackendJob for CaptionJob {
         let frozen = Frozen::Encoder { vit: trained.vit, image_size: size };
         let mut out = Vec::with_capacity(self.images.len());
         for image in self.images {
-            let bytes = std::fs::read(&image).map_err(|e| Error::io(&image, e))?;
-            let img = decode(&bytes, cfg.data.max_pixels).map_err(|e| Error::file(&image, e))?;
+            let img = match std::fs::read(&image).map_err(|e| e.to_string()).and_then(|bytes| decode(&bytes, cfg.data.max_pixels)) {
+                Ok(img) => img,
+                Err(reason) => {
+                    out.push(Caption { image, caption: Err(reason) });
+                    continue;
+                }
+            };
             let side = image_side(&trained.model, frozen.features(eval_transform(&img, size as u32), &device));
             let ids = generate(&trained.model, &side.query_kv, eos, &self.options);
-            out.push(Caption { image, caption: text.decode(&ids)? });
+            out.push(Caption { image, caption: Ok(text.decode(&ids)?) });
         }
         Ok(out)
     }

@@ -2,40 +2,32 @@
 //! mode, and prints every term (and optionally writes every gradient). It lets a user compare
 //! against LAVIS on their own weights, and it is how parity with the reference is checked.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use burn::tensor::Tensor;
 use serde_json::{json, Value};
 
-use crate::backend::BackendJob;
-use crate::error::{Error, Result};
 use crate::interop::batch_file::read_batch;
+use crate::interop::hf_config::model_config_file;
 use crate::interop::weights::{load_weights, save_gradients};
-use crate::model::{scalar, QFormerConfig};
-use crate::objectives::{stage1_loss, ItcGradient, NegativeMode, NegativeSampler, Objective, ObjectiveConfig};
+use crate::kernels::backend::BackendJob;
 use crate::kernels::{Kernels, TrainBackend};
+use crate::objectives::{stage1_loss, ItcGradient, NegativeMode, NegativeSampler, Objective, ObjectiveConfig};
+use crate::util::error::Result;
+use crate::util::host::scalar;
+use crate::util::host::to_f64;
 
 pub struct CheckLoss {
     pub weights: PathBuf,
     pub batch: PathBuf,
-    /// TOML whose `[model]` table gives the shapes, when the weights carry no `config` metadata.
+    /// The model shape when the weights carry no `config` metadata: a TOML `[model]` table or a
+    /// JSON config (an HF `config.json` included).
     pub config: Option<PathBuf>,
     pub grads: Option<PathBuf>,
     pub objectives: Vec<Objective>,
     pub itc_gradient: ItcGradient,
     /// Seed of the negative sampler when the batch has no explicit negatives and `argmax` is off.
     pub sample_seed: Option<u64>,
-}
-
-/// Reads the `[model]` table of a TOML config.
-pub fn model_config_from_toml(path: &Path) -> Result<QFormerConfig> {
-    let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let value: toml::Table = toml::from_str(&text).map_err(|e| Error::config("toml", e.to_string(), &name))?;
-    let model = value.get("model").cloned().ok_or_else(|| Error::config("model", "missing [model] table", &name))?;
-    let cfg: QFormerConfig = model.try_into().map_err(|e: toml::de::Error| Error::config("model", e.to_string(), &name))?;
-    cfg.validate(&name)?;
-    Ok(cfg)
 }
 
 fn optional<B: Kernels>(t: &Option<Tensor<B, 1>>) -> Value {
@@ -45,7 +37,7 @@ fn optional<B: Kernels>(t: &Option<Tensor<B, 1>>) -> Value {
 fn matrix<B: Kernels>(t: &Option<Tensor<B, 2>>) -> Value {
     t.as_ref().map_or(Value::Null, |t| {
         let [_, c] = t.dims();
-        let v = t.clone().into_data().convert::<f64>().to_vec::<f64>().expect("f64 data");
+        let v = to_f64(t.clone());
         json!(v.chunks(c).map(<[f64]>::to_vec).collect::<Vec<_>>())
     })
 }
@@ -54,7 +46,7 @@ impl BackendJob for CheckLoss {
     type Output = Value;
 
     fn run<B: TrainBackend>(self, device: B::Device) -> Result<Value> {
-        let cfg = self.config.as_deref().map(model_config_from_toml).transpose()?;
+        let cfg = self.config.as_deref().map(model_config_file).transpose()?;
         let (model, cfg) = load_weights::<B>(&self.weights, cfg.as_ref(), &device)?;
         let file = read_batch::<B>(&self.batch, &cfg, &device)?;
         let negatives = match (file.negatives, self.sample_seed) {

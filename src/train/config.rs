@@ -6,14 +6,15 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::BackendKind;
+use crate::data::feature_cache::{CacheConfig, FeatureSource};
 use crate::data::images::AugmentConfig;
-use crate::error::{Error, Result};
+use crate::data::synth::SynthConfig;
+use crate::interop::pretrained::InitConfig;
+use crate::kernels::backend::BackendKind;
 use crate::model::vit::{Precision, VitConfig};
 use crate::model::QFormerConfig;
-use crate::data::feature_cache::{CacheConfig, FeatureSource};
-use crate::interop::pretrained::InitConfig;
 use crate::objectives::ObjectiveConfig;
+use crate::util::error::{Error, Result};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -73,14 +74,6 @@ pub struct DataConfig {
     /// The frozen-feature cache that `qformer cache-features` builds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<CacheConfig>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SynthConfig {
-    pub train: usize,
-    pub eval: usize,
-    pub seed: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -349,7 +342,10 @@ impl TrainConfig {
             return err("encoder.width", format!("must equal model.encoder_hidden_size ({})", self.model.encoder_hidden_size));
         }
         if self.encoder.precision != Precision::F32 && self.train.backend != BackendKind::Cuda {
-            return err("encoder.precision", "half precision needs train.backend = \"cuda\"; the CPU backends run the encoder in f32".into());
+            return err(
+                "encoder.precision",
+                "half precision needs train.backend = \"cuda\"; the CPU backends run the encoder in f32".into(),
+            );
         }
         let o = &self.objectives;
         if !(o.itc.enabled || o.itm.enabled || o.itg.enabled) {
@@ -417,14 +413,17 @@ impl TrainConfig {
         }
         if let Some(c) = &self.data.cache {
             if c.views > 0 && !self.data.augment.enabled {
-                return err("data.cache.views", "augmented views need data.augment.enabled = true (views = 0 stores the eval transform)".into());
+                return err(
+                    "data.cache.views",
+                    "augmented views need data.augment.enabled = true (views = 0 stores the eval transform)".into(),
+                );
             }
         }
         if self.checkpoint.every == 0 || self.checkpoint.keep == 0 {
             return err("checkpoint.every", "checkpoint.every and checkpoint.keep must be > 0".into());
         }
         let e = &self.eval;
-        if e.rerank_every > 0 && (e.every == 0 || e.rerank_every % e.every != 0) {
+        if e.rerank_every > 0 && (e.every == 0 || !e.rerank_every.is_multiple_of(e.every)) {
             return err("eval.rerank_every", "must be a multiple of eval.every (> 0)".into());
         }
         if e.k_test == 0 {

@@ -3,16 +3,16 @@
 
 use std::path::Path;
 
-
-use crate::config::TrainConfig;
-use crate::data::loader::mix;
-use crate::error::{Error, Result};
 use crate::interop::pretrained;
+use crate::interop::vit::build_encoder;
 use crate::interop::weights::load_weights;
+use crate::kernels::Kernels;
 use crate::model::vit::Vit;
 use crate::model::QFormer;
 use crate::train::checkpoint::{self, CONFIG_FILE, MODEL_FILE};
-use crate::kernels::Kernels;
+use crate::train::config::TrainConfig;
+use crate::util::error::{Error, Result};
+use crate::util::seed::mix;
 
 /// Seed stream of a fresh model's random initialisation.
 const INIT_STREAM: u64 = 0x1417;
@@ -40,7 +40,7 @@ impl<B: Kernels> Trained<B> {
         let state = checkpoint::verify(&dir, &cfg)?;
         let (model, _) = load_weights::<B>(&dir.join(MODEL_FILE), Some(&cfg.model), device)?;
         let mut messages = vec![format!("checkpoint {} (step {})", dir.display(), state.step)];
-        let (vit, report) = Vit::build(&cfg.encoder, device)?;
+        let (vit, report) = build_encoder(&cfg.encoder, device)?;
         messages.extend(report.map(|r| r.summary()));
         Ok(Self { cfg, model, vit, messages })
     }
@@ -51,7 +51,7 @@ impl<B: Kernels> Trained<B> {
             return Err(Error::config("init.weights", "the config names no weights (set init.weights, or pass a checkpoint)", "config"));
         }
         let (model, mut messages) = fresh_model(&cfg, device)?;
-        let (vit, report) = Vit::build(&cfg.encoder, device)?;
+        let (vit, report) = build_encoder(&cfg.encoder, device)?;
         messages.extend(report.map(|r| r.summary()));
         Ok(Self { cfg, model, vit, messages })
     }

@@ -4,8 +4,8 @@
 use burn::backend::{Autodiff, Flex, NdArray};
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
-use crate::kernels::{TrainBackend};
+use crate::kernels::TrainBackend;
+use crate::util::error::Result;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -29,6 +29,10 @@ pub fn dispatch<J: BackendJob>(kind: BackendKind, job: J) -> Result<J::Output> {
         #[cfg(feature = "cuda")]
         BackendKind::Cuda => job.run::<Autodiff<burn::backend::Cuda>>(Default::default()),
         #[cfg(not(feature = "cuda"))]
-        BackendKind::Cuda => Err(crate::error::Error::config("backend", "this build has no CUDA support: rebuild with `--features cuda`", "command line")),
+        BackendKind::Cuda => Err(crate::util::error::Error::config(
+            "backend",
+            "this build has no CUDA support: rebuild with `--features cuda`",
+            "command line",
+        )),
     }
 }

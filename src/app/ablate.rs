@@ -4,19 +4,15 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use crate::config::TrainConfig;
-use crate::error::{Error, Result};
+use crate::train::config::TrainConfig;
+use crate::util::error::{Error, Result};
 
-use super::trainer::TrainOutcome;
+use crate::train::trainer::TrainOutcome;
 
 /// `--set` overrides of a named variant.
 pub fn variant_overrides(name: &str) -> Result<Vec<String>> {
     let on = |itc: bool, itm: bool, itg: bool| {
-        vec![
-            format!("objectives.itc.enabled={itc}"),
-            format!("objectives.itm.enabled={itm}"),
-            format!("objectives.itg.enabled={itg}"),
-        ]
+        vec![format!("objectives.itc.enabled={itc}"), format!("objectives.itm.enabled={itm}"), format!("objectives.itg.enabled={itg}")]
     };
     Ok(match name {
         "all" => on(true, true, true),
@@ -48,14 +44,39 @@ fn cell(v: Option<f64>) -> String {
 
 /// Writes `ablation.md` and `ablation.csv` into `dir`; returns the markdown.
 pub fn write_table(dir: &Path, rows: &[AblationRow]) -> Result<String> {
-    let mut md = String::from("| variant | seed | steps | loss | itc | itm | itg | i2t R@1 | t2i R@1 |\n|---|---|---|---|---|---|---|---|---|\n");
+    let mut md =
+        String::from("| variant | seed | steps | loss | itc | itm | itg | i2t R@1 | t2i R@1 |\n|---|---|---|---|---|---|---|---|---|\n");
     let mut csv = String::from("variant,seed,steps,loss,loss_itc,loss_itm,loss_itg,i2t_r1,t2i_r1\n");
     for r in rows {
         let m = &r.outcome.last;
         let (i2t, t2i) = r.outcome.recall.map_or((None, None), |x| (Some(x.i2t_r1), Some(x.t2i_r1)));
-        let _ = writeln!(md, "| {} | {} | {} | {:.4} | {} | {} | {} | {} | {} |", r.variant, r.seed, r.outcome.steps, m.loss, cell(m.loss_itc), cell(m.loss_itm), cell(m.loss_itg), cell(i2t), cell(t2i));
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {:.4} | {} | {} | {} | {} | {} |",
+            r.variant,
+            r.seed,
+            r.outcome.steps,
+            m.loss,
+            cell(m.loss_itc),
+            cell(m.loss_itm),
+            cell(m.loss_itg),
+            cell(i2t),
+            cell(t2i)
+        );
         let c = |v: Option<f64>| v.map_or(String::new(), |v| v.to_string());
-        let _ = writeln!(csv, "{},{},{},{},{},{},{},{},{}", r.variant, r.seed, r.outcome.steps, m.loss, c(m.loss_itc), c(m.loss_itm), c(m.loss_itg), c(i2t), c(t2i));
+        let _ = writeln!(
+            csv,
+            "{},{},{},{},{},{},{},{},{}",
+            r.variant,
+            r.seed,
+            r.outcome.steps,
+            m.loss,
+            c(m.loss_itc),
+            c(m.loss_itm),
+            c(m.loss_itg),
+            c(i2t),
+            c(t2i)
+        );
     }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     std::fs::write(dir.join("ablation.md"), &md).map_err(|e| Error::io(dir, e))?;
@@ -88,6 +109,6 @@ pub fn ablate(
     let dir = base.checkpoint.dir.join(format!("{stem}-ablate"));
     let md = write_table(&dir, &rows)?;
     let runs: Vec<PathBuf> = rows.iter().map(|r| r.outcome.run_dir.clone()).collect();
-    crate::report::write(&runs, &dir)?;
+    crate::app::report::write(&runs, &dir)?;
     Ok((dir, md))
 }

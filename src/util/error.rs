@@ -6,11 +6,7 @@ use std::path::PathBuf;
 pub enum Error {
     /// A configuration value is missing, malformed or out of range.
     #[error("{key}: {message} ({source_name})")]
-    Config {
-        key: String,
-        message: String,
-        source_name: String,
-    },
+    Config { key: String, message: String, source_name: String },
     /// A weights or batch file could not be read or does not fit the model.
     #[error("{path}: {message}")]
     File { path: PathBuf, message: String },

@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use plotters::prelude::*;
 use plotters::style::{register_font, FontStyle};
 
-use crate::error::{Error, Result};
 use crate::train::metrics::{MetricsLog, StepMetrics};
+use crate::util::error::{Error, Result};
 
 /// Embedded so that plots render the same without system fonts (assets/README.md).
-const FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+const FONT: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
 pub const PLOT_FILE: &str = "report.png";
 pub const SUMMARY_FILE: &str = "report.md";
 /// Loss curves are drawn as a running mean over this many steps.
@@ -57,8 +57,12 @@ const PANELS: [Panel; 10] = [
 ];
 
 /// Points of one panel for one run; loss curves as a running mean.
-fn series(run: &Run, panel: &Panel) -> Vec<(f64, f64)> {
-    let raw: Vec<(f64, f64)> = run.steps.iter().filter_map(|m| (panel.value)(m).filter(|v| v.is_finite()).map(|v| (m.step as f64, v))).collect();
+/// One curve: (step, value) points.
+type Series = Vec<(f64, f64)>;
+
+fn series(run: &Run, panel: &Panel) -> Series {
+    let raw: Vec<(f64, f64)> =
+        run.steps.iter().filter_map(|m| (panel.value)(m).filter(|v| v.is_finite()).map(|v| (m.step as f64, v))).collect();
     if !panel.smooth {
         return raw;
     }
@@ -87,7 +91,7 @@ fn plot_error(path: &Path, e: impl std::fmt::Display) -> Error {
 fn draw(runs: &[Run], path: &Path) -> Result<()> {
     // Registering again replaces the font: harmless across calls.
     register_font("sans-serif", FontStyle::Normal, FONT).map_err(|_| plot_error(path, "the embedded font is invalid"))?;
-    let panels: Vec<(&Panel, Vec<Vec<(f64, f64)>>)> = PANELS
+    let panels: Vec<(&Panel, Vec<Series>)> = PANELS
         .iter()
         .map(|p| (p, runs.iter().map(|r| series(r, p)).collect::<Vec<_>>()))
         .filter(|(_, s)| s.iter().any(|pts| !pts.is_empty()))
@@ -98,7 +102,8 @@ fn draw(runs: &[Run], path: &Path) -> Result<()> {
     let areas = root.split_evenly((2, cols));
     for ((panel, data), area) in panels.iter().zip(areas.iter()) {
         let points = data.iter().flatten();
-        let (x_max, y_min, y_max) = points.fold((1f64, f64::INFINITY, f64::NEG_INFINITY), |(x, lo, hi), p| (x.max(p.0), lo.min(p.1), hi.max(p.1)));
+        let (x_max, y_min, y_max) =
+            points.fold((1f64, f64::INFINITY, f64::NEG_INFINITY), |(x, lo, hi), p| (x.max(p.0), lo.min(p.1), hi.max(p.1)));
         let pad = ((y_max - y_min) * 0.05).max(y_max.abs() * 1e-3).max(1e-9);
         let mut chart = ChartBuilder::on(area)
             .caption(panel.title, ("sans-serif", 18))

@@ -9,15 +9,16 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::backend::BackendJob;
 use crate::data::feature_cache::{decode_values, encode_values, CacheDtype};
-use crate::error::{Error, Result};
+use crate::data::text::TextBatch;
+use crate::kernels::backend::BackendJob;
+use crate::kernels::TrainBackend;
 use crate::model::vit::{Vit, VitConfig};
 use crate::model::{QFormer, QFormerConfig};
-use crate::config::OptimConfig;
+use crate::objectives::{stage1_loss, NegativeSampler, Objective, ObjectiveConfig, Stage1Batch};
+use crate::train::config::OptimConfig;
 use crate::train::optim::{AdamW, GradAccumulator};
-use crate::objectives::{stage1_loss, NegativeSampler, Objective, ObjectiveConfig, Stage1Batch, TextBatch};
-use crate::kernels::{TrainBackend};
+use crate::util::error::{Error, Result};
 
 pub struct Bench {
     pub preset: String,
@@ -68,7 +69,15 @@ fn feature_source<B: TrainBackend>(features: &BenchFeatures, shape: [usize; 3], 
         BenchFeatures::Random => Source::Random,
         BenchFeatures::Encoder(vit) => {
             if vit.width != width || vit.num_tokens() != tokens {
-                return Err(Error::config("encoder", format!("the encoder gives {} tokens of width {}; the bench shape has {tokens} of {width}", vit.num_tokens(), vit.width), "command line"));
+                return Err(Error::config(
+                    "encoder",
+                    format!(
+                        "the encoder gives {} tokens of width {}; the bench shape has {tokens} of {width}",
+                        vit.num_tokens(),
+                        vit.width
+                    ),
+                    "command line",
+                ));
             }
             Source::Encoder(Vit::random(vit, device), vit.image_size)
         }
@@ -148,15 +157,17 @@ fn time_ms<B: TrainBackend>(device: &B::Device, runs: usize, mut f: impl FnMut()
     Ok(median(times))
 }
 
-fn image_kv_cost<B: TrainBackend>(model: &QFormer<B>, batch: usize, tokens: usize, width: usize, runs: usize, device: &B::Device) -> Result<ImageKvCost> {
+fn image_kv_cost<B: TrainBackend>(
+    model: &QFormer<B>,
+    batch: usize,
+    tokens: usize,
+    width: usize,
+    runs: usize,
+    device: &B::Device,
+) -> Result<ImageKvCost> {
     let project = |images: usize| {
         let feats = Tensor::<B, 3>::random([images, tokens, width], Distribution::Normal(0.0, 1.0), device);
-        let total = model
-            .image_key_values(feats)
-            .into_iter()
-            .flatten()
-            .map(|kv| kv.key.sum() + kv.value.sum())
-            .reduce(|a, b| a + b);
+        let total = model.image_key_values(feats).into_iter().flatten().map(|kv| kv.key.sum() + kv.value.sum()).reduce(|a, b| a + b);
         if let Some(total) = total {
             let _ = GradientsParams::from_grads(total.backward(), model);
         }
@@ -223,12 +234,12 @@ fn random_text(rng: &mut ChaCha8Rng, batch: usize, len: usize, vocab: usize) -> 
     let mut ids = Vec::with_capacity(batch);
     let mut mask = Vec::with_capacity(batch);
     for _ in 0..batch {
-        let real = rng.random_range(len.min(8).max(2)..=len);
+        let real = rng.random_range(len.clamp(2, 8)..=len);
         let row: Vec<i64> = (0..len)
             .map(|i| match i {
                 0 => 101,
                 i if i + 1 == real => 102,
-                i if i < real => rng.random_range(1000..vocab.min(30522).max(1001)) as i64,
+                i if i < real => rng.random_range(1000..vocab.clamp(1001, 30522)) as i64,
                 _ => 0,
             })
             .collect();
@@ -268,7 +279,8 @@ impl BackendJob for Bench {
             let source = feature_source::<B>(&self.features, shape, self.seed, &device)?;
             for step in 0..self.warmup + self.steps {
                 let text = random_text(&mut rng, self.batch, self.text_len, cfg.vocab_size)?;
-                let random = matches!(source, Source::Random).then(|| Tensor::<B, 3>::random(shape, Distribution::Normal(0.0, 1.0), &device));
+                let random =
+                    matches!(source, Source::Random).then(|| Tensor::<B, 3>::random(shape, Distribution::Normal(0.0, 1.0), &device));
                 B::sync(&device).map_err(|e| Error::input("device", format!("{e:?}")))?;
                 let start = Instant::now();
                 let feats = match &source {
@@ -320,19 +332,24 @@ impl BackendJob for Bench {
 
 /// Images per second the loader delivers (decode, augment, tokenise, on its background threads)
 /// when nothing else competes for the CPU: the ceiling the data side puts on a training step.
-pub fn data_throughput(cfg: &crate::config::TrainConfig, batches: usize) -> Result<f64> {
+pub fn data_throughput(cfg: &crate::train::config::TrainConfig, batches: usize) -> Result<f64> {
     use crate::data::loader::{Dataset, Prefetcher, Transform};
     use std::sync::Arc;
-    crate::train::trainer::ensure_data(cfg)?;
+    crate::train::trainer::ensure_data(cfg, &super::console::Console::new(1))?;
     let text = Arc::new(crate::data::text::TextEncoder::load(&cfg.text.tokenizer, cfg.text.max_len, cfg.text.max_words)?);
     let data = Arc::new(Dataset::load(&cfg.data.train, cfg.data.image_root.as_deref())?);
-    let transform = Transform { image_size: cfg.encoder.image_size as u32, max_pixels: cfg.data.max_pixels, augment: cfg.data.augment.enabled.then(|| cfg.data.augment.clone()), cache: None };
+    let transform = Transform {
+        image_size: cfg.encoder.image_size as u32,
+        max_pixels: cfg.data.max_pixels,
+        augment: cfg.data.augment.enabled.then(|| cfg.data.augment.clone()),
+        cache: None,
+    };
     let mut loader = Prefetcher::start(data, text, transform, cfg.train.seed, 0, cfg.train.batch_size, cfg.data.prefetch);
-    loader.next()?;
+    loader.next_batch()?;
     let start = Instant::now();
     let mut images = 0;
     for _ in 0..batches {
-        images += loader.next()?.text.batch_size();
+        images += loader.next_batch()?.text.batch_size();
     }
     Ok(images as f64 / start.elapsed().as_secs_f64())
 }

@@ -1,0 +1,11 @@
+//! The application layer: one job per subcommand, built from the layers below, and the only place
+//! that prints (progress, tables, notes from the library through [`console::Console`]).
+
+pub mod ablate;
+pub mod bench;
+pub mod cache_features;
+pub mod check_loss;
+pub mod console;
+pub mod eval;
+pub mod export;
+pub mod report;
