@@ -25,7 +25,10 @@ def main():
     qformer = Blip2QFormerConfig(**SHAPE).to_dict()
     # qformer's own fields that HF keeps elsewhere (Blip2Config) or leaves unset (bos_token_id).
     stamped = dict(qformer, num_query_tokens=4, image_text_hidden_size=16, bos_token_id=63)
-    whole = Blip2Config(qformer_config=qformer, num_query_tokens=4, image_text_hidden_size=16).to_dict()
+    # Blip2Config sets the Q-Former's encoder_hidden_size from its vision model's width.
+    vision = dict(hidden_size=SHAPE["encoder_hidden_size"], intermediate_size=48, num_hidden_layers=1, num_attention_heads=2,
+                  image_size=16, patch_size=8)
+    whole = Blip2Config(vision_config=vision, qformer_config=qformer, num_query_tokens=4, image_text_hidden_size=16).to_dict()
     for name, value in [("qformer_config.json", stamped), ("blip2_config.json", whole)]:
         with open(os.path.join(OUT, name), "w") as f:
             json.dump(value, f, indent=1, sort_keys=True)
