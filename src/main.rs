@@ -47,6 +47,9 @@ enum Command {
         /// Continue a run: its folder under checkpoints/, a step folder, or `latest` for this config's run.
         #[arg(long)]
         resume: Option<PathBuf>,
+        /// Start afresh in a run folder that already holds a run, removing that run's checkpoints and metrics.
+        #[arg(long, conflicts_with = "resume")]
+        overwrite: bool,
     },
     /// Run objective ablations of a config and write a table of losses and held-out R@1.
     Ablate {
@@ -59,6 +62,9 @@ enum Command {
         seeds: Vec<u64>,
         #[arg(long = "set")]
         overrides: Vec<String>,
+        /// Replace variants' runs left in their folders by an earlier sweep.
+        #[arg(long)]
+        overwrite: bool,
     },
     /// Measure the data pipeline alone: images/s delivered by the loader for a config.
     BenchData {
@@ -236,19 +242,42 @@ fn run_name(cfg: &TrainConfig, config: &std::path::Path) -> String {
     cfg.train.run_name.clone().unwrap_or_else(|| config.file_stem().and_then(|s| s.to_str()).unwrap_or("run").to_string())
 }
 
+/// Exit status of a run stopped by SIGINT or SIGTERM after checkpointing its step.
+const STOPPED_STATUS: i32 = 130;
+/// Exit status when a second signal stops a run at once (its last checkpoint stays intact).
+const KILLED_STATUS: i32 = 143;
+
+/// The first SIGINT or SIGTERM sets the returned flag (the run finishes its step, checkpoints and
+/// stops); a second one ends the process at once.
+fn stop_on_signals() -> Result<Arc<std::sync::atomic::AtomicBool>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for signal in [SIGINT, SIGTERM] {
+        // Registered first, so it sees the flag as the previous signal left it.
+        signal_hook::flag::register_conditional_shutdown(signal, KILLED_STATUS, Arc::clone(&stop))?;
+        signal_hook::flag::register(signal, Arc::clone(&stop))?;
+    }
+    Ok(stop)
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Train { config, overrides, resume } => {
+        Command::Train { config, overrides, resume, overwrite } => {
             let cfg = TrainConfig::load(&config, &overrides)?;
             let name = run_name(&cfg, &config);
             let resume = resume.map(|r| if r.as_os_str() == "latest" { cfg.checkpoint.dir.join(&name) } else { r });
             let backend = cfg.train.backend;
             let console = Arc::new(Console::new(cfg.log.every));
-            let job = TrainJob::new(cfg, name, resume).reporting(console.clone());
+            let stop = stop_on_signals()?;
+            let job = TrainJob::new(cfg, name, resume).reporting(console.clone()).overwriting(overwrite).stopping_on(stop);
             let outcome = dispatch(backend, job);
             console.finish();
             let outcome = outcome.context("training failed")?;
+            if outcome.stopped {
+                eprintln!("stopped at step {}; resume with --resume latest", outcome.steps);
+                std::process::exit(STOPPED_STATUS);
+            }
             println!("finished {} steps; run folder {}", outcome.steps, outcome.run_dir.display());
             println!("final: {}", outcome.last.summary());
             if let Some(r) = outcome.recall {
@@ -258,11 +287,11 @@ fn main() -> Result<()> {
                 );
             }
         }
-        Command::Ablate { config, variants, seeds, overrides } => {
+        Command::Ablate { config, variants, seeds, overrides, overwrite } => {
             let (dir, table) = ablate(&config, &overrides, &variants, &seeds, |cfg, name| {
                 let backend = cfg.train.backend;
                 let console = Arc::new(Console::new(cfg.log.every));
-                let outcome = dispatch(backend, TrainJob::new(cfg, name, None).reporting(console.clone()));
+                let outcome = dispatch(backend, TrainJob::new(cfg, name, None).reporting(console.clone()).overwriting(overwrite));
                 console.finish();
                 outcome
             })?;

@@ -91,7 +91,7 @@ fn fixture_losses(weights: &Path) -> Vec<u32> {
 
 /// The fixture's weights written again with `config` metadata `config` (none when `None`).
 fn restamped(name: &str, config: Option<&str>) -> std::path::PathBuf {
-    use qformer::interop::safetensors_io::{write_atomic, OwnedTensor, SafetensorsFile};
+    use qformer::interop::safetensors_io::{write_safetensors, OwnedTensor, SafetensorsFile};
     let src =
         SafetensorsFile::open(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/xattn_every_layer/weights.safetensors")).unwrap();
     let tensors = src.names().unwrap().into_iter().map(|n| {
@@ -103,7 +103,7 @@ fn restamped(name: &str, config: Option<&str>) -> std::path::PathBuf {
         meta.insert("config".into(), c.to_string());
     }
     let path = common::workdir(&format!("hf-{name}")).join("model.safetensors");
-    write_atomic(&path, tensors.collect(), meta).unwrap();
+    write_safetensors(&path, tensors.collect(), meta).unwrap();
     path
 }
 

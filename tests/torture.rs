@@ -19,9 +19,8 @@ use rand_chacha::ChaCha8Rng;
 fn train(cfg: &Path, run: &str, resume: bool, log: &Path) -> std::process::Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_qformer"));
     cmd.args(["train", "--config"]).arg(cfg).args(["--set", &format!("train.run_name=\"{run}\"")]);
-    if resume {
-        cmd.args(["--resume", "latest"]);
-    }
+    // A run killed before its first checkpoint left only its log: nothing to resume, start again.
+    cmd.arg(if resume { "--resume=latest" } else { "--overwrite" });
     let log = std::fs::File::create(log).unwrap();
     cmd.stdout(Stdio::null()).stderr(log).spawn().unwrap()
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use burn::backend::Flex;
 use qformer::interop::hf_config::model_config_from_json;
-use qformer::interop::safetensors_io::{write_atomic, OwnedTensor, SafetensorsFile};
+use qformer::interop::safetensors_io::{write_safetensors, OwnedTensor, SafetensorsFile};
 use qformer::interop::weights::{load_weights, param_names, save_weights};
 use qformer::model::{QFormer, QFormerConfig};
 
@@ -54,7 +54,7 @@ fn rewrite(src: &std::path::Path, dst: &str, edit: impl FnOnce(&mut Vec<(String,
         .collect();
     edit(&mut tensors);
     let out = tmp(dst);
-    write_atomic(&out, tensors, f.metadata().unwrap()).unwrap();
+    write_safetensors(&out, tensors, f.metadata().unwrap()).unwrap();
     out
 }
 
@@ -125,6 +125,6 @@ fn damaged_or_mismatched_files_are_refused_by_name() {
     assert!(e.contains("query_tokens"), "{e}");
 
     let no_meta = tmp("nometa.safetensors");
-    write_atomic(&no_meta, vec![("query_tokens".into(), OwnedTensor::f32(vec![1], &[0.0]))], HashMap::new()).unwrap();
+    write_safetensors(&no_meta, vec![("query_tokens".into(), OwnedTensor::f32(vec![1], &[0.0]))], HashMap::new()).unwrap();
     assert!(err(&no_meta).contains("--config"), "{}", err(&no_meta));
 }

@@ -29,7 +29,7 @@ impl Run {
     pub fn load(dir: &Path) -> Result<Self> {
         let steps = MetricsLog::read(dir)?;
         if steps.is_empty() {
-            return Err(Error::file(dir.join("metrics.jsonl"), "no steps recorded"));
+            return Err(Error::file(dir.join(crate::train::checkpoint::METRICS_FILE), "no steps recorded"));
         }
         let name = dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned());
         Ok(Self { name, steps })

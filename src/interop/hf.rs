@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use super::safetensors_io::{write_atomic, OwnedTensor};
+use super::safetensors_io::{write_safetensors, OwnedTensor};
 use super::source::TensorSource;
 use super::weights::{load_mapped, named_tensors, LoadReport, Mapped};
 use crate::kernels::Kernels;
@@ -113,10 +113,10 @@ pub fn export<B: Kernels>(model: &QFormer<B>, cfg: &QFormerConfig, vit: &Vit<B>,
     }
     let summary = Export { dir: out.to_path_buf(), hf_tensors: hf.len(), sidecar_tensors: extra.len(), vision_included };
     let pt = HashMap::from([("format".to_string(), "pt".to_string())]);
-    write_atomic(&out.join(MODEL_FILE), hf, pt.clone())?;
+    write_safetensors(&out.join(MODEL_FILE), hf, pt.clone())?;
     let mut meta = pt;
     meta.insert("config".into(), cfg.to_json());
-    write_atomic(&out.join(SIDECAR_FILE), extra, meta)?;
+    write_safetensors(&out.join(SIDECAR_FILE), extra, meta)?;
     let text = serde_json::to_string_pretty(&config_json(cfg, vit_cfg)).expect("json");
     std::fs::write(out.join(CONFIG_FILE), text).map_err(|e| Error::io(out.join(CONFIG_FILE), e))?;
     Ok(summary)

@@ -6,7 +6,7 @@ use std::path::Path;
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 
 use crate::util::error::{Error, Result};
-use crate::util::fs::write_atomic as write_atomic_bytes;
+use crate::util::fs::write_atomic;
 
 /// An owned tensor ready to be written.
 pub struct OwnedTensor {
@@ -25,7 +25,7 @@ impl OwnedTensor {
 }
 
 /// Writes `tensors` with `metadata` over `path` atomically (`util::fs`).
-pub fn write_atomic(path: &Path, tensors: Vec<(String, OwnedTensor)>, metadata: HashMap<String, String>) -> Result<()> {
+pub fn write_safetensors(path: &Path, tensors: Vec<(String, OwnedTensor)>, metadata: HashMap<String, String>) -> Result<()> {
     let views: Vec<(String, TensorView<'_>)> = tensors
         .iter()
         .map(|(name, t)| {
@@ -35,7 +35,7 @@ pub fn write_atomic(path: &Path, tensors: Vec<(String, OwnedTensor)>, metadata: 
         })
         .collect::<Result<_>>()?;
     let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| Error::file(path, e.to_string()))?;
-    write_atomic_bytes(path, &bytes)
+    write_atomic(path, &bytes)
 }
 
 /// Where one tensor lies in the file.

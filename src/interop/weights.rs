@@ -13,7 +13,7 @@ use crate::model::norm::LayerNorm;
 use burn::tensor::{Tensor, TensorData};
 
 use super::hf_config::{model_config_file, model_config_from_json};
-use super::safetensors_io::{write_atomic, OwnedTensor, SafetensorsFile};
+use super::safetensors_io::{write_safetensors, OwnedTensor, SafetensorsFile};
 use super::source::{transpose, TensorSource};
 use crate::kernels::{Kernels, TrainBackend};
 use crate::model::{QFormer, QFormerConfig};
@@ -124,7 +124,7 @@ pub fn named_tensors<B: Kernels>(model: &QFormer<B>) -> Vec<(String, OwnedTensor
 
 /// Writes the model's weights (atomically) with its config in the metadata.
 pub fn save_weights<B: Kernels>(model: &QFormer<B>, cfg: &QFormerConfig, path: &Path) -> Result<()> {
-    write_atomic(path, named_tensors(model), metadata(cfg))
+    write_safetensors(path, named_tensors(model), metadata(cfg))
 }
 
 /// Writes d(loss)/d(parameter) for every parameter under the weights' names. A parameter the loss
@@ -140,7 +140,7 @@ pub fn save_gradients<B: TrainBackend>(model: &QFormer<B>, cfg: &QFormerConfig, 
     }
     let mut out = Collect::<B>(Vec::new(), grads);
     visit_params(&mut model.clone(), &mut out);
-    write_atomic(path, out.0, metadata(cfg))
+    write_safetensors(path, out.0, metadata(cfg))
 }
 
 /// Reads the model config from a weights file's `config` metadata or, for files written by

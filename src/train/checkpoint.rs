@@ -18,6 +18,8 @@ pub const MODEL_FILE: &str = "model.safetensors";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const CONFIG_FILE: &str = "config.toml";
 pub const STATE_FILE: &str = "state.json";
+/// The per-step log in a run folder.
+pub const METRICS_FILE: &str = "metrics.jsonl";
 /// Folder of the best checkpoint by `eval.best_metric`.
 pub const BEST: &str = "best";
 const LATEST: &str = "latest";
@@ -107,6 +109,39 @@ fn write_checkpoint(
         return Err(e);
     }
     Ok(final_dir)
+}
+
+/// What of a run a folder holds: its checkpoints, `latest`, `best/` and `metrics.jsonl`, each
+/// named (empty for a new folder).
+pub fn run_contents(run_dir: &Path) -> Result<Vec<String>> {
+    let mut steps = 0;
+    let mut named = Vec::new();
+    for entry in std::fs::read_dir(run_dir).map_err(|e| Error::io(run_dir, e))?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("step-") {
+            steps += 1;
+        } else if [LATEST, BEST, METRICS_FILE].contains(&name.as_str()) {
+            named.push(name);
+        }
+    }
+    if steps > 0 {
+        named.insert(0, format!("{steps} checkpoint(s)"));
+    }
+    Ok(named)
+}
+
+/// Removes a previous run from its folder (`--overwrite`): checkpoints, `latest`, `best/`, the
+/// metrics log and the config. Anything else in the folder is left alone.
+pub fn clear_run(run_dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(run_dir).map_err(|e| Error::io(run_dir, e))?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("step-") || [LATEST, BEST, METRICS_FILE, CONFIG_FILE].contains(&name.as_str()) {
+            let path = entry.path();
+            let result = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+            result.map_err(|e| Error::io(&path, e))?;
+        }
+    }
+    sync_dir(run_dir)
 }
 
 /// Removes what an interrupted write left behind in a run folder (`.step-*.tmp-PID`,

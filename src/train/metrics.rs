@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::eval::evaluate::EvalReport;
 use crate::eval::retrieval::Recall;
+use crate::train::checkpoint::METRICS_FILE;
 use crate::util::error::{Error, Result};
 use crate::util::fs::write_atomic;
 use crate::util::report::{Reporter, Silent};
@@ -74,7 +75,7 @@ impl MetricsLog {
     /// Opens the run's log, dropping entries after `resume_step` (they belong to a run that was
     /// interrupted before its next checkpoint and will be recomputed identically).
     pub fn open(run_dir: &Path, resume_step: u64) -> Result<Self> {
-        let path = run_dir.join("metrics.jsonl");
+        let path = run_dir.join(METRICS_FILE);
         if path.exists() {
             let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
             let kept: Vec<&str> =
@@ -96,7 +97,7 @@ impl MetricsLog {
     /// Every recorded step. A last line without its newline (a run killed while appending) is
     /// ignored, as resuming drops it.
     pub fn read(run_dir: &Path) -> Result<Vec<StepMetrics>> {
-        let path = run_dir.join("metrics.jsonl");
+        let path = run_dir.join(METRICS_FILE);
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
         let complete = text.rfind('\n').map_or("", |end| &text[..end]);
         complete

@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod metrics;
 pub mod optim;
+pub mod run_lock;
 pub mod schedule;
 pub mod trained;
 pub mod trainer;

@@ -2,6 +2,7 @@
 //! → (accumulate) → clip → AdamW → log → evaluate → checkpoint.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -12,6 +13,7 @@ use serde::Serialize;
 use super::checkpoint::{self, TrainState, MODEL_FILE, OPTIMIZER_FILE};
 use super::metrics::{MetricsLog, Progress, StepMetrics};
 use super::optim::{AdamW, GradAccumulator};
+use super::run_lock::RunLock;
 use super::schedule::lr_at;
 use crate::data::feature_cache::{FeatureCache, FeatureSource};
 use crate::data::loader::{Dataset, EvalSet, Prefetcher, Transform};
@@ -20,7 +22,7 @@ use crate::data::synth;
 use crate::data::text::TextEncoder;
 use crate::eval::evaluate::{evaluate, EvalOptions};
 use crate::eval::retrieval::{itc_recall, Recall};
-use crate::interop::safetensors_io::{write_atomic, SafetensorsFile};
+use crate::interop::safetensors_io::{write_safetensors, SafetensorsFile};
 use crate::interop::vit::build_encoder;
 use crate::interop::weights::{load_weights, save_weights};
 use crate::kernels::backend::BackendJob;
@@ -32,6 +34,7 @@ use crate::objectives::{stage1_loss, NegativeSampler, Stage1Batch};
 use crate::train::config::TrainConfig;
 use crate::train::trained::fresh_model;
 use crate::util::error::{Error, Result};
+use crate::util::fs::write_atomic;
 use crate::util::host::scalar;
 use crate::util::report::{Reporter, Silent};
 use crate::util::seed::mix;
@@ -46,16 +49,31 @@ pub struct TrainJob {
     pub resume: Option<PathBuf>,
     /// Where the run reports its steps and notes.
     pub progress: Arc<dyn Progress>,
+    /// A fresh run may replace the run already in its folder (otherwise it is refused).
+    pub overwrite: bool,
+    /// Set from outside (a signal handler) to stop after the current step, with a checkpoint.
+    pub stop: Arc<AtomicBool>,
 }
 
 impl TrainJob {
     /// A job that reports nothing (library callers, tests); see [`TrainJob::reporting`].
     pub fn new(cfg: TrainConfig, run_name: impl Into<String>, resume: Option<PathBuf>) -> Self {
-        Self { cfg, run_name: run_name.into(), resume, progress: Arc::new(Silent) }
+        Self { cfg, run_name: run_name.into(), resume, progress: Arc::new(Silent), overwrite: false, stop: Arc::default() }
     }
 
     pub fn reporting(self, progress: Arc<dyn Progress>) -> Self {
         Self { progress, ..self }
+    }
+
+    /// Stops the run after the step in progress when `stop` becomes true: the step is finished,
+    /// checkpointed, and the run returns with [`TrainOutcome::stopped`] set.
+    pub fn stopping_on(self, stop: Arc<AtomicBool>) -> Self {
+        Self { stop, ..self }
+    }
+
+    /// Lets a fresh run replace the run already in its folder.
+    pub fn overwriting(self, overwrite: bool) -> Self {
+        Self { overwrite, ..self }
     }
 }
 
@@ -65,6 +83,8 @@ pub struct TrainOutcome {
     pub steps: u64,
     pub last: StepMetrics,
     pub recall: Option<Recall>,
+    /// The run stopped early on request ([`TrainJob::stop`]), after checkpointing its last step.
+    pub stopped: bool,
 }
 
 /// Generates the synthetic set when the configured annotations do not exist yet.
@@ -158,11 +178,25 @@ impl BackendJob for TrainJob {
 
         let run_dir = cfg.checkpoint.dir.join(&self.run_name);
         std::fs::create_dir_all(&run_dir).map_err(|e| Error::io(&run_dir, e))?;
+        // Held until the run ends: no other process writes into this folder meanwhile.
+        let _lock = RunLock::acquire(&run_dir)?;
         let stale = checkpoint::clean_stale(&run_dir)?;
         if stale > 0 {
             progress.note(&format!("removed {stale} partial checkpoint write(s) left by an interrupted run"));
         }
-        std::fs::write(run_dir.join("config.toml"), cfg.to_toml()).map_err(|e| Error::io(&run_dir, e))?;
+        if self.resume.is_none() {
+            let held = checkpoint::run_contents(&run_dir)?;
+            if !held.is_empty() {
+                if !self.overwrite {
+                    return Err(Error::file(
+                        &run_dir,
+                        format!("holds a run ({}): continue it with --resume latest, or replace it with --overwrite", held.join(", ")),
+                    ));
+                }
+                checkpoint::clear_run(&run_dir)?;
+                progress.note(&format!("--overwrite: removed the previous run in {} ({})", run_dir.display(), held.join(", ")));
+            }
+        }
 
         let per_step = (t.batch_size * t.grad_accum) as u64;
         let steps_per_epoch = (n_records / per_step).max(1);
@@ -200,6 +234,8 @@ impl BackendJob for TrainJob {
             }
         };
 
+        // Only now, with the config and any resume checked, does the run write into its folder.
+        write_atomic(&run_dir.join(checkpoint::CONFIG_FILE), cfg.to_toml().as_bytes())?;
         let metrics = MetricsLog::open(&run_dir, state.step)?;
         let mut loader = Prefetcher::start(train_data, text, transform, seed, state.data_position, t.batch_size, cfg.data.prefetch);
         progress.start(state.step, total);
@@ -322,7 +358,7 @@ impl BackendJob for TrainJob {
             let write_files = |dir: &Path| {
                 save_weights(&model, &cfg.model, &dir.join(MODEL_FILE))?;
                 let meta = std::collections::HashMap::from([("step".to_string(), optim.step.to_string())]);
-                write_atomic(&dir.join(OPTIMIZER_FILE), optim.state_tensors(), meta)
+                write_safetensors(&dir.join(OPTIMIZER_FILE), optim.state_tensors(), meta)
             };
             if let Some(value) = best_candidate {
                 state.best = Some((state.step, value));
@@ -334,11 +370,16 @@ impl BackendJob for TrainJob {
                     dir.display()
                 ));
             }
-            if state.step % cfg.checkpoint.every == 0 || state.step == total {
+            let stop_now = self.stop.load(Ordering::SeqCst) && state.step < total;
+            if state.step.is_multiple_of(cfg.checkpoint.every) || state.step == total || stop_now {
                 checkpoint::save(&run_dir, &cfg, &state, cfg.checkpoint.keep, write_files)?;
+            }
+            if stop_now {
+                progress.finish();
+                return Ok(TrainOutcome { run_dir, steps: state.step, last, recall, stopped: true });
             }
         }
         progress.finish();
-        Ok(TrainOutcome { run_dir, steps: state.step, last, recall })
+        Ok(TrainOutcome { run_dir, steps: state.step, last, recall, stopped: false })
     }
 }

@@ -1,0 +1,126 @@
+//! A run folder belongs to one run: a second training into it is refused while the first holds
+//! it, a fresh training into a finished run is refused unless `--overwrite`, and a refused resume
+//! changes nothing in the folder.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{workdir, RunConfig};
+
+fn qformer(cfg: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_qformer"));
+    cmd.args(["train", "--config"]).arg(cfg).args(["--set", "train.run_name=\"run\""]).args(args);
+    cmd
+}
+
+fn run(cfg: &Path, args: &[&str]) -> Output {
+    qformer(cfg, args).output().unwrap()
+}
+
+/// Every file under `dir` with its bytes.
+fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(p.strip_prefix(dir).unwrap().display().to_string(), std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_second_training_into_a_held_folder_is_refused_and_the_first_is_intact() {
+    let dir = workdir("concurrent");
+    let cfg = RunConfig::miniature(80).write(&dir, "run");
+    let run_dir = dir.join("checkpoints/run");
+    let mut first = qformer(&cfg, &[]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let started = Instant::now();
+    while !run_dir.join(".lock").exists() {
+        assert!(started.elapsed() < Duration::from_secs(120), "the first run never took its lock");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let second = run(&cfg, &["--overwrite"]);
+    let first_status = first.wait().unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "the second run must be refused");
+    assert!(err.contains("in use by process") && err.contains(&first.id().to_string()), "{err}");
+    assert!(first_status.success());
+    let steps: Vec<u64> = qformer::train::metrics::MetricsLog::read(&run_dir).unwrap().iter().map(|m| m.step).collect();
+    assert_eq!(steps, (1..=80).collect::<Vec<_>>(), "the first run's log is its own, in order");
+    assert!(!run_dir.join(".lock").exists(), "the lock is released at the end");
+}
+
+#[test]
+fn a_fresh_training_into_a_run_is_refused_unless_overwrite() {
+    let dir = workdir("fresh");
+    let cfg = RunConfig::miniature(3).write(&dir, "run");
+    let run_dir = dir.join("checkpoints/run");
+    assert!(run(&cfg, &[]).status.success());
+    let before = snapshot(&run_dir);
+    let out = run(&cfg, &["--set", "train.steps=2"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--resume latest") && err.contains("--overwrite"), "{err}");
+    assert_eq!(snapshot(&run_dir), before, "a refused run writes nothing");
+    assert!(run(&cfg, &["--set", "train.steps=2", "--overwrite"]).status.success());
+    let steps: Vec<u64> = qformer::train::metrics::MetricsLog::read(&run_dir).unwrap().iter().map(|m| m.step).collect();
+    assert_eq!(steps, [1, 2]);
+    assert!(!run_dir.join("step-00000003").exists(), "the replaced run's checkpoints are gone");
+}
+
+#[test]
+fn a_refused_resume_leaves_every_file_byte_identical() {
+    let dir = workdir("refused");
+    let cfg = RunConfig::miniature(2).write(&dir, "run");
+    let run_dir = dir.join("checkpoints/run");
+    assert!(run(&cfg, &[]).status.success());
+    let before = snapshot(&run_dir);
+    let out = run(&cfg, &["--resume", "latest", "--set", "optim.lr=0.5", "--set", "train.steps=4"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("optim.lr"), "{err}");
+    assert_eq!(snapshot(&run_dir), before);
+}
+
+#[test]
+fn sigterm_checkpoints_the_step_reached_and_the_resumed_run_is_bit_identical() {
+    let dir = workdir("sigterm");
+    let steps = 60;
+    let cfg = RunConfig { checkpoint_every: 25, ..RunConfig::miniature(steps) }.write(&dir, "run");
+    let reference = dir.join("checkpoints/reference");
+    assert!(qformer(&cfg, &["--set", "train.run_name=\"reference\""]).status().unwrap().success());
+
+    let run_dir = dir.join("checkpoints/run");
+    let child = qformer(&cfg, &[]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let started = Instant::now();
+    let logged = || std::fs::read_to_string(run_dir.join("metrics.jsonl")).map_or(0, |t| t.lines().count());
+    while logged() < 3 {
+        assert!(started.elapsed() < Duration::from_secs(120), "the run made no progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    let reached = qformer::train::metrics::MetricsLog::read(&run_dir).unwrap().len() as u64;
+    assert!(reached < steps, "the run stopped before its end ({reached})");
+    assert!(err.contains(&format!("stopped at step {reached}; resume with --resume latest")), "{err}");
+    let latest = qformer::train::checkpoint::resolve(&run_dir).unwrap();
+    assert!(latest.ends_with(format!("step-{reached:08}")), "{}", latest.display());
+
+    assert!(run(&cfg, &["--resume", "latest"]).status.success());
+    let last = |r: &Path| qformer::train::checkpoint::resolve(r).unwrap();
+    for file in ["model.safetensors", "optimizer.safetensors"] {
+        assert!(common::tensors(&last(&reference).join(file)) == common::tensors(&last(&run_dir).join(file)), "{file} differs");
+    }
+    let losses = |r: &Path| qformer::train::metrics::MetricsLog::read(r).unwrap().iter().map(|m| m.loss.to_bits()).collect::<Vec<_>>();
+    assert_eq!(losses(&reference), losses(&run_dir));
+}
