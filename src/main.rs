@@ -133,9 +133,9 @@ enum Command {
         /// Annotations (default: the run's data.eval).
         #[arg(long)]
         data: Option<PathBuf>,
-        /// Candidates ITM re-ranks per query.
-        #[arg(long, default_value_t = 128)]
-        k_test: usize,
+        /// Candidates ITM re-ranks per query (default: the run's eval.k_test).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        k_test: Option<u64>,
         /// Images used (all when 0).
         #[arg(long, default_value_t = 0)]
         max_images: usize,
@@ -339,6 +339,7 @@ fn main() -> Result<()> {
             }
         }
         Command::Eval { checkpoint, data, k_test, max_images, json } => {
+            let k_test = k_test.map(|k| k as usize);
             let report = dispatch(cli.backend, EvalJob { checkpoint, data, k_test, max_images }).context("eval failed")?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);

@@ -125,6 +125,8 @@ fn lavis_checkpoint_continues_training() {
     let dir = root().join("target/lavis-continue");
     let _ = std::fs::remove_dir_all(&dir);
     let cfg = config(&[]);
+    // The set lives outside the default location, so it is made explicitly (as `qformer synth`).
+    qformer::data::synth::generate(&dir.join("shapes"), 24, 8, cfg.encoder.image_size as u32, 1).unwrap();
     let outcome = dispatch(BackendKind::Flex, TrainJob::new(cfg.clone(), "continue", None)).unwrap();
     assert_eq!(outcome.steps, 3);
     assert!(outcome.last.loss.is_finite() && outcome.last.loss_itm.is_some() && outcome.last.loss_itg.is_some());

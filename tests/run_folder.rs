@@ -124,3 +124,16 @@ fn sigterm_checkpoints_the_step_reached_and_the_resumed_run_is_bit_identical() {
     let losses = |r: &Path| qformer::train::metrics::MetricsLog::read(r).unwrap().iter().map(|m| m.loss.to_bits()).collect::<Vec<_>>();
     assert_eq!(losses(&reference), losses(&run_dir));
 }
+
+#[test]
+fn a_mistyped_data_path_is_an_error_and_writes_nothing() {
+    let dir = workdir("mistyped");
+    let cfg = RunConfig::miniature(2).write(&dir, "run");
+    let before = snapshot(&dir);
+    for path in [dir.join("shapes/nope.json"), dir.join("elsewhere/train.json")] {
+        let out = run(&cfg, &["--set", &format!("data.train=\"{}\"", path.display())]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("data.train") && err.contains(&path.display().to_string()), "{err}");
+        assert_eq!(snapshot(&dir), before, "nothing is generated or written for {}", path.display());
+    }
+}

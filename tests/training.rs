@@ -272,14 +272,14 @@ fn evaluation_during_training_keeps_the_best_checkpoint_and_reports() {
     assert!((state["best"][1].as_f64().unwrap() - best_value).abs() < 1e-9);
 
     // `qformer eval` on the final checkpoint repeats the last in-training evaluation.
-    let job = qformer::app::eval::EvalJob { checkpoint: run.run_dir.clone(), data: None, k_test: 4, max_images: 0 };
+    let job = qformer::app::eval::EvalJob { checkpoint: run.run_dir.clone(), data: None, k_test: Some(4), max_images: 0 };
     let report = dispatch(BackendKind::Flex, job).unwrap();
     let last: qformer::eval::evaluate::EvalReport = serde_json::from_value(lines[3]["evaluation"].clone()).unwrap();
     assert_eq!((report.itc, report.itm, report.itg_perplexity), (last.itc, last.itm, last.itg_perplexity));
     assert!(report.itg_perplexity.is_finite() && report.itg_perplexity > 1.0);
     assert!(report.timing.itm_pairs >= report.images * 4);
     // The best checkpoint is a checkpoint like any other.
-    dispatch(BackendKind::Flex, qformer::app::eval::EvalJob { checkpoint: best_dir, data: None, k_test: 4, max_images: 3 }).unwrap();
+    dispatch(BackendKind::Flex, qformer::app::eval::EvalJob { checkpoint: best_dir, data: None, k_test: Some(4), max_images: 3 }).unwrap();
 
     // `qformer caption` captions every readable image and names the one it cannot read.
     let good = dir.join("shapes/images/000000.png");

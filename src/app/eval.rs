@@ -20,7 +20,8 @@ pub struct EvalJob {
     pub checkpoint: PathBuf,
     /// Annotations to evaluate on (default: the run's `data.eval`).
     pub data: Option<PathBuf>,
-    pub k_test: usize,
+    /// Candidates ITM re-ranks per query (default: the run's `eval.k_test`); at least 1.
+    pub k_test: Option<usize>,
     /// Images used (all when 0).
     pub max_images: usize,
 }
@@ -34,6 +35,10 @@ impl BackendJob for EvalJob {
             eprintln!("{m}");
         }
         let cfg = &trained.cfg;
+        let k_test = self.k_test.unwrap_or(cfg.eval.k_test);
+        if k_test == 0 {
+            return Err(Error::config("--k-test", "must be at least 1", "command line"));
+        }
         let path = self
             .data
             .or_else(|| cfg.data.eval.clone())
@@ -47,7 +52,7 @@ impl BackendJob for EvalJob {
             eprintln!("skipped {s}");
         }
         let frozen = Frozen::Encoder { vit: trained.vit, image_size: cfg.encoder.image_size };
-        Ok(evaluate(&trained.model, &frozen, &set, &EvalOptions { k_test: self.k_test, chunk: 64 }))
+        Ok(evaluate(&trained.model, &frozen, &set, &EvalOptions { k_test: k_test.max(1), chunk: 64 }))
     }
 }
 

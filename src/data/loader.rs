@@ -212,15 +212,34 @@ pub struct EvalSet {
 
 impl EvalSet {
     /// `transform` should be the eval transform (no augmentation) or an eval-split cache.
+    /// Records that share an `image_id` (or, without one, the same image file) are one image with
+    /// all their captions, whatever the annotation format (a JSON list with caption lists, or one
+    /// caption per JSONL/CSV line). `max_images` counts distinct images (all when 0).
     pub fn load(data: &Dataset, text: &TextEncoder, transform: &Transform, max_images: usize) -> Result<Self> {
-        let take = if max_images == 0 { data.records.len() } else { max_images.min(data.records.len()) };
-        let results: Vec<_> = data.records[..take].par_iter().map(|r| prepare_sample(r, transform, 0, 0).map(|(px, _)| (px, r))).collect();
+        let mut groups: Vec<Vec<&Record>> = Vec::new();
+        let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        for r in &data.records {
+            let key = match &r.image_id {
+                Some(id) => format!("id:{id}"),
+                None => format!("image:{:?}", r.image),
+            };
+            let next = groups.len();
+            let g = *index.entry(key).or_insert(next);
+            if g == next {
+                if max_images > 0 && groups.len() == max_images {
+                    continue;
+                }
+                groups.push(Vec::new());
+            }
+            groups[g].push(r);
+        }
+        let results: Vec<_> = groups.par_iter().map(|g| prepare_sample(g[0], transform, 0, 0).map(|(px, _)| (px, g))).collect();
         let (mut inputs, mut captions, mut caption_image, mut skipped, mut images) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), 0);
         for res in results {
             match res {
-                Ok((px, r)) => {
+                Ok((px, group)) => {
                     inputs.extend(px);
-                    for c in &r.captions {
+                    for c in group.iter().flat_map(|r| &r.captions) {
                         captions.push(c.clone());
                         caption_image.push(images);
                     }

@@ -26,24 +26,32 @@ pub struct SynthConfig {
     pub seed: u64,
 }
 
-/// Generates the synthetic set beside `train` when that annotation file does not exist yet.
+/// Where the default config keeps the generated shapes set: the only place it is generated on
+/// demand, so that a mistyped path is an error rather than a data set invented there.
+pub const DEFAULT_TRAIN: &str = "data/shapes/train.json";
+
+/// Generates the synthetic set when `train` is the built-in default location and does not exist
+/// yet. Any other missing path is an error naming the key and the path, with nothing written.
 pub fn ensure(train: &Path, synth: Option<&SynthConfig>, image_size: u32, reporter: &dyn Reporter) -> Result<()> {
     if train.exists() {
         return Ok(());
     }
-    let Some(s) = synth else {
-        return Err(Error::file(train, "annotation file not found (set [data.synth] to generate the shapes set)"));
+    let plain: std::path::PathBuf = train.components().filter(|c| !matches!(c, std::path::Component::CurDir)).collect();
+    let hint = format!("the shapes set is generated on demand only at {DEFAULT_TRAIN}; make one elsewhere with `qformer synth --out DIR`");
+    let s = match synth {
+        Some(s) if plain == Path::new(DEFAULT_TRAIN) => s,
+        Some(_) => return Err(Error::config("data.train", format!("{} does not exist ({hint})", train.display()), "config")),
+        None => {
+            return Err(Error::config(
+                "data.train",
+                format!("{} does not exist (set [data.synth] to generate the shapes set)", train.display()),
+                "config",
+            ))
+        }
     };
     let out = train.parent().unwrap_or(Path::new("."));
     reporter.note(&format!("generating {} + {} synthetic scenes in {}", s.train, s.eval, out.display()));
     generate(out, s.train, s.eval, image_size, s.seed)?;
-    if !train.exists() {
-        return Err(Error::config(
-            "data.train",
-            "the synthetic set is written as train.json / eval.json: point data.train there",
-            "config",
-        ));
-    }
     Ok(())
 }
 

@@ -10,7 +10,7 @@ use std::time::Instant;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::retrieval::{recall, recall_from_scores, Recall};
+use super::retrieval::{recall, recall_in_tiers, Recall};
 use super::scoring::{image_side, itc_similarities, itm_logits, text_embeds, ImageSide};
 use crate::data::loader::EvalSet;
 use crate::kernels::Kernels;
@@ -56,6 +56,11 @@ pub struct EvalReport {
     pub timing: EvalTiming,
 }
 
+/// Each query's top-k candidates as a set.
+fn top_sets(tops: &[Vec<usize>]) -> Vec<std::collections::HashSet<usize>> {
+    tops.iter().map(|t| t.iter().copied().collect()).collect()
+}
+
 /// Indices of the `k` largest values (ties: lower index first).
 pub fn top_k(scores: &[f32], k: usize) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..scores.len()).collect();
@@ -69,8 +74,12 @@ fn hardest(scores: &[f32], exclude: impl Fn(usize) -> bool) -> Option<usize> {
     (0..scores.len()).filter(|&j| !exclude(j)).max_by(|&a, &b| scores[a].total_cmp(&scores[b]).then(b.cmp(&a)))
 }
 
-/// LAVIS's re-ranked score matrices (`i2t`: images × texts, `t2i`: texts × images): each
-/// query's ITC top-k candidates get `itm(image, text) + sim`, everything else −100.
+/// Re-ranked score matrices (`i2t`: images × texts, `t2i`: texts × images): each query's ITC
+/// top-k candidates get `itm(image, text) + sim` (LAVIS's score), everything else keeps its ITC
+/// similarity. Ranked with the top k as a first tier ([`recall_in_tiers`]), re-ranking changes
+/// only the order inside each top k. (LAVIS puts −100 everywhere else, so candidates outside the
+/// top k tie, and with ties counted in the query's favour a caption outside them can count as a
+/// hit at R@5 or R@10 when k is small.)
 pub fn rerank_scores(
     sims: &[f32],
     n_img: usize,
@@ -79,13 +88,13 @@ pub fn rerank_scores(
     t2i_top: &[Vec<usize>],
     itm: impl Fn(usize, usize) -> f32,
 ) -> (Vec<f32>, Vec<f32>) {
-    let mut i2t = vec![-100f32; n_img * n_txt];
+    let mut i2t = sims.to_vec();
     for (i, tops) in i2t_top.iter().enumerate() {
         for &t in tops {
             i2t[i * n_txt + t] = itm(i, t) + sims[i * n_txt + t];
         }
     }
-    let mut t2i = vec![-100f32; n_txt * n_img];
+    let mut t2i: Vec<f32> = (0..n_txt).flat_map(|t| (0..n_img).map(move |i| sims[i * n_txt + t])).collect();
     for (t, tops) in t2i_top.iter().enumerate() {
         for &i in tops {
             t2i[t * n_img + i] = itm(i, t) + sims[i * n_txt + t];
@@ -153,7 +162,8 @@ pub fn evaluate<B: Kernels>(model: &QFormer<B>, frozen: &Frozen<B>, set: &EvalSe
         }
     }
     let (i2t, t2i) = rerank_scores(&sims, n_img, n_txt, &i2t_top, &t2i_top, |i, t| pairs[&(i, t)].0);
-    let itm = recall_from_scores(&i2t, &t2i, n_img, &set.caption_image);
+    let (i2t_in, t2i_in) = (top_sets(&i2t_top), top_sets(&t2i_top));
+    let itm = recall_in_tiers(&i2t, &|i, t| i2t_in[i].contains(&t), &t2i, &|t, i| t2i_in[t].contains(&i), n_img, &set.caption_image);
     let accuracy =
         |list: &[(usize, usize)], want: bool| 100.0 * list.iter().filter(|p| pairs[p].1 == want).count() as f64 / list.len().max(1) as f64;
     let (itm_acc_positive, itm_acc_negative) = (accuracy(&positives, true), accuracy(&negatives, false));
@@ -226,8 +236,8 @@ pub fn table(r: &EvalReport) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{hardest, rerank_scores, top_k};
-    use crate::eval::retrieval::recall_from_scores;
+    use super::{hardest, rerank_scores, top_k, top_sets};
+    use crate::eval::retrieval::recall_in_tiers;
 
     #[test]
     fn itm_reranking_changes_only_the_top_k() {
@@ -248,21 +258,37 @@ mod tests {
         for i in 0..n_img {
             for t in 0..n_txt {
                 let inside = i2t_top[i].contains(&t);
-                assert_eq!(i2t[i * n_txt + t] == -100.0, !inside, "i2t ({i},{t})");
-                if inside {
-                    assert!((i2t[i * n_txt + t] - (itm(i, t) + sims[i * n_txt + t])).abs() < 1e-6);
-                }
-                assert_eq!(t2i[t * n_img + i] == -100.0, !t2i_top[t].contains(&i), "t2i ({t},{i})");
+                let want = if inside { itm(i, t) + sims[i * n_txt + t] } else { sims[i * n_txt + t] };
+                assert!((i2t[i * n_txt + t] - want).abs() < 1e-6, "i2t ({i},{t})");
+                let want = if t2i_top[t].contains(&i) { itm(i, t) + sims[i * n_txt + t] } else { sims[i * n_txt + t] };
+                assert!((t2i[t * n_img + i] - want).abs() < 1e-6, "t2i ({t},{i})");
             }
         }
         // ITC ranks a wrong caption first for images 0 and 1. ITM fixes image 0, whose own caption
         // is in its top 2, but not image 1, whose caption ITC left out of the top 2.
         let itc = crate::eval::retrieval::recall(&sims, n_img, &caption_image);
-        let both = recall_from_scores(&i2t, &t2i, n_img, &caption_image);
+        let (i2t_in, t2i_in) = (top_sets(&i2t_top), top_sets(&t2i_top));
+        let both = recall_in_tiers(&i2t, &|i, t| i2t_in[i].contains(&t), &t2i, &|t, i| t2i_in[t].contains(&i), n_img, &caption_image);
         assert!((itc.i2t_r1 - 100.0 / 3.0).abs() < 1e-9, "{itc:?}");
         assert!((both.i2t_r1 - 200.0 / 3.0).abs() < 1e-9, "{both:?}");
         // Caption 2's top-2 images by ITC are 1 and 2: re-ranking puts image 2 first.
         assert!(t2i[2 * n_img + 2] > t2i[2 * n_img + 1]);
+    }
+
+    #[test]
+    fn with_a_top_1_reranking_every_recall_equals_itc() {
+        // 6 images × 6 captions of pseudo-random similarities; an ITM that prefers wrong pairs.
+        let (n, k) = (6, 1);
+        let caption_image: Vec<usize> = (0..n).collect();
+        let sims: Vec<f32> = (0..n * n).map(|j| ((j * 37 % 101) as f32 / 101.0) - 0.5).collect();
+        let i2t_top: Vec<Vec<usize>> = (0..n).map(|i| top_k(&sims[i * n..(i + 1) * n], k)).collect();
+        let t2i_top: Vec<Vec<usize>> = (0..n).map(|t| top_k(&(0..n).map(|i| sims[i * n + t]).collect::<Vec<_>>(), k)).collect();
+        let (i2t, t2i) = rerank_scores(&sims, n, n, &i2t_top, &t2i_top, |i, t| if i == t { -9.0 } else { 9.0 });
+        let (i2t_in, t2i_in) = (top_sets(&i2t_top), top_sets(&t2i_top));
+        let reranked = recall_in_tiers(&i2t, &|i, t| i2t_in[i].contains(&t), &t2i, &|t, i| t2i_in[t].contains(&i), n, &caption_image);
+        let itc = crate::eval::retrieval::recall(&sims, n, &caption_image);
+        assert_eq!(reranked, itc);
+        assert!(itc.i2t_r5 < 100.0, "the case must have positives outside the top 5: {itc:?}");
     }
 
     #[test]

@@ -56,18 +56,37 @@ impl Recall {
     }
 }
 
-/// Rank of the best-scoring ground truth among `scores`: how many candidates score strictly higher.
-fn rank_of(scores: &[f32], hit: impl Fn(usize) -> bool) -> usize {
-    let best = (0..scores.len()).filter(|&j| hit(j)).map(|j| scores[j]).fold(f32::NEG_INFINITY, f32::max);
-    scores.iter().filter(|&&s| s > best).count()
+/// Rank of the best-placed ground truth: how many candidates are placed strictly before it.
+/// Candidates in the first tier (`first`) come before all others; within a tier, by score.
+fn rank_of(scores: &[f32], first: impl Fn(usize) -> bool, hit: impl Fn(usize) -> bool) -> usize {
+    let key = |j: usize| (first(j), scores[j]);
+    let before = |a: (bool, f32), b: (bool, f32)| a.0 & !b.0 || (a.0 == b.0 && a.1 > b.1);
+    let best = (0..scores.len()).filter(|&j| hit(j)).map(key).reduce(|a, b| if before(b, a) { b } else { a });
+    best.map_or(scores.len(), |best| (0..scores.len()).filter(|&j| before(key(j), best)).count())
 }
 
 /// Recall from one score matrix per direction: `i2t` is `images × texts`, `t2i` is
 /// `texts × images`, row-major; `caption_image[t]` is the image caption `t` describes.
 pub fn recall_from_scores(i2t: &[f32], t2i: &[f32], images: usize, caption_image: &[usize]) -> Recall {
+    recall_in_tiers(i2t, &|_, _| true, t2i, &|_, _| true, images, caption_image)
+}
+
+/// Recall where each query's candidates in its first tier (`i2t_first(image, text)`,
+/// `t2i_first(text, image)`: a re-ranked top k) come before the rest, each part ordered by its
+/// scores.
+pub fn recall_in_tiers(
+    i2t: &[f32],
+    i2t_first: &dyn Fn(usize, usize) -> bool,
+    t2i: &[f32],
+    t2i_first: &dyn Fn(usize, usize) -> bool,
+    images: usize,
+    caption_image: &[usize],
+) -> Recall {
     let texts = caption_image.len();
-    let i2t: Vec<usize> = (0..images).map(|i| rank_of(&i2t[i * texts..(i + 1) * texts], |t| caption_image[t] == i)).collect();
-    let t2i: Vec<usize> = (0..texts).map(|t| rank_of(&t2i[t * images..(t + 1) * images], |i| i == caption_image[t])).collect();
+    let i2t: Vec<usize> =
+        (0..images).map(|i| rank_of(&i2t[i * texts..(i + 1) * texts], |t| i2t_first(i, t), |t| caption_image[t] == i)).collect();
+    let t2i: Vec<usize> =
+        (0..texts).map(|t| rank_of(&t2i[t * images..(t + 1) * images], |i| t2i_first(t, i), |i| i == caption_image[t])).collect();
     let r = |ranks: &[usize], k: usize| 100.0 * ranks.iter().filter(|&&r| r < k).count() as f64 / ranks.len().max(1) as f64;
     Recall { i2t_r1: r(&i2t, 1), i2t_r5: r(&i2t, 5), i2t_r10: r(&i2t, 10), t2i_r1: r(&t2i, 1), t2i_r5: r(&t2i, 5), t2i_r10: r(&t2i, 10) }
 }

@@ -92,8 +92,9 @@ pub struct RunConfig {
     /// The `[model]` and `[encoder]` tables.
     pub model: String,
     pub vocab: PathBuf,
-    /// Generated training and held-out scenes.
+    /// Generated training and held-out scenes, and their size in pixels.
     pub synth: (usize, usize),
+    pub image_size: u32,
     pub max_len: usize,
     pub batch_size: usize,
     pub steps: u64,
@@ -120,6 +121,7 @@ impl RunConfig {
             model: mini_model(33),
             vocab: manifest("tests/fixtures/lavis/vocab.txt"),
             synth: (48, 8),
+            image_size: 16,
             max_len: 14,
             batch_size: 6,
             steps,
@@ -161,6 +163,7 @@ impl RunConfig {
             model: WIDE_MODEL.into(),
             vocab: manifest("data/bert-base-uncased-vocab.txt"),
             synth: (320, 32),
+            image_size: 32,
             max_len: 20,
             batch_size: 32,
             steps,
@@ -179,17 +182,19 @@ impl RunConfig {
         self
     }
 
-    /// Writes `dir/<name>.toml`, data and checkpoints under `dir`.
+    /// Writes `dir/<name>.toml`, with the shapes set generated under `dir/shapes` (as
+    /// `qformer synth` would) and checkpoints under `dir`.
     pub fn write(&self, dir: &Path, name: &str) -> PathBuf {
+        if !dir.join("shapes/train.json").exists() {
+            qformer::data::synth::generate(&dir.join("shapes"), self.synth.0, self.synth.1, self.image_size, 1).unwrap();
+        }
         let d = dir.display();
         let text = format!(
-            "{model}\n[data]\ntrain = \"{d}/shapes/train.json\"\neval = \"{d}/shapes/eval.json\"\nsynth = {{ train = {st}, eval = {se}, seed = 1 }}\n\n\
+            "{model}\n[data]\ntrain = \"{d}/shapes/train.json\"\neval = \"{d}/shapes/eval.json\"\n\n\
              [text]\ntokenizer = \"{vocab}\"\nmax_len = {max_len}\n\n{sections}\n\n\
              [train]\nbatch_size = {batch}\nsteps = {steps}\nseed = {seed}\n{train_extra}\n\n\
              [checkpoint]\ndir = \"{d}/checkpoints\"\nevery = {every}\nkeep = {keep}\n\n[eval]\n{eval}\n",
             model = self.model,
-            st = self.synth.0,
-            se = self.synth.1,
             vocab = self.vocab.display(),
             max_len = self.max_len,
             sections = self.sections,
