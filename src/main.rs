@@ -28,17 +28,30 @@ use qformer::train::trainer::TrainJob;
 #[derive(Parser)]
 #[command(name = "qformer", version, about = "BLIP-2 Q-Former stage-one trainer")]
 struct Cli {
-    /// Compute backend.
-    #[arg(long, global = true, value_enum, default_value_t = BackendKind::Flex)]
-    backend: BackendKind,
     #[command(subcommand)]
     command: Command,
+}
+
+/// `--backend`, on the subcommands that compute.
+#[derive(clap::Args, Clone, Copy)]
+struct Backend {
+    /// Compute backend (training: overrides train.backend, and is recorded in the run's config; default flex elsewhere).
+    #[arg(long, value_enum)]
+    backend: Option<BackendKind>,
+}
+
+impl Backend {
+    fn or_flex(self) -> BackendKind {
+        self.backend.unwrap_or(BackendKind::Flex)
+    }
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Train a Q-Former from a TOML config (default: the tiny run on generated shapes).
     Train {
+        #[command(flatten)]
+        backend: Backend,
         #[arg(long, default_value = "configs/tiny.toml")]
         config: PathBuf,
         /// Override a config value: --set section.key=value (repeatable).
@@ -53,6 +66,8 @@ enum Command {
     },
     /// Run objective ablations of a config and write a table of losses and held-out R@1.
     Ablate {
+        #[command(flatten)]
+        backend: Backend,
         #[arg(long, default_value = "configs/tiny.toml")]
         config: PathBuf,
         /// Variants: all, no-itc, no-itm, no-itg, itc-only, itm-only, itg-only.
@@ -92,6 +107,8 @@ enum Command {
     },
     /// Evaluate the stage-one loss of given weights on a given batch (eval mode) and print JSON.
     CheckLoss {
+        #[command(flatten)]
+        backend: Backend,
         /// Q-Former weights (safetensors, HF names; shapes from the `config` metadata).
         #[arg(long)]
         weights: PathBuf,
@@ -116,6 +133,8 @@ enum Command {
     },
     /// Run the frozen encoder once over a config's images and store the features in [data.cache].
     CacheFeatures {
+        #[command(flatten)]
+        backend: Backend,
         #[arg(long, default_value = "configs/tiny.toml")]
         config: PathBuf,
         #[arg(long = "set")]
@@ -127,6 +146,8 @@ enum Command {
     /// Evaluate a checkpoint on held-out data: ITC and ITM re-ranked retrieval, ITM accuracy, ITG
     /// perplexity.
     Eval {
+        #[command(flatten)]
+        backend: Backend,
         /// A run folder (its latest checkpoint), a step folder, or `<run>/best`.
         #[arg(long)]
         checkpoint: PathBuf,
@@ -145,6 +166,8 @@ enum Command {
     },
     /// Caption images with the ITG decoder of a checkpoint.
     Caption {
+        #[command(flatten)]
+        backend: Backend,
         #[arg(long)]
         checkpoint: PathBuf,
         /// Image files.
@@ -185,6 +208,8 @@ enum Command {
     },
     /// Time training steps (loss, backward, AdamW) on random features.
     Bench {
+        #[command(flatten)]
+        backend: Backend,
         /// Model shape: tiny or blip2.
         #[arg(long, default_value = "tiny")]
         preset: String,
@@ -263,8 +288,9 @@ fn stop_on_signals() -> Result<Arc<std::sync::atomic::AtomicBool>> {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Train { config, overrides, resume, overwrite } => {
-            let cfg = TrainConfig::load(&config, &overrides)?;
+        Command::Train { backend, config, overrides, resume, overwrite } => {
+            let mut cfg = TrainConfig::load(&config, &overrides)?;
+            cfg.train.backend = backend.backend.unwrap_or(cfg.train.backend);
             let name = run_name(&cfg, &config);
             let resume = resume.map(|r| if r.as_os_str() == "latest" { cfg.checkpoint.dir.join(&name) } else { r });
             let backend = cfg.train.backend;
@@ -287,8 +313,9 @@ fn main() -> Result<()> {
                 );
             }
         }
-        Command::Ablate { config, variants, seeds, overrides, overwrite } => {
-            let (dir, table) = ablate(&config, &overrides, &variants, &seeds, |cfg, name| {
+        Command::Ablate { backend: choice, config, variants, seeds, overrides, overwrite } => {
+            let (dir, table) = ablate(&config, &overrides, &variants, &seeds, |mut cfg, name| {
+                cfg.train.backend = choice.backend.unwrap_or(cfg.train.backend);
                 let backend = cfg.train.backend;
                 let console = Arc::new(Console::new(cfg.log.every));
                 let outcome = dispatch(backend, TrainJob::new(cfg, name, None).reporting(console.clone()).overwriting(overwrite));
@@ -312,16 +339,17 @@ fn main() -> Result<()> {
             let (train, eval) = synth::generate(&out, n, n_eval, size, seed)?;
             println!("wrote {} and {}", train.display(), eval.display());
         }
-        Command::CheckLoss { weights, batch, config, grads, objectives, itc_gradient, sample_seed } => {
+        Command::CheckLoss { backend, weights, batch, config, grads, objectives, itc_gradient, sample_seed } => {
             if objectives.is_empty() {
                 bail!("--objectives: name at least one of itc, itm, itg");
             }
             let job = CheckLoss { weights, batch, config, grads, objectives, itc_gradient, sample_seed };
-            let report = dispatch(cli.backend, job).context("check-loss failed")?;
+            let report = dispatch(backend.or_flex(), job).context("check-loss failed")?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
-        Command::CacheFeatures { config, overrides, batch } => {
-            let cfg = TrainConfig::load(&config, &overrides)?;
+        Command::CacheFeatures { backend, config, overrides, batch } => {
+            let mut cfg = TrainConfig::load(&config, &overrides)?;
+            cfg.train.backend = backend.backend.unwrap_or(cfg.train.backend);
             let backend = cfg.train.backend;
             for s in dispatch(backend, CacheFeatures { cfg, batch }).context("cache-features failed")? {
                 println!(
@@ -338,18 +366,18 @@ fn main() -> Result<()> {
                 );
             }
         }
-        Command::Eval { checkpoint, data, k_test, max_images, json } => {
+        Command::Eval { backend, checkpoint, data, k_test, max_images, json } => {
             let k_test = k_test.map(|k| k as usize);
-            let report = dispatch(cli.backend, EvalJob { checkpoint, data, k_test, max_images }).context("eval failed")?;
+            let report = dispatch(backend.or_flex(), EvalJob { checkpoint, data, k_test, max_images }).context("eval failed")?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 println!("{}", evaluate::table(&report));
             }
         }
-        Command::Caption { checkpoint, images, beams, max_len, min_len } => {
+        Command::Caption { backend, checkpoint, images, beams, max_len, min_len } => {
             let options = DecodeOptions { beams, max_len, min_len, ..DecodeOptions::default() };
-            let captions = dispatch(cli.backend, CaptionJob { checkpoint, images, options }).context("caption failed")?;
+            let captions = dispatch(backend.or_flex(), CaptionJob { checkpoint, images, options }).context("caption failed")?;
             let mut failed = 0;
             for c in &captions {
                 match &c.caption {
@@ -389,7 +417,7 @@ fn main() -> Result<()> {
                 e.sidecar_tensors
             );
         }
-        Command::Bench { preset, batch, image_tokens, queries, text_len, warmup, steps, sets, seed, json, features, encoder } => {
+        Command::Bench { backend, preset, batch, image_tokens, queries, text_len, warmup, steps, sets, seed, json, features, encoder } => {
             let label = if features == "encoder" { format!("encoder {encoder}") } else { features.clone() };
             let features = match features.as_str() {
                 "encoder" => BenchFeatures::Encoder(
@@ -405,11 +433,11 @@ fn main() -> Result<()> {
                 .collect::<Result<Vec<_>>>()?;
             let image_tokens = image_tokens.unwrap_or(if preset == "blip2" { 257 } else { 65 });
             let job = Bench { preset: preset.clone(), batch, image_tokens, queries, text_len, warmup, steps, sets, seed, features };
-            let report = dispatch(cli.backend, job).context("bench failed")?;
+            let report = dispatch(backend.or_flex(), job).context("bench failed")?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                println!("backend {:?}, preset {preset}, batch {batch}, image tokens {image_tokens}, text {text_len}, {steps} steps, features {label}", cli.backend);
+                println!("backend {:?}, preset {preset}, batch {batch}, image tokens {image_tokens}, text {text_len}, {steps} steps, features {label}", backend.or_flex());
                 println!(
                     "{:<12} {:>10} {:>10} {:>10} {:>11} {:>12} {:>13} {:>11} {:>9}",
                     "objectives", "median ms", "min ms", "pairs/s", "forward ms", "backward ms", "optimizer ms", "model GFLOP", "GFLOP/s"

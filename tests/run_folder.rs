@@ -137,3 +137,21 @@ fn a_mistyped_data_path_is_an_error_and_writes_nothing() {
         assert_eq!(snapshot(&dir), before, "nothing is generated or written for {}", path.display());
     }
 }
+
+#[test]
+fn the_command_line_backend_is_used_and_recorded_and_a_finished_run_says_so() {
+    let dir = workdir("backend");
+    let cfg = RunConfig::miniature(2).write(&dir, "run");
+    let out = run(&cfg, &["--backend", "ndarray", "--set", "schedule.warmup_steps=5"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("never reaches optim.lr"), "a run inside warm-up is warned: {err}");
+    let recorded = std::fs::read_to_string(dir.join("checkpoints/run/config.toml")).unwrap();
+    assert!(recorded.contains("backend = \"ndarray\""), "{recorded}");
+
+    let again = run(&cfg, &["--resume", "latest", "--backend", "ndarray", "--set", "schedule.warmup_steps=5"]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&again.stdout), String::from_utf8_lossy(&again.stderr));
+    assert!(again.status.success(), "{stderr}");
+    assert!(stderr.contains("nothing left to do"), "{stderr}");
+    assert!(stdout.contains("final: loss") && !stdout.contains("final: loss 0.000"), "{stdout}");
+}

@@ -149,6 +149,18 @@ fn ablation_writes_its_table() {
     // A switched-off objective has no training loss in its row.
     let no_itm = csv.lines().find(|l| l.starts_with("no-itm")).unwrap();
     assert_eq!(no_itm.split(',').nth(5), Some(""), "{no_itm}");
+
+    // An unknown variant is refused before any variant trains.
+    let mut trained = 0;
+    let bad: Vec<String> = ["all", "no-xyz"].map(String::from).to_vec();
+    let e = ablate(&cfg, &["train.steps=2".into()], &bad, &[0], |_, _| {
+        trained += 1;
+        unreachable!("no variant may train")
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("no-xyz"), "{e}");
+    assert_eq!(trained, 0);
 }
 
 #[test]

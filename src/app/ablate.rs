@@ -93,17 +93,21 @@ pub fn ablate(
     mut run: impl FnMut(TrainConfig, String) -> Result<TrainOutcome>,
 ) -> Result<(PathBuf, String)> {
     let stem = config.file_stem().and_then(|s| s.to_str()).unwrap_or("run").to_string();
-    let mut rows = Vec::new();
+    // Every variant's config is built and checked before the first one trains.
+    let mut planned = Vec::new();
     for variant in variants {
         for &seed in seeds {
             let mut overrides = base_overrides.to_vec();
             overrides.extend(variant_overrides(variant)?);
             overrides.push(format!("train.seed={seed}"));
-            let cfg = TrainConfig::load(config, &overrides)?;
-            let name = format!("{stem}-ablate/{variant}-seed{seed}");
-            eprintln!("== ablation {variant}, seed {seed}");
-            rows.push(AblationRow { variant: variant.clone(), seed, outcome: run(cfg.clone(), name)? });
+            planned.push((variant, seed, TrainConfig::load(config, &overrides)?));
         }
+    }
+    let mut rows = Vec::new();
+    for (variant, seed, cfg) in planned {
+        let name = format!("{stem}-ablate/{variant}-seed{seed}");
+        eprintln!("== ablation {variant}, seed {seed}");
+        rows.push(AblationRow { variant: variant.clone(), seed, outcome: run(cfg, name)? });
     }
     let base = TrainConfig::load(config, base_overrides)?;
     let dir = base.checkpoint.dir.join(format!("{stem}-ablate"));

@@ -237,6 +237,21 @@ impl BackendJob for TrainJob {
         // Only now, with the config and any resume checked, does the run write into its folder.
         write_atomic(&run_dir.join(checkpoint::CONFIG_FILE), cfg.to_toml().as_bytes())?;
         let metrics = MetricsLog::open(&run_dir, state.step)?;
+        if state.step >= total {
+            progress.note(&format!(
+                "the run in {} already reached step {} of {total}: nothing left to do (raise train.steps to continue it)",
+                run_dir.display(),
+                state.step
+            ));
+            let last = MetricsLog::read(&run_dir).ok().and_then(|mut m| m.pop()).unwrap_or_default();
+            return Ok(TrainOutcome { run_dir, steps: state.step, recall: last.retrieval, last, stopped: false });
+        }
+        if total <= cfg.schedule.warmup_steps {
+            progress.note(&format!(
+                "warning: train.steps ({total}) is not above schedule.warmup_steps ({}): the whole run is warm-up and never reaches optim.lr ({:e})",
+                cfg.schedule.warmup_steps, cfg.optim.lr
+            ));
+        }
         let mut loader = Prefetcher::start(train_data, text, transform, seed, state.data_position, t.batch_size, cfg.data.prefetch);
         progress.start(state.step, total);
         let objectives = cfg.objectives.clone();
