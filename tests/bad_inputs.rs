@@ -16,9 +16,14 @@ fn text() -> TextEncoder {
     TextEncoder::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("data/bert-base-uncased-vocab.txt"), 16, 50).unwrap()
 }
 
-/// Loads annotations, then decodes every record as a run would; returns usable images and skips.
+/// Loads annotations, then decodes every record as a run would (each record its own image, as
+/// training visits them; a held-out set would join records of one file); returns usable images
+/// and skips.
 fn load(name: &str) -> (usize, Vec<Skip>) {
-    let data = Dataset::load(&bad(name), None).unwrap();
+    let mut data = Dataset::load(&bad(name), None).unwrap();
+    for (i, r) in data.records.iter_mut().enumerate() {
+        r.image_id = Some(format!("record {i}"));
+    }
     let transform = Transform { image_size: 16, max_pixels: 1 << 24, augment: None, cache: None };
     let set = EvalSet::load(&data, &text(), &transform, 0).unwrap();
     (set.images, data.skipped.into_iter().chain(set.skipped).collect())
