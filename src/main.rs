@@ -52,6 +52,7 @@ enum Command {
     Train {
         #[command(flatten)]
         backend: Backend,
+        /// The run's TOML config.
         #[arg(long, default_value = "configs/tiny.toml")]
         config: PathBuf,
         /// Override a config value: --set section.key=value (repeatable).
@@ -68,13 +69,16 @@ enum Command {
     Ablate {
         #[command(flatten)]
         backend: Backend,
+        /// The run's TOML config.
         #[arg(long, default_value = "configs/tiny.toml")]
         config: PathBuf,
         /// Variants: all, no-itc, no-itm, no-itg, itc-only, itm-only, itg-only.
         #[arg(long, value_delimiter = ',', default_value = "all,no-itc,no-itm,no-itg")]
         variants: Vec<String>,
+        /// Seeds to train each variant with (train.seed), comma separated.
         #[arg(long, value_delimiter = ',', default_value = "0")]
         seeds: Vec<u64>,
+        /// Override a config value: --set section.key=value (repeatable).
         #[arg(long = "set")]
         overrides: Vec<String>,
         /// Replace variants' runs left in their folders by an earlier sweep.
@@ -83,15 +87,19 @@ enum Command {
     },
     /// Measure the data pipeline alone: images/s delivered by the loader for a config.
     BenchData {
+        /// The run's TOML config.
         #[arg(long, default_value = "configs/tiny.toml")]
         config: PathBuf,
+        /// Override a config value: --set section.key=value (repeatable).
         #[arg(long = "set")]
         overrides: Vec<String>,
+        /// Batches to time.
         #[arg(long, default_value_t = 20)]
         batches: usize,
     },
     /// Generate the synthetic shapes data set (train.json, eval.json, images/).
     Synth {
+        /// Folder to write train.json, eval.json and images/ into.
         #[arg(long)]
         out: PathBuf,
         /// Training scenes.
@@ -100,8 +108,10 @@ enum Command {
         /// Held-out scenes.
         #[arg(long, default_value_t = 500)]
         n_eval: usize,
+        /// Image side in pixels.
         #[arg(long, default_value_t = 64)]
         size: u32,
+        /// Seed of the scenes (the same seed gives the same set).
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
@@ -115,7 +125,7 @@ enum Command {
         /// Batch safetensors: image_feats, input_ids, attention_mask [, neg_image_idx, neg_text_idx, image_ids].
         #[arg(long)]
         batch: PathBuf,
-        /// TOML with a [model] table, for weights without config metadata.
+        /// The model shape for weights without config metadata: a TOML [model] table or a JSON config (HF config.json too).
         #[arg(long)]
         config: Option<PathBuf>,
         /// Also write d(loss)/d(parameter) for every parameter here.
@@ -135,8 +145,10 @@ enum Command {
     CacheFeatures {
         #[command(flatten)]
         backend: Backend,
+        /// The run's TOML config.
         #[arg(long, default_value = "configs/tiny.toml")]
         config: PathBuf,
+        /// Override a config value: --set section.key=value (repeatable).
         #[arg(long = "set")]
         overrides: Vec<String>,
         /// Images per encoder forward.
@@ -168,6 +180,7 @@ enum Command {
     Caption {
         #[command(flatten)]
         backend: Backend,
+        /// A run folder (its latest checkpoint), a step folder, or `<run>/best`.
         #[arg(long)]
         checkpoint: PathBuf,
         /// Image files.
@@ -176,8 +189,10 @@ enum Command {
         /// Beam width; 1 is greedy decoding.
         #[arg(long, default_value_t = 3)]
         beams: usize,
+        /// Longest caption, in tokens.
         #[arg(long, default_value_t = 30)]
         max_len: usize,
+        /// Shortest caption, in tokens.
         #[arg(long, default_value_t = 10)]
         min_len: usize,
     },
@@ -187,6 +202,7 @@ enum Command {
         /// Run folders (each with its metrics.jsonl).
         #[arg(required = true)]
         runs: Vec<PathBuf>,
+        /// Folder for report.png and report.md.
         #[arg(long, default_value = "report")]
         out: PathBuf,
     },
@@ -198,11 +214,13 @@ enum Command {
         /// Or a config whose [init] names the weights (e.g. a LAVIS checkpoint).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Override a config value: --set section.key=value (repeatable).
         #[arg(long = "set")]
         overrides: Vec<String>,
         /// Output format; `hf` is the one there is.
         #[arg(long, default_value = "hf", value_parser = ["hf"])]
         format: String,
+        /// Folder for the export (model.safetensors, config.json, the sidecar).
         #[arg(long)]
         out: PathBuf,
     },
@@ -213,6 +231,7 @@ enum Command {
         /// Model shape: tiny or blip2.
         #[arg(long, default_value = "tiny")]
         preset: String,
+        /// Pairs per step.
         #[arg(long, default_value_t = 32)]
         batch: usize,
         /// Image tokens per sample (default: 257 for blip2, 65 for tiny).
@@ -221,15 +240,19 @@ enum Command {
         /// Query tokens (default: the preset's, 8 for tiny and 32 for blip2).
         #[arg(long)]
         queries: Option<usize>,
+        /// Caption length in tokens.
         #[arg(long, default_value_t = 32)]
         text_len: usize,
+        /// Untimed steps first.
         #[arg(long, default_value_t = 1)]
         warmup: usize,
+        /// Timed steps per objective set.
         #[arg(long, default_value_t = 5)]
         steps: usize,
         /// Objective sets separated by ';', e.g. "itc,itm,itg;itc;itm;itg".
         #[arg(long, default_value = "itc,itm,itg;itc;itm;itg")]
         sets: String,
+        /// Seed of the random features and captions.
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Print JSON instead of a table.
