@@ -168,16 +168,22 @@ fn config_errors_name_key_and_file() {
     let dir = workdir("config");
     let cfg = config(&dir, "");
     let e = |o: &str| TrainConfig::load(&cfg, &[o.to_string()]).unwrap_err().to_string();
+    // A key the command line set is blamed on the command line, not on the file.
     let unknown = e("train.batch_sise=3");
-    assert!(unknown.contains("batch_sise") && unknown.contains("mini.toml"), "{unknown}");
+    assert!(unknown.contains("batch_sise") && unknown.contains("command line: --set train.batch_sise=3"), "{unknown}");
+    assert!(!unknown.contains("mini.toml"), "{unknown}");
     let wrong_type = e("train.batch_size=\"big\"");
     assert!(wrong_type.contains("batch_size"), "{wrong_type}");
     let range = e("optim.lr=-1");
     assert!(range.contains("optim.lr must be > 0") || (range.contains("optim.lr") && range.contains("> 0")), "{range}");
-    assert!(range.contains("mini.toml"), "{range}");
+    assert!(range.contains("--set optim.lr=-1") && !range.contains("mini.toml"), "{range}");
     let width = e("encoder.width=30");
     assert!(width.contains("encoder.width"), "{width}");
     assert!(e("bad").contains("section.key=value"));
+    // A key from the file is still blamed on the file.
+    std::fs::write(&cfg, std::fs::read_to_string(&cfg).unwrap().replace("[train]\n", "[train]\nbatch_sise = 3\n")).unwrap();
+    let from_file = TrainConfig::load(&cfg, &[]).unwrap_err().to_string();
+    assert!(from_file.contains("batch_sise") && from_file.contains("mini.toml"), "{from_file}");
 }
 
 fn losses(run: &Path) -> Vec<f64> {

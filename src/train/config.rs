@@ -291,6 +291,17 @@ fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
     Ok(())
 }
 
+/// An error about a key that a `--set` gave names the command line, not the config file.
+fn blame_override(e: Error, overrides: &[String]) -> Error {
+    if let Error::Config { key, message, .. } = &e {
+        let set = overrides.iter().rev().find(|o| o.split_once('=').is_some_and(|(k, _)| k.trim() == key));
+        if let Some(o) = set {
+            return Error::config(key.as_str(), message.as_str(), format!("command line: --set {o}"));
+        }
+    }
+    e
+}
+
 /// `section.key` named by an error at byte `offset` of a TOML text: the assignment on that line,
 /// or for a missing field, the field inside the section the error points at.
 fn key_at(text: &str, offset: usize, message: &str) -> String {
@@ -321,11 +332,12 @@ impl TrainConfig {
         }
         // Parsed back from text so that an error carries a position, which names the key.
         let merged = toml::to_string(&table).map_err(|e| Error::config("toml", e.to_string(), &name))?;
+        let blame = |e: Error| blame_override(e, overrides);
         let cfg: Self = toml::from_str(&merged).map_err(|e| {
             let key = e.span().map_or_else(|| "config".to_string(), |s| key_at(&merged, s.start, e.message()));
-            Error::config(key, e.message().to_string(), &name)
+            blame(Error::config(key, e.message().to_string(), &name))
         })?;
-        cfg.validate(&name)?;
+        cfg.validate(&name).map_err(blame)?;
         Ok(cfg)
     }
 
