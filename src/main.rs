@@ -395,7 +395,8 @@ fn main() -> Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                println!("{}", evaluate::table(&report));
+                println!("checkpoint {} (step {})", report.checkpoint.display(), report.step);
+                println!("{}", evaluate::table(&report.report));
             }
         }
         Command::Caption { backend, checkpoint, images, beams, max_len, min_len } => {

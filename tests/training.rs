@@ -291,11 +291,28 @@ fn evaluation_during_training_keeps_the_best_checkpoint_and_reports() {
 
     // `qformer eval` on the final checkpoint repeats the last in-training evaluation.
     let job = qformer::app::eval::EvalJob { checkpoint: run.run_dir.clone(), data: None, k_test: Some(4), max_images: 0 };
-    let report = dispatch(BackendKind::Flex, job).unwrap();
+    let outcome = dispatch(BackendKind::Flex, job).unwrap();
+    assert_eq!((outcome.step, outcome.checkpoint.file_name().unwrap().to_str()), (4, Some("step-00000004")));
+    assert!((outcome.means.itc.mean - outcome.report.itc.mean()).abs() < 1e-12);
+    let json = serde_json::to_value(&outcome).unwrap();
+    assert!(
+        json["checkpoint"].is_string()
+            && json["step"] == 4
+            && json["itc"]["i2t_r1"].is_number()
+            && json["means"]["itm"]["mean"].is_number()
+    );
+    let report = outcome.report;
     let last: qformer::eval::evaluate::EvalReport = serde_json::from_value(lines[3]["evaluation"].clone()).unwrap();
     assert_eq!((report.itc, report.itm, report.itg_perplexity), (last.itc, last.itm, last.itg_perplexity));
     assert!(report.itg_perplexity.is_finite() && report.itg_perplexity > 1.0);
     assert!(report.timing.itm_pairs >= report.images * 4);
+    // Re-ranking only the top 1 keeps every recall of ITC (the rest stays in ITC order).
+    let top1 = dispatch(
+        BackendKind::Flex,
+        qformer::app::eval::EvalJob { checkpoint: run.run_dir.clone(), data: None, k_test: Some(1), max_images: 0 },
+    );
+    let top1 = top1.unwrap().report;
+    assert_eq!(top1.itm, top1.itc);
     // The best checkpoint is a checkpoint like any other.
     dispatch(BackendKind::Flex, qformer::app::eval::EvalJob { checkpoint: best_dir, data: None, k_test: Some(4), max_images: 3 }).unwrap();
 

@@ -9,10 +9,12 @@ use crate::data::loader::{Dataset, EvalSet, Transform};
 use crate::data::text::TextEncoder;
 use crate::eval::caption::{generate, DecodeOptions};
 use crate::eval::evaluate::{evaluate, EvalOptions, EvalReport};
+use crate::eval::retrieval::Recall;
 use crate::eval::scoring::image_side;
 use crate::kernels::backend::BackendJob;
 use crate::kernels::TrainBackend;
 use crate::model::frozen::Frozen;
+use crate::train::checkpoint;
 use crate::train::trained::Trained;
 use crate::util::error::{Error, Result};
 
@@ -26,11 +28,43 @@ pub struct EvalJob {
     pub max_images: usize,
 }
 
-impl BackendJob for EvalJob {
-    type Output = EvalReport;
+/// What `qformer eval` reports: which checkpoint (folder and step), the evaluation, and the means
+/// of its recalls (LAVIS's `txt_r_mean`, `img_r_mean`, `r_mean`).
+#[derive(Debug, Serialize)]
+pub struct EvalOutcome {
+    pub checkpoint: PathBuf,
+    pub step: u64,
+    #[serde(flatten)]
+    pub report: EvalReport,
+    pub means: Means,
+}
 
-    fn run<B: TrainBackend>(self, device: B::Device) -> Result<EvalReport> {
+#[derive(Debug, Serialize)]
+pub struct Means {
+    pub itc: RecallMeans,
+    pub itm: RecallMeans,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RecallMeans {
+    pub i2t_mean: f64,
+    pub t2i_mean: f64,
+    pub mean: f64,
+}
+
+impl From<&Recall> for RecallMeans {
+    fn from(r: &Recall) -> Self {
+        Self { i2t_mean: r.i2t_mean(), t2i_mean: r.t2i_mean(), mean: r.mean() }
+    }
+}
+
+impl BackendJob for EvalJob {
+    type Output = EvalOutcome;
+
+    fn run<B: TrainBackend>(self, device: B::Device) -> Result<EvalOutcome> {
         let trained = Trained::<B::InnerBackend>::from_checkpoint(&self.checkpoint, &device)?;
+        let checkpoint = checkpoint::resolve(&self.checkpoint)?;
+        let step = checkpoint::verify(&checkpoint, &trained.cfg)?.step;
         for m in &trained.messages {
             eprintln!("{m}");
         }
@@ -52,7 +86,9 @@ impl BackendJob for EvalJob {
             eprintln!("skipped {s}");
         }
         let frozen = Frozen::Encoder { vit: trained.vit, image_size: cfg.encoder.image_size };
-        Ok(evaluate(&trained.model, &frozen, &set, &EvalOptions { k_test: k_test.max(1), chunk: 64 }))
+        let report = evaluate(&trained.model, &frozen, &set, &EvalOptions { k_test: k_test.max(1), chunk: 64 });
+        let means = Means { itc: (&report.itc).into(), itm: (&report.itm).into() };
+        Ok(EvalOutcome { checkpoint, step, report, means })
     }
 }
 
