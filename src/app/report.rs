@@ -38,28 +38,30 @@ impl Run {
 
 struct Panel {
     title: &'static str,
+    /// The y axis: quantity and unit.
+    unit: &'static str,
     /// The value at a step, if recorded there.
     value: fn(&StepMetrics) -> Option<f64>,
     smooth: bool,
 }
 
 const PANELS: [Panel; 10] = [
-    Panel { title: "total loss", value: |m| Some(m.loss), smooth: true },
-    Panel { title: "ITC loss", value: |m| m.loss_itc, smooth: true },
-    Panel { title: "ITM loss", value: |m| m.loss_itm, smooth: true },
-    Panel { title: "ITG loss", value: |m| m.loss_itg, smooth: true },
-    Panel { title: "learning rate", value: |m| Some(m.lr), smooth: false },
-    Panel { title: "temperature", value: |m| Some(m.temp), smooth: false },
-    Panel { title: "held-out i2t R@1 (ITC)", value: |m| m.retrieval.map(|r| r.i2t_r1), smooth: false },
-    Panel { title: "held-out t2i R@1 (ITC)", value: |m| m.retrieval.map(|r| r.t2i_r1), smooth: false },
-    Panel { title: "held-out i2t R@1 (ITM re-ranked)", value: |m| m.evaluation.as_ref().map(|e| e.itm.i2t_r1), smooth: false },
-    Panel { title: "held-out t2i R@1 (ITM re-ranked)", value: |m| m.evaluation.as_ref().map(|e| e.itm.t2i_r1), smooth: false },
+    Panel { title: "total loss", unit: "nats", value: |m| Some(m.loss), smooth: true },
+    Panel { title: "ITC loss", unit: "nats", value: |m| m.loss_itc, smooth: true },
+    Panel { title: "ITM loss", unit: "nats", value: |m| m.loss_itm, smooth: true },
+    Panel { title: "ITG loss", unit: "nats per token", value: |m| m.loss_itg, smooth: true },
+    Panel { title: "learning rate", unit: "lr", value: |m| Some(m.lr), smooth: false },
+    Panel { title: "temperature", unit: "τ", value: |m| Some(m.temp), smooth: false },
+    Panel { title: "held-out i2t R@1 (ITC)", unit: "%", value: |m| m.retrieval.map(|r| r.i2t_r1), smooth: false },
+    Panel { title: "held-out t2i R@1 (ITC)", unit: "%", value: |m| m.retrieval.map(|r| r.t2i_r1), smooth: false },
+    Panel { title: "held-out i2t R@1 (ITM re-ranked)", unit: "%", value: |m| m.evaluation.as_ref().map(|e| e.itm.i2t_r1), smooth: false },
+    Panel { title: "held-out t2i R@1 (ITM re-ranked)", unit: "%", value: |m| m.evaluation.as_ref().map(|e| e.itm.t2i_r1), smooth: false },
 ];
 
-/// Points of one panel for one run; loss curves as a running mean.
 /// One curve: (step, value) points.
 type Series = Vec<(f64, f64)>;
 
+/// Points of one panel for one run; loss curves as a running mean.
 fn series(run: &Run, panel: &Panel) -> Series {
     let raw: Vec<(f64, f64)> =
         run.steps.iter().filter_map(|m| (panel.value)(m).filter(|v| v.is_finite()).map(|v| (m.step as f64, v))).collect();
@@ -74,8 +76,15 @@ fn series(run: &Run, panel: &Panel) -> Series {
         .collect()
 }
 
+/// How many x labels to ask for so that they fall on whole steps (at most 6).
+fn step_ticks(x_max: f64) -> usize {
+    (x_max.round() as usize).clamp(1, 6)
+}
+
 /// An axis label with as many decimals as the axis range needs.
 fn label(v: f64, range: f64) -> String {
+    // A tick at zero computed with rounding error (-2.7e-20) reads as 0.
+    let v = if v.abs() < range * 1e-9 { 0.0 } else { v };
     if v != 0.0 && v.abs() < 1e-3 {
         return format!("{v:.1e}");
     }
@@ -105,17 +114,23 @@ fn draw(runs: &[Run], path: &Path) -> Result<()> {
         let (x_max, y_min, y_max) =
             points.fold((1f64, f64::INFINITY, f64::NEG_INFINITY), |(x, lo, hi), p| (x.max(p.0), lo.min(p.1), hi.max(p.1)));
         let pad = ((y_max - y_min) * 0.05).max(y_max.abs() * 1e-3).max(1e-9);
+        let title = if panel.smooth { format!("{} ({SMOOTH}-step running mean)", panel.title) } else { panel.title.to_string() };
+        // Room above the data for the legend, so it never covers the last points.
+        let legend_room = (y_max - y_min + 2.0 * pad) * 0.12 * runs.len() as f64;
         let mut chart = ChartBuilder::on(area)
-            .caption(panel.title, ("sans-serif", 18))
+            .caption(title, ("sans-serif", 16))
             .margin(8)
-            .x_label_area_size(28)
-            .y_label_area_size(56)
-            .build_cartesian_2d(0f64..x_max, (y_min - pad)..(y_max + pad))
+            .x_label_area_size(36)
+            .y_label_area_size(64)
+            .build_cartesian_2d(0f64..x_max, (y_min - pad)..(y_max + pad + legend_room))
             .map_err(|e| plot_error(path, e))?;
         chart
             .configure_mesh()
             .x_desc("step")
+            .y_desc(panel.unit)
             .label_style(("sans-serif", 12))
+            .x_label_formatter(&|v| format!("{}", v.round() as i64))
+            .x_labels(step_ticks(x_max))
             .y_label_formatter(&|v| label(*v, y_max - y_min + 2.0 * pad))
             .draw()
             .map_err(|e| plot_error(path, e))?;
