@@ -14,7 +14,6 @@ use crate::eval::scoring::image_side;
 use crate::kernels::backend::BackendJob;
 use crate::kernels::TrainBackend;
 use crate::model::frozen::Frozen;
-use crate::train::checkpoint;
 use crate::train::trained::Trained;
 use crate::util::error::{Error, Result};
 
@@ -63,8 +62,7 @@ impl BackendJob for EvalJob {
 
     fn run<B: TrainBackend>(self, device: B::Device) -> Result<EvalOutcome> {
         let trained = Trained::<B::InnerBackend>::from_checkpoint(&self.checkpoint, &device)?;
-        let checkpoint = checkpoint::resolve(&self.checkpoint)?;
-        let step = checkpoint::verify(&checkpoint, &trained.cfg)?.step;
+        let (checkpoint, step) = trained.checkpoint.clone().expect("loaded from a checkpoint");
         for m in &trained.messages {
             eprintln!("{m}");
         }

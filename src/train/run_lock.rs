@@ -3,7 +3,7 @@
 //! when it ends. A second process is refused, naming the holder; a lock left by a process that
 //! no longer exists on this host (killed with SIGKILL, a crash) is taken over.
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -13,9 +13,9 @@ use crate::util::error::{Error, Result};
 pub const LOCK_FILE: &str = ".lock";
 
 /// Run folders locked by this process (a pid alone cannot tell two runs of one process apart).
-static HELD: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
+static HELD: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
 
-fn held() -> std::sync::MutexGuard<'static, Option<HashSet<PathBuf>>> {
+fn held() -> std::sync::MutexGuard<'static, BTreeSet<PathBuf>> {
     HELD.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -52,7 +52,7 @@ impl RunLock {
             match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
                 Ok(mut f) => {
                     f.write_all(format!("{me} {here}\n").as_bytes()).and_then(|_| f.sync_all()).map_err(|e| Error::io(&path, e))?;
-                    held().get_or_insert_with(HashSet::new).insert(dir.clone());
+                    held().insert(dir.clone());
                     return Ok(Self { path, dir });
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -60,7 +60,7 @@ impl RunLock {
                     let mut parts = text.split_whitespace();
                     let pid: Option<u32> = parts.next().and_then(|p| p.parse().ok());
                     let owner = parts.next().unwrap_or("").to_string();
-                    let ours = held().as_ref().is_some_and(|h| h.contains(&dir));
+                    let ours = held().contains(&dir);
                     let stale = match pid {
                         // A half-written lock: its writer died between creating and filling it.
                         None => true,
@@ -91,9 +91,7 @@ impl RunLock {
 impl Drop for RunLock {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
-        if let Some(h) = held().as_mut() {
-            h.remove(&self.dir);
-        }
+        held().remove(&self.dir);
     }
 }
 

@@ -1,7 +1,7 @@
 //! A Q-Former with its frozen encoder and config, ready for inference or export: from a training
 //! checkpoint (verified), or built fresh from a config (its `[init]` weights, else random).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::interop::pretrained;
 use crate::interop::vit::build_encoder;
@@ -30,6 +30,8 @@ pub struct Trained<B: Kernels> {
     pub vit: Vit<B>,
     /// What was loaded from where, for the log.
     pub messages: Vec<String>,
+    /// The checkpoint folder and its step, when loaded from one.
+    pub checkpoint: Option<(PathBuf, u64)>,
 }
 
 impl<B: Kernels> Trained<B> {
@@ -42,7 +44,7 @@ impl<B: Kernels> Trained<B> {
         let mut messages = vec![format!("checkpoint {} (step {})", dir.display(), state.step)];
         let (vit, report) = build_encoder(&cfg.encoder, device)?;
         messages.extend(report.map(|r| r.summary()));
-        Ok(Self { cfg, model, vit, messages })
+        Ok(Self { cfg, model, vit, messages, checkpoint: Some((dir, state.step)) })
     }
 
     /// A model as a fresh run of `cfg` would start it.
@@ -53,6 +55,6 @@ impl<B: Kernels> Trained<B> {
         let (model, mut messages) = fresh_model(&cfg, device)?;
         let (vit, report) = build_encoder(&cfg.encoder, device)?;
         messages.extend(report.map(|r| r.summary()));
-        Ok(Self { cfg, model, vit, messages })
+        Ok(Self { cfg, model, vit, messages, checkpoint: None })
     }
 }
