@@ -21,9 +21,10 @@ use qformer::interop::hf;
 use qformer::kernels::backend::{dispatch, BackendKind};
 use qformer::model::vit::VitConfig;
 use qformer::objectives::{ItcGradient, Objective};
+use qformer::train::checkpoint;
 use qformer::train::config::TrainConfig;
 use qformer::train::metrics::Progress;
-use qformer::train::trainer::TrainJob;
+use qformer::train::run::TrainJob;
 
 #[derive(Parser)]
 #[command(name = "qformer", version, about = "BLIP-2 Q-Former stage-one trainer")]
@@ -58,7 +59,9 @@ enum Command {
         /// Override a config value: --set section.key=value (repeatable).
         #[arg(long = "set")]
         overrides: Vec<String>,
-        /// Continue a run: its folder under checkpoints/, a step folder, or `latest` for this config's run.
+        /// Continue a run: its folder under checkpoints/, a step folder, `latest` for this config's
+        /// run, or `auto`: `latest` when the run has a checkpoint, a fresh start otherwise (one
+        /// command line for a job that a scheduler restarts).
         #[arg(long)]
         resume: Option<PathBuf>,
         /// Start afresh in a run folder that already holds a run, removing that run's checkpoints and metrics.
@@ -265,6 +268,9 @@ enum Command {
         /// Encoder shape for --features encoder: eva-g, clip-l or tiny.
         #[arg(long, default_value = "eva-g")]
         encoder: String,
+        /// Data-parallel peers splitting --batch (threads on CPU backends).
+        #[arg(long, default_value_t = 1)]
+        peers: usize,
     },
 }
 
@@ -315,7 +321,17 @@ fn main() -> Result<()> {
             let mut cfg = TrainConfig::load(&config, &overrides)?;
             cfg.train.backend = backend.backend.unwrap_or(cfg.train.backend);
             let name = run_name(&cfg, &config);
-            let resume = resume.map(|r| if r.as_os_str() == "latest" { cfg.checkpoint.dir.join(&name) } else { r });
+            let run_dir = cfg.checkpoint.dir.join(&name);
+            let (resume, overwrite) = match resume {
+                Some(r) if r.as_os_str() == "latest" => (Some(run_dir), overwrite),
+                // Resume when a checkpoint exists; otherwise start fresh, replacing what an
+                // attempt that never reached its first checkpoint left.
+                Some(r) if r.as_os_str() == "auto" => match checkpoint::resolve(&run_dir) {
+                    Ok(_) => (Some(run_dir), false),
+                    Err(_) => (None, true),
+                },
+                other => (other, overwrite),
+            };
             let backend = cfg.train.backend;
             let console = Arc::new(Console::new(cfg.log.every));
             let stop = stop_on_signals()?;
@@ -441,7 +457,22 @@ fn main() -> Result<()> {
                 e.sidecar_tensors
             );
         }
-        Command::Bench { backend, preset, batch, image_tokens, queries, text_len, warmup, steps, sets, seed, json, features, encoder } => {
+        Command::Bench {
+            backend,
+            preset,
+            batch,
+            image_tokens,
+            queries,
+            text_len,
+            warmup,
+            steps,
+            sets,
+            seed,
+            json,
+            features,
+            encoder,
+            peers,
+        } => {
             let label = if features == "encoder" { format!("encoder {encoder}") } else { features.clone() };
             let features = match features.as_str() {
                 "encoder" => BenchFeatures::Encoder(
@@ -456,12 +487,15 @@ fn main() -> Result<()> {
                 .map(|set| set.split(',').map(parse_objective).collect::<Result<Vec<_>, _>>().map_err(anyhow::Error::msg))
                 .collect::<Result<Vec<_>>>()?;
             let image_tokens = image_tokens.unwrap_or(if preset == "blip2" { 257 } else { 65 });
-            let job = Bench { preset: preset.clone(), batch, image_tokens, queries, text_len, warmup, steps, sets, seed, features };
+            let job = Bench { preset: preset.clone(), batch, image_tokens, queries, text_len, warmup, steps, sets, seed, features, peers };
             let report = dispatch(backend.or_flex(), job).context("bench failed")?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                println!("backend {:?}, preset {preset}, batch {batch}, image tokens {image_tokens}, text {text_len}, {steps} steps, features {label}", backend.or_flex());
+                println!(
+                    "backend {:?}, preset {preset}, batch {batch} over {peers} peer(s), image tokens {image_tokens}, text {text_len}, {steps} steps, features {label}",
+                    backend.or_flex()
+                );
                 println!(
                     "{:<12} {:>10} {:>10} {:>10} {:>11} {:>12} {:>13} {:>11} {:>9}",
                     "objectives", "median ms", "min ms", "pairs/s", "forward ms", "backward ms", "optimizer ms", "model GFLOP", "GFLOP/s"
@@ -487,6 +521,11 @@ fn main() -> Result<()> {
                     kv.per_pass_ms,
                     kv.per_pass_ms - kv.shared_ms
                 );
+                if peers > 1 {
+                    for r in &report.steps {
+                        println!("{}: {:.2} MB all-reduced per peer per step", r.objectives, r.bytes_reduced as f64 / 1e6);
+                    }
+                }
                 println!("plain 1024^3 f32 matmul through this backend: {:.1} GFLOP/s", report.matmul_gflops);
             }
         }

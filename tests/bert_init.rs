@@ -49,7 +49,7 @@ fn text_pass(model: &QFormer<B>, ids: &[i64], mask: &[i64], shape: &[usize]) -> 
     let rows: Vec<Vec<i64>> = mask.chunks(shape[1]).map(<[i64]>::to_vec).collect();
     let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids.to_vec(), shape.to_vec()), &device);
     let mask = AttentionMask::bidirectional(0, &rows).to_additive::<B>(&device);
-    let embeds = model.embed(None, Some(ids), false);
+    let embeds = model.embed(None, Some(ids), None);
     model.encode(Pass::text(embeds, mask)).hidden.into_data().to_vec::<f32>().unwrap()
 }
 

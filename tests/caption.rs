@@ -47,7 +47,7 @@ fn greedy_and_beam_decoding_reproduce_overfit_captions() {
     let mut optim = AdamW::new(&OptimConfig { lr: 3e-3, weight_decay: 0.0, ..OptimConfig::default() }, &model);
     let mut loss = f64::INFINITY;
     for _ in 0..200 {
-        let out = stage1_loss(&model, &batch, &objectives, &mut NegativeSampler::new(0), true).unwrap();
+        let out = stage1_loss(&model, &batch, &objectives, &NegativeSampler::new(0), true).unwrap();
         loss = qformer::util::host::scalar(out.loss.clone().inner());
         let mut grads = GradAccumulator::new(&model);
         grads.add(&model, &out.loss.backward());

@@ -141,11 +141,16 @@ fn loader_skips_bad_images_and_counts_them() {
     let vocab = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/bert-base-uncased-vocab.txt");
     let text = Arc::new(TextEncoder::load(&vocab, 8, 50).unwrap());
     let transform = Transform { image_size: 8, max_pixels: 1 << 20, augment: Some(AugmentConfig::default()), cache: None };
-    let mut loader = Prefetcher::start(data, text, transform, 0, 0, 4, 1);
+    let mut loader = Prefetcher::start(data, text, transform, 0, 0, (4, 0..4), 1);
+    // A window of 4 stream positions: a sample that cannot be used leaves its step's batch
+    // smaller (it is not replaced), so every sample keeps its position.
     let b = loader.next_batch().unwrap();
-    assert_eq!(b.text.batch_size(), 4);
-    assert_eq!(b.inputs.len(), 4 * 3 * 8 * 8);
-    assert_eq!(b.skipped.len() as u64, b.seen - 4);
+    let rows = b.text.batch_size();
+    assert_eq!((b.seen, b.end), (4, 4));
+    assert_eq!(rows + b.skipped.len(), 4);
+    assert_eq!(b.inputs.len(), rows * 3 * 8 * 8);
+    assert_eq!(b.positions.len(), rows);
+    assert!(b.positions.iter().all(|&p| p < 4));
     let mut skipped = b.skipped;
     skipped.extend(loader.next_batch().unwrap().skipped);
     let reasons: Vec<String> = skipped.iter().map(ToString::to_string).collect();
@@ -167,7 +172,7 @@ fn scene() -> RgbImage {
 fn bmp_gif_and_tiff_train_like_a_png() {
     use qformer::data::images::decode;
     use qformer::train::config::TrainConfig;
-    use qformer::train::trainer::TrainJob;
+    use qformer::train::run::TrainJob;
     let d = dir("formats");
     let formats = [
         ("png", image::ImageFormat::Png),
@@ -202,9 +207,9 @@ fn bmp_gif_and_tiff_train_like_a_png() {
 
 /// `n` records over a few good images, every `bad_every`-th (from the 3rd on) naming an
 /// undecodable file; trains the miniature model over them once with the default skip limit.
-fn train_with_bad_records(name: &str, n: usize, bad_every: usize) -> qformer::Result<qformer::train::trainer::TrainOutcome> {
+fn train_with_bad_records(name: &str, n: usize, bad_every: usize) -> qformer::Result<qformer::train::run::TrainOutcome> {
     use qformer::train::config::TrainConfig;
-    use qformer::train::trainer::TrainJob;
+    use qformer::train::run::TrainJob;
     let d = dir(name);
     for (i, color) in [[255, 0, 0], [0, 0, 255], [0, 200, 0]].into_iter().enumerate() {
         std::fs::write(d.join(format!("{i}.png")), png(color)).unwrap();

@@ -1,5 +1,5 @@
-//! Dropout acts in training only, and follows the backend's seed. Alone in its own test binary:
-//! the backend RNG is process-wide, so tests running beside it in threads would draw from it too.
+//! Dropout acts in training only, and its masks are a function of the batch's sample keys: no
+//! process-wide RNG is read, so a seed set on the backend changes nothing.
 
 mod common;
 
@@ -8,20 +8,18 @@ use qformer::model::QFormer;
 use qformer::objectives::{stage1_loss, NegativeMode, NegativeSampler, ObjectiveConfig};
 
 #[test]
-fn dropout_only_in_training() {
+fn dropout_only_in_training_and_keyed_by_sample() {
     let device = Default::default();
     let model = QFormer::<B>::new(&small(), &device);
     let b = batch(4, None, 2);
     let cfg = ObjectiveConfig { negatives: NegativeMode::Argmax, ..Default::default() };
-    let eval = |seed| {
-        <B as burn::tensor::backend::Backend>::seed(&device, seed);
-        stage1_loss(&model, &b, &cfg, &mut NegativeSampler::new(0), false).unwrap().loss.into_scalar()
-    };
-    assert_eq!(eval(1), eval(2));
-    let train = |seed| {
-        <B as burn::tensor::backend::Backend>::seed(&device, seed);
-        stage1_loss(&model, &b, &cfg, &mut NegativeSampler::new(0), true).unwrap().loss.into_scalar()
-    };
-    assert_eq!(train(1), train(1), "seeded dropout repeats");
-    assert_ne!(train(1), train(2));
+    let loss = |batch, train| stage1_loss(&model, batch, &cfg, &NegativeSampler::new(0), train).unwrap().loss.into_scalar();
+    let eval = loss(&b, false);
+    let train = loss(&b, true);
+    assert_ne!(eval, train, "dropout acts in training");
+    <B as burn::tensor::backend::Backend>::seed(&device, 99);
+    assert_eq!(train, loss(&b, true), "the backend RNG plays no part");
+    assert_eq!(eval, loss(&b, false));
+    let renamed = b.clone().keyed(vec![10, 11, 12, 13]).unwrap();
+    assert_ne!(train, loss(&renamed, true), "other samples, other masks");
 }

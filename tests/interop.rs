@@ -19,8 +19,8 @@ use qformer::interop::safetensors_io::SafetensorsFile;
 use qformer::interop::weights::named_tensors;
 use qformer::kernels::backend::{dispatch, BackendKind};
 use qformer::train::config::TrainConfig;
+use qformer::train::run::TrainJob;
 use qformer::train::trained::Trained;
-use qformer::train::trainer::TrainJob;
 
 type B = Flex;
 

@@ -7,7 +7,7 @@ use burn::nn::LayerNormConfig;
 use burn::tensor::activation::{gelu, log_softmax, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
-use qformer::kernels::{self, Kernels, TrainBackend};
+use qformer::kernels::{self, DropoutKeys, Kernels, TrainBackend};
 use qformer::model::norm::LayerNorm;
 
 const TOL: f32 = 2e-6;
@@ -137,22 +137,23 @@ fn composed_fallback_matches_burn() {
 }
 
 #[test]
-fn dropout_keeps_the_expected_fraction_and_scales_it() {
-    let _turn = RNG.lock().unwrap_or_else(|e| e.into_inner());
+fn dropout_masks_are_keyed_and_the_same_on_every_backend() {
     let device = Default::default();
-    Flex::seed(&device, 11);
+    let keys = DropoutKeys::new((0..256).map(|r| r * 7 + 3).collect());
+    let site = keys.site().at(2).at(1);
     let x = Tensor::<Flex, 2>::ones([256, 512], &device);
-    let y = kernels::dropout(x.clone(), 0.1, true).into_data().to_vec::<f32>().unwrap();
+    let y = kernels::dropout(x.clone(), 0.1, Some(site)).into_data().to_vec::<f32>().unwrap();
     let kept = y.iter().filter(|&&v| v != 0.0).count() as f64 / y.len() as f64;
     assert!((kept - 0.9).abs() < 0.003, "kept {kept}");
     assert!(y.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.9).abs() < 1e-6));
-    // Reseeding gives the same mask; the next draw a different one.
-    Flex::seed(&device, 11);
-    let again = kernels::dropout(x.clone(), 0.1, true).into_data().to_vec::<f32>().unwrap();
-    assert_eq!(y, again);
-    let next = kernels::dropout(x.clone(), 0.1, true).into_data().to_vec::<f32>().unwrap();
-    assert_ne!(y, next);
-    assert_eq!(kernels::dropout(x.clone(), 0.1, false).into_data(), x.into_data());
+    // The composed path (host mask, uploaded) draws the very same mask.
+    let z = kernels::dropout(Tensor::<NdArray, 2>::ones([256, 512], &Default::default()), 0.1, Some(site));
+    assert_eq!(y, z.into_data().to_vec::<f32>().unwrap());
+    // A function of its keys alone: repeated, equal; another site, another mask; none, identity.
+    assert_eq!(y, kernels::dropout(x.clone(), 0.1, Some(site)).into_data().to_vec::<f32>().unwrap());
+    let other = kernels::dropout(x.clone(), 0.1, Some(keys.site().at(2).at(0))).into_data().to_vec::<f32>().unwrap();
+    assert_ne!(y, other);
+    assert_eq!(kernels::dropout(x.clone(), 0.1, None).into_data(), x.into_data());
 }
 
 #[test]

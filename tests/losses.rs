@@ -12,7 +12,7 @@ fn losses(b: usize, objectives: ObjectiveConfig) -> (f32, Option<f32>, Option<f3
     let device = Default::default();
     <B as burn::tensor::backend::Backend>::seed(&device, 42);
     let model = QFormer::<B>::new(&small(), &device);
-    let out = stage1_loss(&model, &batch(b, None, 1), &objectives, &mut NegativeSampler::new(3), false).unwrap();
+    let out = stage1_loss(&model, &batch(b, None, 1), &objectives, &NegativeSampler::new(3), false).unwrap();
     let v = |t: Option<Tensor<B, 1>>| t.map(|t| t.into_scalar());
     (out.loss.into_scalar(), v(out.itc), v(out.itm), v(out.itg))
 }
@@ -46,7 +46,7 @@ fn weights_scale_terms_and_switches_remove_them() {
     let none = ObjectiveConfig::default().only(&[]);
     let device = Default::default();
     let model = QFormer::<B>::new(&small(), &device);
-    assert!(stage1_loss(&model, &batch(2, None, 1), &none, &mut NegativeSampler::new(0), false).is_err());
+    assert!(stage1_loss(&model, &batch(2, None, 1), &none, &NegativeSampler::new(0), false).is_err());
 }
 
 #[test]
@@ -56,7 +56,7 @@ fn batches_of_one_and_two_train() {
         let device = Default::default();
         let model = QFormer::<B>::new(&small(), &device);
         let cfg = ObjectiveConfig { negatives: mode, ..Default::default() };
-        let out = stage1_loss(&model, &batch(b, None, 5), &cfg, &mut NegativeSampler::new(0), true).unwrap();
+        let out = stage1_loss(&model, &batch(b, None, 5), &cfg, &NegativeSampler::new(0), true).unwrap();
         assert!(out.loss.clone().into_scalar().is_finite());
         // B = 1: no negative exists, so only the positive pair is scored.
         let pairs = out.itm_logits.unwrap().dims()[0];
@@ -73,7 +73,7 @@ fn one_image_per_batch_has_no_negatives() {
     let device = Default::default();
     let model = QFormer::<B>::new(&small(), &device);
     let out =
-        stage1_loss(&model, &batch(3, Some(vec![4, 4, 4]), 1), &ObjectiveConfig::default(), &mut NegativeSampler::new(0), false).unwrap();
+        stage1_loss(&model, &batch(3, Some(vec![4, 4, 4]), 1), &ObjectiveConfig::default(), &NegativeSampler::new(0), false).unwrap();
     assert_eq!(out.sampler.without_negative, 6);
     assert!(out.loss.into_scalar().is_finite());
 }
@@ -86,7 +86,7 @@ fn frozen_features_get_no_gradient_and_ln_vision_does() {
     let feats = Tensor::<B, 3>::random([4, 10, 48], Distribution::Normal(0.0, 1.0), &device).require_grad();
     let text = batch(4, None, 2).text;
     let batch = Stage1Batch::new(feats.clone(), text, None).unwrap();
-    let out = stage1_loss(&model, &batch, &ObjectiveConfig::default(), &mut NegativeSampler::new(0), true).unwrap();
+    let out = stage1_loss(&model, &batch, &ObjectiveConfig::default(), &NegativeSampler::new(0), true).unwrap();
     let grads = out.loss.backward();
     assert!(feats.grad(&grads).is_none(), "image features must enter without gradient");
     assert!(model.ln_vision.gamma.val().grad(&grads).is_some());
@@ -107,7 +107,7 @@ fn every_parameter_of_a_fresh_model_is_trained() {
     }
     let device = Default::default();
     let model = QFormer::<B>::new(&small(), &device);
-    let out = stage1_loss(&model, &batch(4, None, 2), &ObjectiveConfig::default(), &mut NegativeSampler::new(0), true).unwrap();
+    let out = stage1_loss(&model, &batch(4, None, 2), &ObjectiveConfig::default(), &NegativeSampler::new(0), true).unwrap();
     let grads = out.loss.backward();
     let mut v = Untrained(&grads, Vec::new());
     visit_params(&mut model.clone(), &mut v);

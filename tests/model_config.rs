@@ -85,7 +85,7 @@ fn fixture_losses(weights: &Path) -> Vec<u32> {
     let file = read_batch::<B>(&fixture.join("batch.safetensors"), &cfg, &device).unwrap();
     let (images, texts) = file.negatives.unwrap();
     let objectives = ObjectiveConfig { negatives: NegativeMode::Explicit { images, texts }, ..Default::default() };
-    let out = stage1_loss(&model, &file.batch, &objectives, &mut NegativeSampler::new(0), false).unwrap();
+    let out = stage1_loss(&model, &file.batch, &objectives, &NegativeSampler::new(0), false).unwrap();
     [Some(out.loss), out.itc, out.itm, out.itg].into_iter().map(|t| t.unwrap().into_scalar().to_bits()).collect()
 }
 

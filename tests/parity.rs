@@ -66,7 +66,7 @@ fn run(name: &str, gradient: ItcGradient, objectives: &[Objective]) -> Run {
     let (images, texts) = file.negatives.unwrap();
     let objectives = ObjectiveConfig { itc_gradient: gradient, negatives: NegativeMode::Explicit { images, texts }, ..Default::default() }
         .only(objectives);
-    let out = stage1_loss(&model, &file.batch, &objectives, &mut NegativeSampler::new(0), false).unwrap();
+    let out = stage1_loss(&model, &file.batch, &objectives, &NegativeSampler::new(0), false).unwrap();
     let total = f64::from(out.loss.clone().into_scalar());
     let grads_path = std::env::temp_dir().join(format!(
         "qformer-parity-{name}-{gradient:?}-{}.safetensors",

@@ -10,7 +10,7 @@ use qformer::interop::safetensors_io::SafetensorsFile;
 use qformer::kernels::backend::{dispatch, BackendKind};
 use qformer::train::checkpoint::{self, MODEL_FILE, OPTIMIZER_FILE};
 use qformer::train::config::TrainConfig;
-use qformer::train::trainer::{TrainJob, TrainOutcome};
+use qformer::train::run::{TrainJob, TrainOutcome};
 
 fn workdir(name: &str) -> PathBuf {
     common::workdir(&format!("train-{name}"))

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use crate::train::config::TrainConfig;
 use crate::util::error::{Error, Result};
 
-use crate::train::trainer::TrainOutcome;
+use crate::train::run::TrainOutcome;
 
 /// `--set` overrides of a named variant.
 pub fn variant_overrides(name: &str) -> Result<Vec<String>> {

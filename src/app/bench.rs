@@ -3,6 +3,9 @@
 
 use std::time::Instant;
 
+use std::sync::Arc;
+
+use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::{Distribution, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
@@ -15,10 +18,13 @@ use crate::kernels::backend::BackendJob;
 use crate::kernels::TrainBackend;
 use crate::model::vit::{Vit, VitConfig};
 use crate::model::{QFormer, QFormerConfig};
-use crate::objectives::{stage1_loss, NegativeSampler, Objective, ObjectiveConfig, Stage1Batch};
-use crate::train::config::OptimConfig;
-use crate::train::optim::{AdamW, GradAccumulator};
+use crate::objectives::{Objective, ObjectiveConfig};
+use crate::train::collective::{launch, Exchange};
+use crate::train::config::{DistributedConfig, OptimConfig};
+use crate::train::optim::AdamW;
+use crate::train::trainer::Trainer;
 use crate::util::error::{Error, Result};
+use crate::util::seed::mix;
 
 pub struct Bench {
     pub preset: String,
@@ -35,6 +41,8 @@ pub struct Bench {
     pub seed: u64,
     /// Where each step's image features come from.
     pub features: BenchFeatures,
+    /// Data-parallel peers (threads on CPU backends) that split `batch`.
+    pub peers: usize,
 }
 
 /// The feature source a benchmark step includes.
@@ -84,7 +92,7 @@ fn feature_source<B: TrainBackend>(features: &BenchFeatures, shape: [usize; 3], 
         BenchFeatures::Cache(dtype) => {
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
             let values: Vec<f32> = (0..batch * tokens * width).map(|_| rng.random_range(-2.0..2.0)).collect();
-            let path = std::env::temp_dir().join(format!("qformer-bench-cache-{}.bin", std::process::id()));
+            let path = std::env::temp_dir().join(format!("qformer-bench-cache-{}-{seed:x}.bin", std::process::id()));
             std::fs::write(&path, encode_values(&values, *dtype)).map_err(|e| Error::io(&path, e))?;
             let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
             // SAFETY: a private temporary file that nothing else writes.
@@ -109,6 +117,9 @@ pub struct BenchResult {
     pub model_gflop: f64,
     /// `model_gflop` per second of the median step.
     pub gflops: f64,
+    pub peers: usize,
+    /// Bytes each peer all-reduced per step (gradients and the loss's exchanges).
+    pub bytes_reduced: u64,
 }
 
 /// Cost of the image side of cross-attention (`ln_vision` + K/V projections, forward and
@@ -249,6 +260,84 @@ fn random_text(rng: &mut ChaCha8Rng, batch: usize, len: usize, vocab: usize) -> 
     TextBatch::new(ids, mask, vocab)
 }
 
+/// Uniform values in [-2, 2) on the host, uploaded: bench inputs drawn from a named seed.
+fn host_random<B: burn::tensor::backend::Backend, const D: usize>(
+    rng: &mut ChaCha8Rng,
+    shape: [usize; D],
+    device: &B::Device,
+) -> Tensor<B, D> {
+    let n = shape.iter().product();
+    let values: Vec<f32> = (0..n).map(|_| rng.random_range(-2.0..2.0)).collect();
+    Tensor::from_data(TensorData::new(values, shape), device)
+}
+
+/// Times one objective set on one peer: its slice of every step, through [`Trainer::step`].
+fn time_set<B: TrainBackend>(
+    bench: &Bench,
+    cfg: &QFormerConfig,
+    set: &[Objective],
+    model: QFormer<B>,
+    peers: Box<dyn Exchange<B::InnerBackend>>,
+    device: B::Device,
+) -> Result<BenchResult> {
+    let world = peers.count();
+    let rank = peers.rank();
+    let batch = bench.batch / world;
+    let mut rng = ChaCha8Rng::seed_from_u64(mix(bench.seed, rank as u64));
+    let optim = AdamW::new(&OptimConfig::default(), &model);
+    let mut trainer = Trainer::new(model.fork(&device), optim, ObjectiveConfig::default().only(set), (None, bench.seed), peers);
+    let mut times = Vec::with_capacity(bench.steps);
+    let mut phases: Vec<[f64; 3]> = Vec::with_capacity(bench.steps);
+    let mut bytes = 0;
+    let shape = [batch, bench.image_tokens, cfg.encoder_hidden_size];
+    let source = feature_source::<B>(&bench.features, shape, mix(bench.seed, rank as u64), &device)?;
+    for step in 0..bench.warmup + bench.steps {
+        let text = random_text(&mut rng, batch, bench.text_len, cfg.vocab_size)?;
+        let random = matches!(source, Source::Random).then(|| host_random::<B, 3>(&mut rng, shape, &device));
+        let pixels = match &source {
+            Source::Encoder(_, s) => Some(host_random::<B::InnerBackend, 4>(&mut rng, [batch, 3, *s, *s], &device)),
+            _ => None,
+        };
+        B::sync(&device).map_err(|e| Error::input("device", format!("{e:?}")))?;
+        let start = Instant::now();
+        let feats = match &source {
+            Source::Random => random.expect("made above"),
+            Source::Encoder(vit, _) => Tensor::from_inner(vit.forward(pixels.expect("made above"))),
+            Source::Cache(map, dtype, _) => Tensor::from_data(TensorData::new(decode_values(map, *dtype), shape), &device),
+        };
+        let first = (step * bench.batch + rank * batch) as u64;
+        let positions: Vec<u64> = (first..first + batch as u64).collect();
+        let ids = positions.iter().map(|&p| p as i64).collect();
+        let micro = trainer.batch(feats, text, ids, &positions)?;
+        let report = trainer.step(&[micro], 1e-4, false)?;
+        // Reading a value forces the update to finish on asynchronous backends.
+        let _ = trainer.model.temp.val().inner().into_data();
+        if step >= bench.warmup {
+            let total = start.elapsed().as_secs_f64();
+            times.push(total * 1e3);
+            phases.push([report.phases[0] * 1e3, report.phases[1] * 1e3, (total - report.phases[0] - report.phases[1]) * 1e3]);
+            bytes = report.bytes_reduced;
+        }
+    }
+    let min_ms = times.iter().copied().fold(f64::INFINITY, f64::min);
+    let median_ms = median(times);
+    let phase = |i: usize| median(phases.iter().map(|p| p[i]).collect());
+    let model_gflop = model_flops(cfg, bench.batch, bench.image_tokens, bench.text_len, set) / 1e9;
+    Ok(BenchResult {
+        objectives: objective_names(set),
+        median_ms,
+        min_ms,
+        pairs_per_s: bench.batch as f64 / (median_ms / 1e3),
+        forward_ms: phase(0),
+        backward_ms: phase(1),
+        optimizer_ms: phase(2),
+        model_gflop,
+        gflops: model_gflop / (median_ms / 1e3),
+        peers: world,
+        bytes_reduced: bytes,
+    })
+}
+
 impl BackendJob for Bench {
     type Output = BenchReport;
 
@@ -264,67 +353,30 @@ impl BackendJob for Bench {
         if self.text_len > cfg.max_position_embeddings || self.text_len < 2 || self.batch == 0 || self.steps == 0 {
             return Err(Error::config("bench", "need batch > 0, steps > 0 and 2 <= text_len <= max positions", "command line"));
         }
-        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+        if self.peers == 0 || !self.batch.is_multiple_of(self.peers) {
+            return Err(Error::config(
+                "peers",
+                format!("--batch {} must split evenly over --peers {}", self.batch, self.peers),
+                "command line",
+            ));
+        }
+        let dist = DistributedConfig { peers: self.peers, ..Default::default() };
+        let bench = Arc::new(self);
         let mut results = Vec::new();
-        for set in &self.sets {
-            B::seed(&device, self.seed);
-            let mut model = QFormer::<B>::new(&cfg, &device);
-            // The trainer's own update: LAVIS's decay groups, fused on backends that have it.
-            let mut optim = AdamW::new(&OptimConfig::default(), &model);
-            let objectives = ObjectiveConfig::default().only(set);
-            let mut sampler = NegativeSampler::new(self.seed);
-            let mut times = Vec::with_capacity(self.steps);
-            let mut phases: Vec<[f64; 3]> = Vec::with_capacity(self.steps);
-            let shape = [self.batch, self.image_tokens, cfg.encoder_hidden_size];
-            let source = feature_source::<B>(&self.features, shape, self.seed, &device)?;
-            for step in 0..self.warmup + self.steps {
-                let text = random_text(&mut rng, self.batch, self.text_len, cfg.vocab_size)?;
-                let random =
-                    matches!(source, Source::Random).then(|| Tensor::<B, 3>::random(shape, Distribution::Normal(0.0, 1.0), &device));
-                B::sync(&device).map_err(|e| Error::input("device", format!("{e:?}")))?;
-                let start = Instant::now();
-                let feats = match &source {
-                    Source::Random => random.expect("made above"),
-                    Source::Encoder(vit, s) => {
-                        let pixels = Tensor::random([self.batch, 3, *s, *s], Distribution::Normal(0.0, 1.0), &device);
-                        Tensor::from_inner(vit.forward(pixels))
-                    }
-                    Source::Cache(map, dtype, _) => Tensor::from_data(TensorData::new(decode_values(map, *dtype), shape), &device),
-                };
-                let batch = Stage1Batch::new(feats, text, None)?;
-                let out = stage1_loss(&model, &batch, &objectives, &mut sampler, true)?;
-                // Reading a value forces each phase to finish on asynchronous backends.
-                let _ = out.loss.clone().inner().into_data();
-                let forward = start.elapsed();
-                let mut grads = GradAccumulator::new(&model);
-                grads.add(&model, &out.loss.backward());
-                let backward = start.elapsed();
-                model = optim.update(model, &grads, 1e-4);
-                let _ = model.temp.val().inner().into_data();
-                if step >= self.warmup {
-                    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
-                    times.push(ms(start.elapsed()));
-                    phases.push([ms(forward), ms(backward - forward), ms(start.elapsed() - backward)]);
-                }
-            }
-            let min_ms = times.iter().copied().fold(f64::INFINITY, f64::min);
-            let median_ms = median(times);
-            let phase = |i: usize| median(phases.iter().map(|p| p[i]).collect());
-            let model_gflop = model_flops(&cfg, self.batch, self.image_tokens, self.text_len, set) / 1e9;
-            results.push(BenchResult {
-                objectives: objective_names(set),
-                median_ms,
-                min_ms,
-                pairs_per_s: self.batch as f64 / (median_ms / 1e3),
-                forward_ms: phase(0),
-                backward_ms: phase(1),
-                optimizer_ms: phase(2),
-                model_gflop,
-                gflops: model_gflop / (median_ms / 1e3),
-            });
+        for set in &bench.sets {
+            // Drawn once, before the peers start: every peer holds the same weights.
+            B::seed(&device, bench.seed);
+            let model = QFormer::<B>::new(&cfg, &device);
+            let (bench, cfg, set) = (bench.clone(), cfg.clone(), set.clone());
+            let dev = device.clone();
+            results.push(launch::<B::InnerBackend, _, _>(
+                &dist,
+                move |_| dev.clone(),
+                move |peers, dev| time_set::<B>(&bench, &cfg, &set, model.clone(), peers, dev),
+            )?);
         }
         let model = QFormer::<B>::new(&cfg, &device);
-        let image_kv = image_kv_cost(&model, self.batch, self.image_tokens, cfg.encoder_hidden_size, self.steps, &device)?;
+        let image_kv = image_kv_cost(&model, bench.batch, bench.image_tokens, cfg.encoder_hidden_size, bench.steps, &device)?;
         let matmul_gflops = matmul_gflops::<B>(&device, 1024, 5)?;
         Ok(BenchReport { steps: results, image_kv, matmul_gflops })
     }
@@ -335,7 +387,7 @@ impl BackendJob for Bench {
 pub fn data_throughput(cfg: &crate::train::config::TrainConfig, batches: usize) -> Result<f64> {
     use crate::data::loader::{Dataset, Prefetcher, Transform};
     use std::sync::Arc;
-    crate::train::trainer::ensure_data(cfg, &super::console::Console::new(1))?;
+    crate::train::run::ensure_data(cfg, &super::console::Console::new(1))?;
     let text = Arc::new(crate::data::text::TextEncoder::load(&cfg.text.tokenizer, cfg.text.max_len, cfg.text.max_words)?);
     let data = Arc::new(Dataset::load(&cfg.data.train, cfg.data.image_root.as_deref())?);
     let transform = Transform {
@@ -344,7 +396,8 @@ pub fn data_throughput(cfg: &crate::train::config::TrainConfig, batches: usize) 
         augment: cfg.data.augment.enabled.then(|| cfg.data.augment.clone()),
         cache: None,
     };
-    let mut loader = Prefetcher::start(data, text, transform, cfg.train.seed, 0, cfg.train.batch_size, cfg.data.prefetch);
+    let batch = cfg.train.batch_size;
+    let mut loader = Prefetcher::start(data, text, transform, cfg.train.seed, 0, (batch, 0..batch), cfg.data.prefetch);
     loader.next_batch()?;
     let start = Instant::now();
     let mut images = 0;

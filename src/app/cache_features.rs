@@ -10,7 +10,7 @@ use crate::interop::vit::build_encoder;
 use crate::kernels::backend::BackendJob;
 use crate::kernels::TrainBackend;
 use crate::train::config::TrainConfig;
-use crate::train::trainer::ensure_data;
+use crate::train::run::ensure_data;
 use crate::util::error::{Error, Result};
 use crate::util::host::to_f32;
 

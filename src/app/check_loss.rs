@@ -55,8 +55,8 @@ impl BackendJob for CheckLoss {
             (None, None) => NegativeMode::Argmax,
         };
         let objectives = ObjectiveConfig { itc_gradient: self.itc_gradient, negatives, ..Default::default() }.only(&self.objectives);
-        let mut sampler = NegativeSampler::new(self.sample_seed.unwrap_or(0));
-        let out = stage1_loss(&model, &file.batch, &objectives, &mut sampler, false)?;
+        let sampler = NegativeSampler::new(self.sample_seed.unwrap_or(0));
+        let out = stage1_loss(&model, &file.batch, &objectives, &sampler, false)?;
         let report = json!({
             "loss": scalar(out.loss.clone()),
             "loss_itc": optional(&out.itc),

@@ -1,8 +1,13 @@
 //! Batches for training and evaluation. Everything random is a pure function of the seed and the
 //! sample's position in the stream (epoch order, caption choice, augmentation), so a run resumed
-//! at a position sees exactly the batches it would have seen. Images are decoded and transformed
-//! in parallel (rayon) on a background thread that stays `prefetch` batches ahead of the step.
+//! at a position sees exactly the batches it would have seen. A step's global batch is a fixed
+//! window of stream positions; each peer decodes its contiguous slice of it, and a sample that
+//! cannot be used is dropped from its step (the batch shrinks by one) rather than replaced, so the
+//! window, and every sample's position, stay the same whatever the number of peers. Images are
+//! decoded and transformed in parallel (rayon) on a background thread that stays `prefetch`
+//! batches ahead of the step.
 
+use std::ops::Range;
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -38,11 +43,13 @@ pub struct HostBatch {
     pub inputs: Vec<f32>,
     pub text: TextBatch,
     pub image_ids: Vec<i64>,
-    /// Records skipped while building this batch.
+    /// Stream position of each row: the sample's name for its random draws.
+    pub positions: Vec<u64>,
+    /// Records of this slice skipped while building it.
     pub skipped: Vec<Skip>,
-    /// Stream positions consumed (kept and skipped).
+    /// Stream positions of this slice (kept and skipped).
     pub seen: u64,
-    /// Stream position after this batch: where a resumed run continues.
+    /// Stream position after the whole window: where a resumed run continues.
     pub end: u64,
 }
 
@@ -91,62 +98,64 @@ fn prepare_sample(record: &Record, transform: &Transform, seed: u64, position: u
     Ok((pixels, caption))
 }
 
-/// Builds the batch of `batch_size` usable samples that starts at stream position `start`.
+/// Builds this peer's slice (`slice`, positions relative to `start`) of the window of `window`
+/// positions that starts at `start`.
 fn build_batch(
     data: &Dataset,
     text: &TextEncoder,
     transform: &Transform,
     seed: u64,
     order: &mut Order,
-    start: u64,
-    batch_size: usize,
+    (start, window): (u64, u64),
+    slice: &Range<u64>,
 ) -> Result<HostBatch> {
-    let mut inputs = Vec::new();
-    let mut captions = Vec::new();
-    let mut image_ids = Vec::new();
-    let mut skipped = Vec::new();
-    let mut position = start;
-    let limit = start + (data.records.len() as u64).max(batch_size as u64) * 2;
-    while captions.len() < batch_size {
-        if position >= limit {
-            return Err(Error::input(
-                "data",
-                format!(
-                    "no usable sample in {} records; last skip: {}",
-                    limit - start,
-                    skipped.last().map_or(String::new(), |s: &Skip| s.to_string())
-                ),
-            ));
-        }
-        let want = batch_size - captions.len();
-        let window: Vec<(u64, usize)> = (position..position + want as u64).map(|p| (p, order.index(p))).collect();
-        position += want as u64;
-        let results: Vec<_> = window
-            .par_iter()
-            .map(|&(p, i)| {
-                prepare_sample(&data.records[i], transform, seed, p).and_then(|(px, cap)| {
-                    // A caption that cleans to nothing is as unusable as a missing one.
-                    if super::text::clean_caption(&cap, text.max_words).is_empty() {
-                        Err(Skip { origin: data.records[i].origin.clone(), reason: "empty caption after cleaning".into() })
-                    } else {
-                        Ok((px, cap, i))
-                    }
-                })
-            })
-            .collect();
-        for r in results {
-            match r {
-                Ok((px, cap, i)) => {
-                    inputs.extend(px);
-                    captions.push(cap);
-                    image_ids.push(data.image_ids[i]);
+    let positions: Vec<(u64, usize)> = (start + slice.start..start + slice.end).map(|p| (p, order.index(p))).collect();
+    let results: Vec<_> = positions
+        .par_iter()
+        .map(|&(p, i)| {
+            prepare_sample(&data.records[i], transform, seed, p).and_then(|(px, cap)| {
+                // A caption that cleans to nothing is as unusable as a missing one.
+                if super::text::clean_caption(&cap, text.max_words).is_empty() {
+                    Err(Skip { origin: data.records[i].origin.clone(), reason: "empty caption after cleaning".into() })
+                } else {
+                    Ok((px, cap, i, p))
                 }
-                Err(s) => skipped.push(s),
+            })
+        })
+        .collect();
+    let (mut inputs, mut captions, mut image_ids, mut kept, mut skipped) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for r in results {
+        match r {
+            Ok((px, cap, i, p)) => {
+                inputs.extend(px);
+                captions.push(cap);
+                image_ids.push(data.image_ids[i]);
+                kept.push(p);
             }
+            Err(s) => skipped.push(s),
         }
     }
+    if captions.is_empty() {
+        return Err(Error::input(
+            "data",
+            format!(
+                "no usable sample at stream positions {}..{}; last skip: {}",
+                start + slice.start,
+                start + slice.end,
+                skipped.last().map_or(String::new(), |s: &Skip| s.to_string())
+            ),
+        ));
+    }
     let (ids, mask) = text.encode(&captions)?;
-    Ok(HostBatch { inputs, text: TextBatch::new(ids, mask, text.vocab_size)?, image_ids, skipped, seen: position - start, end: position })
+    Ok(HostBatch {
+        inputs,
+        text: TextBatch::new(ids, mask, text.vocab_size)?,
+        image_ids,
+        positions: kept,
+        skipped,
+        seen: slice.end - slice.start,
+        end: start + window,
+    })
 }
 
 /// Produces consecutive batches from a start position on a background thread.
@@ -156,21 +165,24 @@ pub struct Prefetcher {
 }
 
 impl Prefetcher {
+    /// Windows of `batch_size` positions from `start`; this peer's rows are `slice` of each
+    /// (`0..batch_size` on one device).
     pub fn start(
         data: Arc<Dataset>,
         text: Arc<TextEncoder>,
         transform: Transform,
         seed: u64,
         start: u64,
-        batch_size: usize,
+        (batch_size, slice): (usize, Range<usize>),
         prefetch: usize,
     ) -> Self {
         let (tx, rx) = sync_channel(prefetch);
+        let slice = slice.start as u64..slice.end as u64;
         let handle = std::thread::spawn(move || {
             let mut order = Order::new(seed, data.records.len());
             let mut position = start;
             loop {
-                let batch = build_batch(&data, &text, &transform, seed, &mut order, position, batch_size);
+                let batch = build_batch(&data, &text, &transform, seed, &mut order, (position, batch_size as u64), &slice);
                 let stop = batch.is_err();
                 if let Ok(b) = &batch {
                     position = b.end;

@@ -37,7 +37,7 @@ fn next_token_logprobs<B: Kernels>(model: &QFormer<B>, query_kv: &[KeyValue<B>],
     let ids = int_tensor::<B>(prefixes, &device);
     let prefix: Vec<KeyValue<B>> = query_kv.iter().map(|kv| kv.select(&vec![0; n])).collect();
     let mask = AttentionMask::multimodal_causal(q, &vec![vec![1; t]; n]).select_rows(q, t).to_additive::<B>(&device);
-    let hidden = model.encode(Pass::after_queries(model.embed(None, Some(ids), false), mask, &prefix)).hidden;
+    let hidden = model.encode(Pass::after_queries(model.embed(None, Some(ids), None), mask, &prefix)).hidden;
     let d = hidden.dims()[2];
     let last = hidden.slice([0..n, t - 1..t, 0..d]).reshape([n, d]);
     let logp = log_softmax(model.lm_logits(last), 1);

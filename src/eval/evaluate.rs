@@ -182,7 +182,7 @@ pub fn evaluate<B: Kernels>(model: &QFormer<B>, frozen: &Frozen<B>, set: &EvalSe
         }
         let images: Vec<usize> = rows.iter().map(|&t| set.caption_image[t]).collect();
         let query_kv = side.select(&images).query_kv;
-        let loss = itg_loss(model, &query_kv, &captions, model.bos_token_id, 0.0, false);
+        let loss = itg_loss(model, &query_kv, &captions, model.bos_token_id, 0.0, None);
         nll += scalar(loss) * n as f64;
         tokens += n;
     }

@@ -57,7 +57,7 @@ pub fn image_side<B: Kernels>(model: &QFormer<B>, feats: Tensor<B, 3>) -> ImageS
     let n = feats.dims()[0];
     let q = model.num_query;
     let image_kv = model.image_key_values(feats);
-    let enc = model.encode(Pass::with_image(model.embed(Some(model.queries(n)), None, false), q, &image_kv));
+    let enc = model.encode(Pass::with_image(model.embed(Some(model.queries(n)), None, None), q, &image_kv));
     ImageSide { embeds: normalize(model.project_image(enc.hidden)), image_kv, query_kv: enc.key_values }
 }
 
@@ -65,7 +65,7 @@ pub fn image_side<B: Kernels>(model: &QFormer<B>, feats: Tensor<B, 3>) -> ImageS
 pub fn text_embeds<B: Kernels>(model: &QFormer<B>, text: &TextBatch) -> Tensor<B, 2> {
     let device = model.query_tokens.device();
     let mask = AttentionMask::unimodal(0, &text.mask).to_additive::<B>(&device);
-    let hidden = model.encode(Pass::text(model.embed(None, Some(text.ids_tensor(&device)), false), mask).reading(1)).hidden;
+    let hidden = model.encode(Pass::text(model.embed(None, Some(text.ids_tensor(&device)), None), mask).reading(1)).hidden;
     let [n, _, d] = hidden.dims();
     normalize(model.project_text(hidden.slice([0..n, 0..1, 0..d]).reshape([n, d])))
 }
@@ -84,7 +84,7 @@ pub fn itm_logits<B: Kernels>(model: &QFormer<B>, image_kv: &[Option<KeyValue<B>
     let n = text.batch_size();
     let q = model.num_query;
     let mask = AttentionMask::bidirectional(q, &text.mask).to_additive::<B>(&device);
-    let embeds = model.embed(Some(model.queries(n)), Some(text.ids_tensor(&device)), false);
+    let embeds = model.embed(Some(model.queries(n)), Some(text.ids_tensor(&device)), None);
     let hidden = model.encode(Pass::with_image(embeds, q, image_kv).masked(Some(mask)).reading(q)).hidden;
     let d = hidden.dims()[2];
     model.itm_logits(hidden.slice([0..n, 0..q, 0..d]))

@@ -10,7 +10,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Shape, TensorMetadata};
 
-use super::{reference, Kernels};
+use super::{reference, DropoutSite, Kernels};
 
 #[derive(Debug)]
 struct LayerNormOp;
@@ -162,8 +162,8 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
     }
 
     /// A constant: the mask carries no gradient.
-    fn dropout_mask(shape: Shape, keep: f64, device: &B::Device) -> FloatTensor<Self> {
-        Self::from_inner(B::dropout_mask(shape, keep, device))
+    fn dropout_mask(shape: Shape, keep: f64, site: &DropoutSite<'_>, device: &B::Device) -> FloatTensor<Self> {
+        Self::from_inner(B::dropout_mask(shape, keep, site, device))
     }
 
     fn lm_cross_entropy(

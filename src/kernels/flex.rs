@@ -6,11 +6,11 @@
 use burn::backend::flex::FlexTensor;
 use burn::backend::Flex;
 use burn::tensor::ops::FloatTensorOps;
-use burn::tensor::{DType, Distribution, FloatDType, Shape, TensorData};
+use burn::tensor::{DType, Shape, TensorData};
 use rayon::prelude::*;
 
 use super::math::{self, tree_reduce, vectorized, CHUNK};
-use super::{reference, AdamWStep, Kernels};
+use super::{reference, AdamWStep, DropoutSite, Kernels};
 
 const LANES: usize = 8;
 
@@ -250,24 +250,14 @@ impl Kernels for Flex {
         from_vec(math::zip_map(slice(&x), slice(&grad), math::gelu_grad), shape)
     }
 
-    /// Bits drawn from flex's seeded RNG seed a counter-based hash, so the mask is one parallel
-    /// pass instead of a sequential ChaCha draw per element.
-    fn dropout_mask(shape: Shape, keep: f64, device: &<Self as burn::tensor::backend::BackendTypes>::Device) -> FlexTensor {
-        let draw = Self::float_random(Shape::new([2]), Distribution::Uniform(0.0, 1.0), device, FloatDType::F32);
-        let bits = draw.as_slice::<f32>().expect("f32 draw");
-        let seed = (u64::from(bits[0].to_bits()) << 32) | u64::from(bits[1].to_bits());
-        let threshold = (keep * 4_294_967_296.0).min(u32::MAX as f64) as u32;
-        let scale = (1.0 / keep) as f32;
-        let mut mask = vec![0.0f32; shape.num_elements()];
-        mask.par_chunks_mut(CHUNK).enumerate().for_each(|(c, out)| {
-            vectorized(|| {
-                let base = (c * CHUNK) as u32;
-                for (i, v) in out.iter_mut().enumerate() {
-                    *v = if math::hash(seed, base.wrapping_add(i as u32)) < threshold { scale } else { 0.0 };
-                }
-            })
-        });
-        from_vec(mask, shape)
+    /// The host mask is already a flex buffer: no upload.
+    fn dropout_mask(
+        shape: Shape,
+        keep: f64,
+        site: &DropoutSite<'_>,
+        _: &<Self as burn::tensor::backend::BackendTypes>::Device,
+    ) -> FlexTensor {
+        from_vec(site.mask(&shape, keep), shape)
     }
 
     /// One pass over the four arrays, in the composed version's f32 arithmetic and order. The

@@ -8,13 +8,16 @@
 
 mod autodiff;
 pub mod backend;
+mod dropout;
 mod flex;
 mod math;
 pub mod reference;
 
+pub use dropout::{DropoutKeys, DropoutSite};
+
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{Distribution, Shape, Tensor, TensorPrimitive};
+use burn::tensor::{Shape, Tensor, TensorPrimitive};
 
 /// A backend with the fused kernels. Every model and objective function is generic over it.
 pub trait Kernels: Backend {
@@ -76,11 +79,11 @@ pub trait Kernels: Backend {
         <Self as burn::tensor::ops::ActivationOps<Self>>::gelu_backward(x, grad)
     }
 
-    /// An inverted-dropout mask: `1/keep` with probability `keep`, else 0. Drawn from the
-    /// backend's seeded RNG, so a step's masks depend only on the step's seed.
-    fn dropout_mask(shape: Shape, keep: f64, device: &Self::Device) -> FloatTensor<Self> {
-        let mask = Tensor::<Self, 1>::random([shape.num_elements()], Distribution::Bernoulli(keep), device);
-        Self::float_reshape(float(mask.div_scalar(keep)), shape)
+    /// An inverted-dropout mask of `shape` (batch first): `1/keep` with probability `keep`, else
+    /// 0, as [`DropoutSite::mask`] draws it. Built on the host by default and uploaded.
+    fn dropout_mask(shape: Shape, keep: f64, site: &DropoutSite<'_>, device: &Self::Device) -> FloatTensor<Self> {
+        let values = site.mask(&shape, keep);
+        Self::float_from_data(burn::tensor::TensorData::new(values, shape), device)
     }
 
     /// Label-smoothed cross-entropy of `logits` (`[N, C]`) against class indices, averaged over
@@ -191,14 +194,15 @@ pub fn gelu<B: Kernels, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     tensor(B::fused_gelu(float(x)))
 }
 
-/// Inverted dropout with probability `p`; the identity when `train` is false. An explicit flag
-/// rather than burn's `Dropout` (active whenever autodiff is), so that eval-mode gradients
-/// (`check-loss`) are possible.
-pub fn dropout<B: Kernels, const D: usize>(x: Tensor<B, D>, p: f64, train: bool) -> Tensor<B, D> {
-    if !train || p == 0.0 {
+/// Inverted dropout with probability `p` at `site`; the identity without a site (evaluation).
+/// An explicit argument rather than burn's `Dropout` (active whenever autodiff is, drawing from
+/// the process-wide RNG), so that eval-mode gradients (`check-loss`) are possible and every mask
+/// is a function of the keys it names.
+pub fn dropout<B: Kernels, const D: usize>(x: Tensor<B, D>, p: f64, site: Option<DropoutSite<'_>>) -> Tensor<B, D> {
+    let Some(site) = site.filter(|_| p > 0.0) else {
         return x;
-    }
-    let mask = tensor::<B, D>(B::dropout_mask(x.shape(), 1.0 - p, &x.device()));
+    };
+    let mask = tensor::<B, D>(B::dropout_mask(x.shape(), 1.0 - p, &site, &x.device()));
     x * mask
 }
 

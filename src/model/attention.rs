@@ -8,7 +8,7 @@ use super::norm::LayerNorm;
 use burn::tensor::Tensor;
 
 use super::linear_rows;
-use crate::kernels::{attention_softmax, dropout, gather_rows, swap_heads, Kernels};
+use crate::kernels::{attention_softmax, dropout, gather_rows, swap_heads, DropoutSite, Kernels};
 
 /// Per-head keys and values, `[B, H, S, head_dim]`. Cached from the query rows for ITG and
 /// computed once per batch from the image for every cross-attention pass.
@@ -27,6 +27,11 @@ impl<B: Kernels> KeyValue<B> {
     /// Keeps sequence positions `start..start+len` (the query rows of a joint pass).
     pub fn narrow_seq(&self, start: usize, len: usize) -> Self {
         Self { key: self.key.clone().narrow(2, start, len), value: self.value.clone().narrow(2, start, len) }
+    }
+
+    /// This batch's rows followed by `other`'s (negatives gathered from other peers).
+    pub fn cat_batch(self, other: Self) -> Self {
+        Self { key: Tensor::cat(vec![self.key, other.key], 0), value: Tensor::cat(vec![self.value, other.value], 0) }
     }
 
     /// Puts `prefix` in front along the sequence: ITG text attends to cached query keys first.
@@ -99,10 +104,16 @@ impl<B: Kernels> Attention<B> {
 
     /// Attends from `hidden` (`[B, Sq, D]`) to `kv`; `mask` is additive, broadcastable to
     /// `[B, H, Sq, Sk]`. Returns the block output, residual and LayerNorm included.
-    pub fn attend(&self, hidden: Tensor<B, 3>, kv: &KeyValue<B>, mask: Option<Tensor<B, 4>>, train: bool) -> Tensor<B, 3> {
+    pub fn attend(
+        &self,
+        hidden: Tensor<B, 3>,
+        kv: &KeyValue<B>,
+        mask: Option<Tensor<B, 4>>,
+        site: Option<DropoutSite<'_>>,
+    ) -> Tensor<B, 3> {
         let q = self.heads(linear_rows(&self.query, hidden.clone()));
-        let context = scaled_dot_product(q, kv, mask, self.attention_dropout, train);
-        let out = dropout(linear_rows(&self.dense, context), self.hidden_dropout, train);
+        let context = scaled_dot_product(q, kv, mask, self.attention_dropout, site.map(|s| s.at(0)));
+        let out = dropout(linear_rows(&self.dense, context), self.hidden_dropout, site.map(|s| s.at(1)));
         self.norm.forward(out + hidden)
     }
 }
@@ -114,11 +125,11 @@ pub fn scaled_dot_product<B: Kernels>(
     kv: &KeyValue<B>,
     mask: Option<Tensor<B, 4>>,
     dropout_prob: f64,
-    train: bool,
+    site: Option<DropoutSite<'_>>,
 ) -> Tensor<B, 3> {
     let [b, h, sq, head_dim] = q.dims();
     let scores = q.matmul(kv.key.clone().swap_dims(2, 3));
-    let probs = dropout(attention_softmax(scores, mask, 1.0 / (head_dim as f64).sqrt()), dropout_prob, train);
+    let probs = dropout(attention_softmax(scores, mask, 1.0 / (head_dim as f64).sqrt()), dropout_prob, site);
     swap_heads(probs.matmul(kv.value.clone())).reshape([b, sq, h * head_dim])
 }
 

@@ -9,7 +9,7 @@ use burn::tensor::{Int, Tensor};
 
 use super::attention::layer_norm;
 use super::QFormerConfig;
-use crate::kernels::{dropout, Kernels};
+use crate::kernels::{dropout, DropoutSite, Kernels};
 
 #[derive(Module, Debug)]
 pub struct Embeddings<B: Kernels> {
@@ -35,7 +35,7 @@ impl<B: Kernels> Embeddings<B> {
     }
 
     /// `queries`: `[B, Q, D]`; `ids`: `[B, T]`. At least one must be given.
-    pub fn forward(&self, queries: Option<Tensor<B, 3>>, ids: Option<Tensor<B, 2, Int>>, train: bool) -> Tensor<B, 3> {
+    pub fn forward(&self, queries: Option<Tensor<B, 3>>, ids: Option<Tensor<B, 2, Int>>, site: Option<DropoutSite<'_>>) -> Tensor<B, 3> {
         let text = ids.map(|ids| {
             let [_, t] = ids.dims();
             let positions = Tensor::<B, 1, Int>::arange(0..t as i64, &ids.device()).reshape([1, t]);
@@ -47,6 +47,6 @@ impl<B: Kernels> Embeddings<B> {
             (None, Some(t)) => t,
             (None, None) => panic!("embeddings need queries or text"),
         };
-        dropout(self.norm.forward(seq), self.hidden_dropout, train)
+        dropout(self.norm.forward(seq), self.hidden_dropout, site)
     }
 }

@@ -1,6 +1,7 @@
 //! Where a run's frozen image features come from: the encoder run on pixels, or a feature cache
 //! (then no encoder exists in the process). Either way the result is the input of `ln_vision`.
 
+use burn::module::Module;
 use burn::tensor::{Tensor, TensorData};
 
 use super::vit::Vit;
@@ -12,6 +13,14 @@ pub enum Frozen<B: Kernels> {
 }
 
 impl<B: Kernels> Frozen<B> {
+    /// A copy on `device` (each data-parallel peer holds its own).
+    pub fn to_device(&self, device: &B::Device) -> Self {
+        match self {
+            Frozen::Encoder { vit, image_size } => Frozen::Encoder { vit: vit.clone().fork(device), image_size: *image_size },
+            Frozen::Cache { tokens, width } => Frozen::Cache { tokens: *tokens, width: *width },
+        }
+    }
+
     /// Values per sample in the host inputs this source takes.
     pub fn input_len(&self) -> usize {
         match self {

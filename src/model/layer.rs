@@ -10,7 +10,7 @@ use burn::tensor::Tensor;
 
 use super::attention::{bert_linear, layer_norm, Attention, AttentionConfig, KeyValue};
 use super::{linear_rows, QFormerConfig};
-use crate::kernels::{dropout, gelu, Kernels};
+use crate::kernels::{dropout, gelu, DropoutSite, Kernels};
 
 /// `LayerNorm(x + Dropout(Dense(GELU(Dense(x)))))`.
 #[derive(Module, Debug)]
@@ -31,9 +31,9 @@ impl<B: Kernels> FeedForward<B> {
         }
     }
 
-    pub fn forward(&self, x: Tensor<B, 3>, train: bool) -> Tensor<B, 3> {
+    pub fn forward(&self, x: Tensor<B, 3>, site: Option<DropoutSite<'_>>) -> Tensor<B, 3> {
         let h = gelu(linear_rows(&self.intermediate, x.clone()));
-        let h = dropout(linear_rows(&self.output, h), self.hidden_dropout, train);
+        let h = dropout(linear_rows(&self.output, h), self.hidden_dropout, site);
         self.norm.forward(h + x)
     }
 }
@@ -61,7 +61,8 @@ pub struct LayerContext<'a, B: Kernels> {
     /// Leading rows whose output is read (at least `num_query`); `None` for all. The other rows
     /// still give their keys/values but skip the query projection, attention and FFN.
     pub rows: Option<usize>,
-    pub train: bool,
+    /// This layer's dropout site; `None` in evaluation.
+    pub dropout: Option<DropoutSite<'a>>,
 }
 
 impl<B: Kernels> Layer<B> {
@@ -106,18 +107,19 @@ impl<B: Kernels> Layer<B> {
         } else {
             (hidden, ctx.mask)
         };
-        let h = self.attention.attend(hidden, &keys, mask, ctx.train);
+        let site = |block: u64| ctx.dropout.map(|s| s.at(block));
+        let h = self.attention.attend(hidden, &keys, mask, site(0));
         if nq == 0 {
-            return (self.ffn_text.forward(h, ctx.train), own);
+            return (self.ffn_text.forward(h, site(3)), own);
         }
         let mut queries = h.clone().slice([0..b, 0..nq, 0..d]);
         if let Some(cross) = &self.crossattention {
             let image = ctx.image.expect("image keys/values for a cross-attention layer");
-            queries = cross.attend(queries, image, None, ctx.train);
+            queries = cross.attend(queries, image, None, site(1));
         }
-        let queries = self.ffn_query.forward(queries, ctx.train);
+        let queries = self.ffn_query.forward(queries, site(2));
         let out = if s > nq {
-            let text = self.ffn_text.forward(h.slice([0..b, nq..s, 0..d]), ctx.train);
+            let text = self.ffn_text.forward(h.slice([0..b, nq..s, 0..d]), site(3));
             Tensor::cat(vec![queries, text], 1)
         } else {
             queries

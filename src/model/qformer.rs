@@ -12,7 +12,7 @@ use super::embeddings::Embeddings;
 use super::heads::LmHead;
 use super::layer::{Layer, LayerContext};
 use super::{linear_rows, QFormerConfig};
-use crate::kernels::Kernels;
+use crate::kernels::{DropoutKeys, Kernels};
 
 /// Initial ITC temperature, as BLIP-2.
 pub const TEMP_INIT: f64 = 0.07;
@@ -57,25 +57,25 @@ pub struct Pass<'a, B: Kernels> {
     mask: Option<Tensor<B, 4>>,
     context: Context<'a, B>,
     rows_read: Option<usize>,
-    train: bool,
+    dropout: Option<&'a DropoutKeys>,
 }
 
 impl<'a, B: Kernels> Pass<'a, B> {
     /// Text rows alone under an additive `mask` (ITC's text side at evaluation, plain BERT).
     pub fn text(embeds: Tensor<B, 3>, mask: Tensor<B, 4>) -> Self {
-        Self { embeds, mask: Some(mask), context: Context::Text, rows_read: None, train: false }
+        Self { embeds, mask: Some(mask), context: Context::Text, rows_read: None, dropout: None }
     }
 
     /// `[queries; text?]` rows whose `num_query` leading queries cross-attend to the image's
     /// per-layer keys/values (the unimodal ITC pass, the ITM pass, the image side of retrieval).
     pub fn with_image(embeds: Tensor<B, 3>, num_query: usize, image: &'a [Option<KeyValue<B>>]) -> Self {
-        Self { embeds, mask: None, context: Context::Image { num_query, image }, rows_read: None, train: false }
+        Self { embeds, mask: None, context: Context::Image { num_query, image }, rows_read: None, dropout: None }
     }
 
     /// Text rows that also attend to the queries' cached keys/values of each layer, under the
     /// text part of the multimodal causal `mask` (ITG, captioning).
     pub fn after_queries(embeds: Tensor<B, 3>, mask: Tensor<B, 4>, queries: &'a [KeyValue<B>]) -> Self {
-        Self { embeds, mask: Some(mask), context: Context::AfterQueries(queries), rows_read: None, train: false }
+        Self { embeds, mask: Some(mask), context: Context::AfterQueries(queries), rows_read: None, dropout: None }
     }
 
     /// An additive attention mask (`None`: every row sees every row).
@@ -89,9 +89,10 @@ impl<'a, B: Kernels> Pass<'a, B> {
         Self { rows_read: Some(rows), ..self }
     }
 
-    /// Dropout on (training) or off.
-    pub fn training(self, train: bool) -> Self {
-        Self { train, ..self }
+    /// Dropout on, with these row keys (training), or off (`None`). The embedding step of the
+    /// same pass takes the same keys ([`QFormer::embed`]).
+    pub fn dropout(self, keys: Option<&'a DropoutKeys>) -> Self {
+        Self { dropout: keys, ..self }
     }
 }
 
@@ -159,7 +160,7 @@ impl<B: Kernels> QFormer<B> {
                 prefix: prefix.map(|p| &p[i]),
                 image: image.and_then(|kv| kv.get(i)).and_then(|kv| kv.as_ref()),
                 rows: if i == last { pass.rows_read } else { None },
-                train: pass.train,
+                dropout: pass.dropout.map(|k| k.site().at(1 + i as u64)),
             };
             let (h, kv) = layer.forward(hidden, ctx);
             hidden = h;
@@ -169,8 +170,8 @@ impl<B: Kernels> QFormer<B> {
     }
 
     /// Embeds `[queries; text]` (either part optional) for a trunk pass.
-    pub fn embed(&self, queries: Option<Tensor<B, 3>>, ids: Option<Tensor<B, 2, Int>>, train: bool) -> Tensor<B, 3> {
-        self.embeddings.forward(queries, ids, train)
+    pub fn embed(&self, queries: Option<Tensor<B, 3>>, ids: Option<Tensor<B, 2, Int>>, dropout: Option<&DropoutKeys>) -> Tensor<B, 3> {
+        self.embeddings.forward(queries, ids, dropout.map(|k| k.site().at(0)))
     }
 
     /// ITC image side: projected query outputs `[B, Q, E]` (not normalised).

@@ -239,7 +239,7 @@ impl<B: Kernels> Vit<B> {
         let qkv = self.linear(&blk.qkv, blk.norm1.forward(x.clone()));
         let part = |i: usize| split_heads(qkv.clone().slice([0..b, 0..s, i * d..(i + 1) * d]), blk.heads);
         let kv = KeyValue { key: part(1), value: part(2) };
-        let x = x + self.linear(&blk.proj, scaled_dot_product(part(0), &kv, None, 0.0, false));
+        let x = x + self.linear(&blk.proj, scaled_dot_product(part(0), &kv, None, 0.0, None));
         let h = self.linear(&blk.fc1, blk.norm2.forward(x.clone()));
         let h = if blk.quick_gelu { h.clone() * activation::sigmoid(h.mul_scalar(1.702)) } else { activation::gelu(h) };
         x + self.linear(&blk.fc2, h)

@@ -21,9 +21,9 @@ pub enum ItcGradient {
 
 pub struct ItcOutput<B: Kernels> {
     pub loss: Tensor<B, 1>,
-    /// `[B, B]` image-to-text logits (similarity / temperature).
+    /// `[b, N]` image-to-text logits (similarity / temperature) of this peer's images.
     pub sim_i2t: Tensor<B, 2>,
-    /// `[B, B]` text-to-image logits.
+    /// `[b, N]` text-to-image logits of this peer's texts.
     pub sim_t2i: Tensor<B, 2>,
 }
 
@@ -33,52 +33,52 @@ pub fn normalize<B: Kernels, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     x / norm
 }
 
-/// Similarity logits. `image`: normalised `[B, Q, E]`; `text`: normalised `[N, E]`.
-/// `sim_i2t[b, n] = max_q <image[b,q], text[n]> / temp`, `sim_t2i[n, b]` likewise from the text.
+/// Similarity logits of this peer's rows against the whole batch. `image`: normalised `[b, Q, E]`
+/// and `text`: normalised `[b, E]`, this peer's rows; `image_all` (`[N, Q, E]`) and `text_all`
+/// (`[N, E]`): the whole batch's, with or without gradient as [`ItcGradient`] says.
+/// `sim_i2t[i, n] = max_q <image[i,q], text_all[n]> / temp`, `sim_t2i[t, n]` likewise from the text.
 pub fn similarities<B: Kernels>(
     image: Tensor<B, 3>,
     text: Tensor<B, 2>,
+    image_all: Tensor<B, 3>,
+    text_all: Tensor<B, 2>,
     temp: Tensor<B, 1>,
-    gradient: ItcGradient,
 ) -> (Tensor<B, 2>, Tensor<B, 2>) {
     let [b, q, e] = image.dims();
-    let [n, _] = text.dims();
-    let (image_all, text_all) = match gradient {
-        ItcGradient::Detached => (image.clone().detach(), text.clone().detach()),
-        ItcGradient::Full => (image.clone(), text.clone()),
-    };
+    let [n, _, _] = image_all.dims();
     let temp = temp.unsqueeze::<2>();
     let i2t = image.reshape([b * q, e]).matmul(text_all.transpose()).reshape([b, q, n]).max_dim(1).squeeze_dim::<2>(1) / temp.clone();
-    let t2i = text.matmul(image_all.reshape([b * q, e]).transpose()).reshape([n, b, q]).max_dim(2).squeeze_dim::<2>(2) / temp;
+    let t2i = text.matmul(image_all.reshape([n * q, e]).transpose()).reshape([b, n, q]).max_dim(2).squeeze_dim::<2>(2) / temp;
     (i2t, t2i)
 }
 
-/// Smoothed targets: `(1 - eps) · pos / |pos|` per row plus `eps / N` everywhere. With one
-/// positive per row this is PyTorch's label-smoothed cross-entropy.
+/// Smoothed targets of `rows × cols` positives: `(1 - eps) · pos / |pos|` per row plus
+/// `eps / cols` everywhere. With one positive per row this is PyTorch's label-smoothed
+/// cross-entropy.
 pub fn targets<B: Kernels>(positives: &[Vec<bool>], eps: f64, device: &B::Device) -> Tensor<B, 2> {
-    let n = positives.len();
-    let mut values = Vec::with_capacity(n * n);
+    let rows = positives.len();
+    let cols = positives.first().map_or(0, Vec::len);
+    let mut values = Vec::with_capacity(rows * cols);
     for row in positives {
         let count = row.iter().filter(|&&p| p).count().max(1) as f64;
-        values.extend(row.iter().map(|&p| ((1.0 - eps) * f64::from(u8::from(p)) / count + eps / n as f64) as f32));
+        values.extend(row.iter().map(|&p| ((1.0 - eps) * f64::from(u8::from(p)) / count + eps / cols as f64) as f32));
     }
-    Tensor::from_data(TensorData::new(values, [n, n]), device)
+    Tensor::from_data(TensorData::new(values, [rows, cols]), device)
 }
 
-/// The ITC loss: mean of the two directions' smoothed cross-entropies.
+/// The ITC loss of this peer's rows: mean over them of the two directions' smoothed
+/// cross-entropies, halved. `positives[i][n]`: this peer's sample `i` and the batch's sample `n`
+/// share an image (the relation is symmetric, so it serves both directions).
 pub fn itc_loss<B: Kernels>(
-    image: Tensor<B, 3>,
-    text: Tensor<B, 2>,
+    (image, text): (Tensor<B, 3>, Tensor<B, 2>),
+    (image_all, text_all): (Tensor<B, 3>, Tensor<B, 2>),
     temp: Tensor<B, 1>,
     positives: &[Vec<bool>],
-    gradient: ItcGradient,
     label_smoothing: f64,
 ) -> ItcOutput<B> {
     let device = image.device();
-    let (sim_i2t, sim_t2i) = similarities(normalize(image), normalize(text), temp, gradient);
-    let t_i2t = targets::<B>(positives, label_smoothing, &device);
-    let transposed: Vec<Vec<bool>> = (0..positives.len()).map(|j| positives.iter().map(|row| row[j]).collect()).collect();
-    let t_t2i = targets::<B>(&transposed, label_smoothing, &device);
-    let loss = (soft_cross_entropy(sim_i2t.clone(), t_i2t) + soft_cross_entropy(sim_t2i.clone(), t_t2i)).div_scalar(2.0);
+    let (sim_i2t, sim_t2i) = similarities(image, text, image_all, text_all, temp);
+    let target = targets::<B>(positives, label_smoothing, &device);
+    let loss = (soft_cross_entropy(sim_i2t.clone(), target.clone()) + soft_cross_entropy(sim_t2i.clone(), target)).div_scalar(2.0);
     ItcOutput { loss, sim_i2t, sim_t2i }
 }

@@ -5,7 +5,7 @@ use burn::tensor::Tensor;
 
 use super::masks::AttentionMask;
 use crate::data::text::TextBatch;
-use crate::kernels::{gather_rows, Kernels};
+use crate::kernels::{gather_rows, DropoutKeys, Kernels};
 use crate::model::{KeyValue, Pass, QFormer};
 use crate::util::host::int_tensor;
 
@@ -46,7 +46,7 @@ pub fn itg_loss<B: Kernels>(
     text: &TextBatch,
     bos: usize,
     label_smoothing: f64,
-    train: bool,
+    dropout: Option<&DropoutKeys>,
 ) -> Tensor<B, 1> {
     let device = model.query_tokens.device();
     let (b, t, q) = (text.batch_size(), text.seq_len(), model.num_query);
@@ -55,8 +55,8 @@ pub fn itg_loss<B: Kernels>(
         return Tensor::zeros([1], &device);
     }
     let mask = AttentionMask::multimodal_causal(q, &text.mask).select_rows(q, t).to_additive::<B>(&device);
-    let embeds = model.embed(None, Some(int_tensor(&decoder_ids(text, bos), &device)), train);
-    let hidden = model.encode(Pass::after_queries(embeds, mask, query_kv).training(train)).hidden;
+    let embeds = model.embed(None, Some(int_tensor(&decoder_ids(text, bos), &device)), dropout);
+    let hidden = model.encode(Pass::after_queries(embeds, mask, query_kv).dropout(dropout)).hidden;
     let [_, _, d] = hidden.dims();
     let picked = gather_rows(hidden.reshape([b * t, d]), &rows);
     let labels: Vec<usize> = labels.iter().map(|&l| l as usize).collect();

@@ -1,6 +1,7 @@
 //! Hard-negative sampling for ITM: one negative image per text and one negative text per image,
-//! drawn from the softmax of the ITC logits with every positive excluded. Runs on the host in f32
-//! with its own seeded RNG, so it is reproducible and resumable, and it never fails: a row whose
+//! drawn from the softmax of the ITC logits with every positive excluded. Runs on the host in f32;
+//! each row's draw is a pure function of (sampler seed, the row's sample key, direction), so it is
+//! reproducible, resumable, and the same whichever peer holds the row. It never fails: a row whose
 //! weights are unusable falls back to a uniform draw over its valid negatives and is counted.
 
 use rand::{Rng, SeedableRng};
@@ -8,6 +9,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::util::error::{Error, Result};
+use crate::util::seed::mix;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -30,6 +32,13 @@ pub enum Direction {
 }
 
 impl Direction {
+    fn stream(self) -> u64 {
+        match self {
+            Direction::ImageForText => 1,
+            Direction::TextForImage => 2,
+        }
+    }
+
     /// The batch-file tensor that holds explicit indices for this direction.
     pub fn name(self) -> &'static str {
         match self {
@@ -58,24 +67,29 @@ impl std::ops::AddAssign for SamplerStats {
     }
 }
 
+#[derive(Clone, Copy, Debug)]
 pub struct NegativeSampler {
-    rng: ChaCha8Rng,
+    seed: u64,
 }
 
 impl NegativeSampler {
     pub fn new(seed: u64) -> Self {
-        Self { rng: ChaCha8Rng::seed_from_u64(seed) }
+        Self { seed }
     }
 
-    /// Picks one column per row of `logits` (`rows × cols`, row-major) that is not a positive.
-    /// `logits` may be empty in explicit mode.
+    /// Picks one column per row of `logits` (`rows × cols`, row-major) that is not a positive;
+    /// `keys[r]` names row `r`'s sample. `logits` may be empty in explicit mode.
     pub fn pick(
-        &mut self,
+        &self,
         mode: &NegativeMode,
         direction: Direction,
         logits: &[f32],
         positives: &[Vec<bool>],
+        keys: &[u64],
     ) -> Result<(Vec<Option<usize>>, SamplerStats)> {
+        if keys.len() != positives.len() {
+            return Err(Error::input("keys", format!("{} sample keys for {} rows", keys.len(), positives.len())));
+        }
         let rows = positives.len();
         let cols = positives.first().map_or(0, Vec::len);
         let mut stats = SamplerStats { rows, ..Default::default() };
@@ -106,40 +120,43 @@ impl NegativeSampler {
                         valid[0]
                     }
                 }),
-                NegativeMode::Sample => Some(match self.draw(row, &valid) {
-                    Some(c) => c,
-                    None => {
-                        stats.fallbacks += 1;
-                        valid[self.rng.random_range(0..valid.len())]
-                    }
-                }),
+                NegativeMode::Sample => {
+                    let mut rng = ChaCha8Rng::seed_from_u64(mix(mix(self.seed, keys[r]), direction.stream()));
+                    Some(match draw(row, &valid, &mut rng) {
+                        Some(c) => c,
+                        None => {
+                            stats.fallbacks += 1;
+                            valid[rng.random_range(0..valid.len())]
+                        }
+                    })
+                }
             };
             out.push(choice);
         }
         Ok((out, stats))
     }
+}
 
-    /// A draw from the softmax over `valid`, or `None` when the weights are unusable.
-    fn draw(&mut self, row: &[f32], valid: &[usize]) -> Option<usize> {
-        if valid.iter().any(|&c| !row[c].is_finite()) {
-            return None;
-        }
-        let max = valid.iter().map(|&c| row[c]).fold(f32::NEG_INFINITY, f32::max);
-        let weights: Vec<f32> = valid.iter().map(|&c| (row[c] - max).exp()).collect();
-        let total: f32 = weights.iter().sum();
-        if !(total.is_finite() && total > 0.0) {
-            return None;
-        }
-        let mut u = self.rng.random::<f32>() * total;
-        for (&c, &w) in valid.iter().zip(&weights) {
-            if u < w {
-                return Some(c);
-            }
-            u -= w;
-        }
-        // Rounding left `u` past the end: the last column with weight.
-        valid.iter().zip(&weights).rev().find(|(_, &w)| w > 0.0).map(|(&c, _)| c)
+/// A draw from the softmax over `valid`, or `None` when the weights are unusable.
+fn draw(row: &[f32], valid: &[usize], rng: &mut ChaCha8Rng) -> Option<usize> {
+    if valid.iter().any(|&c| !row[c].is_finite()) {
+        return None;
     }
+    let max = valid.iter().map(|&c| row[c]).fold(f32::NEG_INFINITY, f32::max);
+    let weights: Vec<f32> = valid.iter().map(|&c| (row[c] - max).exp()).collect();
+    let total: f32 = weights.iter().sum();
+    if !(total.is_finite() && total > 0.0) {
+        return None;
+    }
+    let mut u = rng.random::<f32>() * total;
+    for (&c, &w) in valid.iter().zip(&weights) {
+        if u < w {
+            return Some(c);
+        }
+        u -= w;
+    }
+    // Rounding left `u` past the end: the last column with weight.
+    valid.iter().zip(&weights).rev().find(|(_, &w)| w > 0.0).map(|(&c, _)| c)
 }
 
 fn argmax(row: &[f32], valid: &[usize]) -> Option<usize> {
@@ -152,17 +169,22 @@ mod tests {
 
     const D: Direction = Direction::ImageForText;
 
+    /// Sample keys of draw `round` for `n` rows: each round names new samples.
+    fn keys(n: usize, round: usize) -> Vec<u64> {
+        (0..n).map(|r| (round * n + r) as u64).collect()
+    }
+
     fn diag(n: usize) -> Vec<Vec<bool>> {
         (0..n).map(|i| (0..n).map(|j| i == j).collect()).collect()
     }
 
     #[test]
     fn never_returns_a_positive() {
-        let mut s = NegativeSampler::new(7);
+        let s = NegativeSampler::new(7);
         // The positive has by far the largest logit.
         let logits = vec![50.0, 0.0, 0.0, 0.0, 50.0, 0.0, 0.0, 0.0, 50.0];
-        for _ in 0..500 {
-            let (picks, stats) = s.pick(&NegativeMode::Sample, D, &logits, &diag(3)).unwrap();
+        for round in 0..500 {
+            let (picks, stats) = s.pick(&NegativeMode::Sample, D, &logits, &diag(3), &keys(3, round)).unwrap();
             for (r, p) in picks.iter().enumerate() {
                 assert_ne!(p.unwrap(), r);
             }
@@ -175,9 +197,9 @@ mod tests {
         // Samples 0 and 1 are captions of one image.
         let pos = vec![vec![true, true, false], vec![true, true, false], vec![false, false, true]];
         let logits = vec![9.0, 9.0, -9.0, 9.0, 9.0, -9.0, 0.0, 0.0, 9.0];
-        let mut s = NegativeSampler::new(1);
-        for _ in 0..200 {
-            let (picks, _) = s.pick(&NegativeMode::Sample, D, &logits, &pos).unwrap();
+        let s = NegativeSampler::new(1);
+        for round in 0..200 {
+            let (picks, _) = s.pick(&NegativeMode::Sample, D, &logits, &pos, &keys(3, round)).unwrap();
             assert_eq!(picks[0], Some(2));
             assert_eq!(picks[1], Some(2));
             assert!(matches!(picks[2], Some(0) | Some(1)));
@@ -187,23 +209,23 @@ mod tests {
     #[test]
     fn non_finite_rows_fall_back_and_are_counted() {
         let logits = vec![0.0, f32::INFINITY, 1.0, f32::NAN, 0.0, 1.0, 1.0, f32::NEG_INFINITY, 1.0];
-        let mut s = NegativeSampler::new(3);
-        let (picks, stats) = s.pick(&NegativeMode::Sample, D, &logits, &diag(3)).unwrap();
+        let s = NegativeSampler::new(3);
+        let (picks, stats) = s.pick(&NegativeMode::Sample, D, &logits, &diag(3), &keys(3, 0)).unwrap();
         assert_eq!(stats.fallbacks, 3);
         for (r, p) in picks.iter().enumerate() {
             assert_ne!(p.unwrap(), r);
         }
-        let (picks, _) = s.pick(&NegativeMode::Argmax, D, &logits, &diag(3)).unwrap();
+        let (picks, _) = s.pick(&NegativeMode::Argmax, D, &logits, &diag(3), &keys(3, 0)).unwrap();
         assert_eq!(picks, vec![Some(1), Some(2), Some(0)]);
     }
 
     #[test]
     fn tiny_batches() {
-        let mut s = NegativeSampler::new(0);
-        let (picks, stats) = s.pick(&NegativeMode::Sample, D, &[1.0], &diag(1)).unwrap();
+        let s = NegativeSampler::new(0);
+        let (picks, stats) = s.pick(&NegativeMode::Sample, D, &[1.0], &diag(1), &keys(1, 0)).unwrap();
         assert_eq!(picks, vec![None]);
         assert_eq!(stats.without_negative, 1);
-        let (picks, _) = s.pick(&NegativeMode::Sample, D, &[1.0, -1e30, f32::MAX, 1.0], &diag(2)).unwrap();
+        let (picks, _) = s.pick(&NegativeMode::Sample, D, &[1.0, -1e30, f32::MAX, 1.0], &diag(2), &keys(2, 0)).unwrap();
         assert_eq!(picks, vec![Some(1), Some(0)]);
     }
 
@@ -211,11 +233,11 @@ mod tests {
     fn follows_the_softmax() {
         // Row 0: weights e^0 : e^ln3 = 1 : 3 over columns 1 and 2.
         let logits = vec![0.0, 0.0, 3f32.ln(), 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
-        let mut s = NegativeSampler::new(11);
+        let s = NegativeSampler::new(11);
         let n = 20000;
         let mut col2 = 0;
-        for _ in 0..n {
-            let (picks, _) = s.pick(&NegativeMode::Sample, D, &logits, &diag(3)).unwrap();
+        for round in 0..n {
+            let (picks, _) = s.pick(&NegativeMode::Sample, D, &logits, &diag(3), &keys(3, round)).unwrap();
             col2 += usize::from(picks[0] == Some(2));
         }
         let frac = col2 as f64 / n as f64;
@@ -224,23 +246,31 @@ mod tests {
 
     #[test]
     fn explicit_indices_are_checked() {
-        let mut s = NegativeSampler::new(0);
+        let s = NegativeSampler::new(0);
         let mode = NegativeMode::Explicit { images: vec![1, 1], texts: vec![1, 0] };
-        let err = s.pick(&mode, D, &[], &diag(2)).unwrap_err().to_string();
+        let err = s.pick(&mode, D, &[], &diag(2), &keys(2, 0)).unwrap_err().to_string();
         assert!(err.contains("neg_image_idx") && err.contains("row 1"), "{err}");
-        let (picks, _) = s.pick(&mode, Direction::TextForImage, &[], &diag(2)).unwrap();
+        let (picks, _) = s.pick(&mode, Direction::TextForImage, &[], &diag(2), &keys(2, 0)).unwrap();
         assert_eq!(picks, vec![Some(1), Some(0)]);
     }
 
     #[test]
-    fn seeded() {
-        // Training builds a sampler per step from (seed, step): equal seeds, equal draws.
-        let logits = vec![0.0f32; 16];
-        let (mut a, mut b) = (NegativeSampler::new(5), NegativeSampler::new(5));
-        for _ in 0..10 {
-            let x = a.pick(&NegativeMode::Sample, D, &logits, &diag(4)).unwrap();
-            let y = b.pick(&NegativeMode::Sample, D, &logits, &diag(4)).unwrap();
-            assert_eq!(x, y);
+    fn a_draw_depends_on_the_row_key_not_the_row_position() {
+        let logits = vec![0.0f32; 64];
+        let s = NegativeSampler::new(5);
+        let k = keys(8, 3);
+        let (all, _) = s.pick(&NegativeMode::Sample, D, &logits, &diag(8), &k).unwrap();
+        // The same samples in the opposite row order (another split of the batch across peers).
+        let reversed: Vec<u64> = k.iter().rev().copied().collect();
+        let rev_pos: Vec<Vec<bool>> = (0..8).map(|i| (0..8).map(|j| j == 7 - i).collect()).collect();
+        let (picks, _) = s.pick(&NegativeMode::Sample, D, &logits, &rev_pos, &reversed).unwrap();
+        // Row 7 - r holds sample r now, with the same positive column and the same weights.
+        for r in 0..8 {
+            assert_eq!(all[r], picks[7 - r]);
         }
+        let (again, _) = NegativeSampler::new(5).pick(&NegativeMode::Sample, D, &logits, &diag(8), &k).unwrap();
+        assert_eq!(all, again, "a pure function of its inputs");
+        let (other, _) = NegativeSampler::new(6).pick(&NegativeMode::Sample, D, &logits, &diag(8), &k).unwrap();
+        assert_ne!(all, other, "another seed, other draws");
     }
 }

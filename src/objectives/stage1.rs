@@ -5,14 +5,21 @@
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
+use std::collections::HashMap;
+
+use burn::tensor::TensorData;
+
+use super::global::GlobalBatch;
 use super::itc::{itc_loss, normalize, similarities};
-use super::itg::itg_loss;
+use super::itg::{self, itg_loss};
 use super::itm::{itm_loss, ItmPairs};
 use super::masks::AttentionMask;
+use super::peers::{Alone, Peers, Split};
 use super::sampler::{Direction, NegativeMode, NegativeSampler, SamplerStats};
-use super::{ItcGradient, Stage1Batch};
+use super::{pass, ItcGradient, Stage1Batch};
+use crate::data::text::TextBatch;
 use crate::kernels::Kernels;
-use crate::model::{Pass, QFormer};
+use crate::model::{KeyValue, Pass, QFormer};
 use crate::util::error::{Error, Result};
 use crate::util::host::to_f32;
 
@@ -77,40 +84,148 @@ impl ObjectiveConfig {
     }
 }
 
-/// Every term of one evaluation. Disabled terms are `None`.
+/// Every term of one evaluation. Disabled terms are `None`. Across several peers each term is
+/// this peer's share of the global batch's mean: the shares of all peers sum to it.
 pub struct Stage1Output<B: Kernels> {
     /// `w_itc·itc + w_itm·itm + w_itg·itg`.
     pub loss: Tensor<B, 1>,
     pub itc: Option<Tensor<B, 1>>,
     pub itm: Option<Tensor<B, 1>>,
     pub itg: Option<Tensor<B, 1>>,
-    /// `[B, B]` ITC logits, when they were computed.
+    /// `[b, N]` ITC logits of this peer's images against the global batch, when computed.
     pub sim_i2t: Option<Tensor<B, 2>>,
-    /// `[pairs, 2]`.
+    /// `[pairs, 2]`, this peer's pairs.
     pub itm_logits: Option<Tensor<B, 2>>,
     pub sampler: SamplerStats,
 }
 
-/// Host copy of a `[B, N]` tensor for the sampler.
+/// Host copy of a `[b, N]` tensor for the sampler.
 fn host_rows<B: Kernels>(t: Tensor<B, 2>) -> Vec<f32> {
     to_f32(t.detach())
 }
 
+/// The stage-one loss of a batch on one device.
 pub fn stage1_loss<B: Kernels>(
     model: &QFormer<B>,
     batch: &Stage1Batch<B>,
     cfg: &ObjectiveConfig,
-    sampler: &mut NegativeSampler,
+    sampler: &NegativeSampler,
     train: bool,
+) -> Result<Stage1Output<B>> {
+    stage1_loss_across(model, batch, cfg, sampler, train, &Alone)
+}
+
+/// Every peer's normalised ITC features, in peer order, as constants (LAVIS's gather without
+/// gradient).
+fn gather_features<B: Kernels>(
+    split: &Split,
+    peers: &dyn Peers,
+    image: &Tensor<B, 3>,
+    text: &Tensor<B, 2>,
+) -> Result<(Tensor<B, 3>, Tensor<B, 2>)> {
+    let [b, q, e] = image.dims();
+    let (image_v, text_v) = (to_f32(image.clone().detach()), to_f32(text.clone().detach()));
+    let mut rows = Vec::with_capacity(b * (q + 1) * e);
+    for i in 0..b {
+        rows.extend_from_slice(&image_v[i * q * e..(i + 1) * q * e]);
+        rows.extend_from_slice(&text_v[i * e..(i + 1) * e]);
+    }
+    let all = split.gather(peers, &rows, (q + 1) * e)?;
+    let n = split.total();
+    let (mut images, mut texts) = (Vec::with_capacity(n * q * e), Vec::with_capacity(n * e));
+    for row in all.chunks((q + 1) * e) {
+        images.extend_from_slice(&row[..q * e]);
+        texts.extend_from_slice(&row[q * e..]);
+    }
+    let device = image.device();
+    Ok((Tensor::from_data(TensorData::new(images, [n, q, e]), &device), Tensor::from_data(TensorData::new(texts, [n, e]), &device)))
+}
+
+/// ITM's images and texts: this peer's rows, then the negatives other peers hold (their frozen
+/// features projected here, so their gradient reaches `ln_vision` and the cross-attention as on
+/// one device). Maps global picks to indices into these sets.
+struct Extended<B: Kernels> {
+    image_kv: Vec<Option<KeyValue<B>>>,
+    text: TextBatch,
+    neg_image: Vec<Option<usize>>,
+    neg_text: Vec<Option<usize>>,
+}
+
+fn extend<B: Kernels>(
+    model: &QFormer<B>,
+    global: &GlobalBatch,
+    batch: &Stage1Batch<B>,
+    image_kv: &[Option<KeyValue<B>>],
+    (neg_image, neg_text): (&[Option<usize>], &[Option<usize>]),
+) -> Result<Extended<B>> {
+    let b = batch.batch_size();
+    let index = |picks: &[Option<usize>], remote: &mut Vec<usize>| -> Vec<Option<usize>> {
+        let mut seen = HashMap::new();
+        picks
+            .iter()
+            .map(|p| {
+                p.map(|g| {
+                    global.local_index(g).unwrap_or_else(|| {
+                        *seen.entry(g).or_insert_with(|| {
+                            remote.push(g);
+                            b + remote.len() - 1
+                        })
+                    })
+                })
+            })
+            .collect()
+    };
+    let (mut remote_images, mut remote_texts) = (Vec::new(), Vec::new());
+    let neg_image = index(neg_image, &mut remote_images);
+    let neg_text = index(neg_text, &mut remote_texts);
+    let image_kv = if remote_images.is_empty() {
+        image_kv.to_vec()
+    } else {
+        let feats = global.features::<B>(&remote_images, &model.query_tokens.device())?;
+        let remote = model.image_key_values(feats);
+        image_kv.iter().zip(remote).map(|(local, remote)| local.clone().zip(remote).map(|(l, r)| l.cat_batch(r))).collect()
+    };
+    let mut text = batch.text.clone();
+    let extra = global.text.select(&remote_texts);
+    text.ids.extend(extra.ids);
+    text.mask.extend(extra.mask);
+    Ok(Extended { image_kv, text, neg_image, neg_text })
+}
+
+/// The stage-one loss of this peer's slice of a global batch split across `peers` (LAVIS's
+/// data parallelism): ITC rows span the whole batch, hard negatives are drawn from the global
+/// similarity rows, and every term is this peer's share of the global mean, so that summing the
+/// peers' gradients gives the one-device gradient of the whole batch.
+pub fn stage1_loss_across<B: Kernels>(
+    model: &QFormer<B>,
+    batch: &Stage1Batch<B>,
+    cfg: &ObjectiveConfig,
+    sampler: &NegativeSampler,
+    train: bool,
+    peers: &dyn Peers,
 ) -> Result<Stage1Output<B>> {
     if !cfg.any_enabled() {
         return Err(Error::config("objectives", "at least one objective must be enabled", "objectives"));
     }
+    let several = peers.count() > 1;
+    if several && cfg.itc_gradient == ItcGradient::Full {
+        return Err(Error::config(
+            "objectives.itc_gradient",
+            "\"full\" needs one device; across peers ITC is \"detached\" (LAVIS)",
+            "objectives",
+        ));
+    }
+    if several && matches!(cfg.negatives, NegativeMode::Explicit { .. }) {
+        return Err(Error::input("neg_image_idx", "explicit negatives index one device's batch"));
+    }
     let device = model.query_tokens.device();
     let (b, q) = (batch.batch_size(), model.num_query);
     let text = &batch.text;
-    let positives = batch.positives();
     let mining = cfg.itm.enabled && !matches!(cfg.negatives, NegativeMode::Explicit { .. });
+    let global = GlobalBatch::exchange(batch, peers, several && cfg.itm.enabled)?;
+    let positives = global.positives();
+    // This peer's share of a mean over `global` items of which it holds `local`.
+    let share = |t: Tensor<B, 1>, local: usize, global: usize| if several { t.mul_scalar(local as f64 / global as f64) } else { t };
     // Text rows join the unimodal pass when ITC needs them or negatives must be mined.
     let with_text = cfg.itc.enabled || mining;
     let with_queries = with_text || cfg.itg.enabled;
@@ -119,12 +234,13 @@ pub fn stage1_loss<B: Kernels>(
 
     // Unimodal pass: [queries; text] where neither sees the other. Its query rows are also the
     // ITG prefix (queries see only queries under the multimodal causal mask too).
+    let unimodal_keys = train.then(|| batch.dropout_keys(pass::UNIMODAL));
     let unimodal = with_queries.then(|| {
         let ids = with_text.then(|| text.ids_tensor(&device));
         let mask = with_text.then(|| AttentionMask::unimodal(q, &text.mask).to_additive::<B>(&device));
-        let embeds = model.embed(Some(model.queries(b)), ids, train);
+        let embeds = model.embed(Some(model.queries(b)), ids, unimodal_keys.as_ref());
         // Only the queries and [CLS] of the last layer are read.
-        let pass = Pass::with_image(embeds, q, &image_kv).masked(mask).training(train);
+        let pass = Pass::with_image(embeds, q, &image_kv).masked(mask).dropout(unimodal_keys.as_ref());
         model.encode(if with_text { pass.reading(q + 1) } else { pass })
     });
 
@@ -140,14 +256,21 @@ pub fn stage1_loss<B: Kernels>(
     let mut sims = None;
     if let (true, Some(enc)) = (with_text, &unimodal) {
         let [_, _, d] = enc.hidden.dims();
-        let image = model.project_image(enc.hidden.clone().slice([0..b, 0..q, 0..d]));
-        let text_cls = model.project_text(enc.hidden.clone().slice([0..b, q..q + 1, 0..d]).reshape([b, d]));
+        let image = normalize(model.project_image(enc.hidden.clone().slice([0..b, 0..q, 0..d])));
+        let text_cls = normalize(model.project_text(enc.hidden.clone().slice([0..b, q..q + 1, 0..d]).reshape([b, d])));
+        let all = if several {
+            gather_features(&global.split, peers, &image, &text_cls)?
+        } else if cfg.itc_gradient == ItcGradient::Full {
+            (image.clone(), text_cls.clone())
+        } else {
+            (image.clone().detach(), text_cls.clone().detach())
+        };
         let (sim_i2t, sim_t2i) = if cfg.itc.enabled {
-            let itc = itc_loss(image, text_cls, model.temperature(), &positives, cfg.itc_gradient, cfg.label_smoothing);
-            out.itc = Some(itc.loss);
+            let itc = itc_loss((image, text_cls), all, model.temperature(), &positives, cfg.label_smoothing);
+            out.itc = Some(share(itc.loss, b, global.split.total()));
             (itc.sim_i2t, itc.sim_t2i)
         } else {
-            similarities(normalize(image).detach(), normalize(text_cls).detach(), model.temperature().detach(), cfg.itc_gradient)
+            similarities(image.detach(), text_cls.detach(), all.0.detach(), all.1.detach(), model.temperature().detach())
         };
         out.sim_i2t = Some(sim_i2t.clone());
         sims = Some((sim_i2t, sim_t2i));
@@ -161,19 +284,23 @@ pub fn stage1_loss<B: Kernels>(
             None => (Vec::new(), Vec::new()),
         };
         let mode = &cfg.negatives;
-        let (neg_image, s1) = sampler.pick(mode, Direction::ImageForText, &t2i, &positives)?;
-        let (neg_text, s2) = sampler.pick(mode, Direction::TextForImage, &i2t, &positives)?;
+        let (neg_image, s1) = sampler.pick(mode, Direction::ImageForText, &t2i, &positives, &batch.keys)?;
+        let (neg_text, s2) = sampler.pick(mode, Direction::TextForImage, &i2t, &positives, &batch.keys)?;
         out.sampler = s1;
         out.sampler += s2;
-        let itm = itm_loss(model, &image_kv, text, &ItmPairs::new(&neg_image, &neg_text), train);
-        out.itm = Some(itm.loss);
+        let ext = extend(model, &global, batch, &image_kv, (&neg_image, &neg_text))?;
+        let pairs = ItmPairs::new(&ext.neg_image, &ext.neg_text, &batch.keys);
+        let itm = itm_loss(model, &ext.image_kv, &ext.text, &pairs, train);
+        out.itm = Some(share(itm.loss, pairs.labels.len(), global.itm_pairs()));
         out.itm_logits = Some(itm.logits);
     }
 
     if cfg.itg.enabled {
         let enc = unimodal.as_ref().expect("ITG runs the unimodal pass");
         let query_kv: Vec<_> = enc.key_values.iter().map(|kv| kv.narrow_seq(0, q)).collect();
-        out.itg = Some(itg_loss(model, &query_kv, text, model.bos_token_id, cfg.label_smoothing, train));
+        let keys = train.then(|| batch.dropout_keys(pass::ITG));
+        let loss = itg_loss(model, &query_kv, text, model.bos_token_id, cfg.label_smoothing, keys.as_ref());
+        out.itg = Some(share(loss, itg::targets(text).0.len(), global.itg_tokens()));
     }
 
     out.loss = [(cfg.itc, &out.itc), (cfg.itm, &out.itm), (cfg.itg, &out.itg)]

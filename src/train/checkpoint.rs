@@ -201,8 +201,10 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
 
 /// Config keys that may change when a run resumes (extending it, changing how often it logs;
 /// starting weights only matter to a fresh run).
-const RESUMABLE_CHANGES: [&str; 8] =
-    ["train.steps", "train.epochs", "train.run_name", "checkpoint", "log", "eval", "data.prefetch", "init"];
+/// Keys a resumed run may change. `distributed`: the same global batch on another number of
+/// peers continues the same run.
+const RESUMABLE_CHANGES: [&str; 9] =
+    ["train.steps", "train.epochs", "train.run_name", "checkpoint", "log", "eval", "data.prefetch", "init", "distributed"];
 
 fn flatten(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, String>) {
     match v {

@@ -40,6 +40,8 @@ pub struct TrainConfig {
     pub log: LogConfig,
     #[serde(default)]
     pub eval: EvalConfig,
+    #[serde(default)]
+    pub distributed: DistributedConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -223,6 +225,47 @@ impl EvalConfig {
             ("itm", field) => Some((true, field)),
             _ => None,
         }
+    }
+}
+
+/// Data parallelism (`[distributed]`): `train.batch_size` is the global batch, split evenly over
+/// every peer of every node. One peer on one node (the default) trains on one device.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DistributedConfig {
+    /// Peers on this node: threads that share the cores on CPU backends, one per GPU otherwise.
+    pub peers: usize,
+    /// GPU indices of the local peers (default `0..peers`); CPU backends ignore them.
+    pub devices: Vec<usize>,
+    /// Nodes (machines or processes) in the run, each with `peers` peers.
+    pub nodes: usize,
+    /// This node's index in `0..nodes`; node 0 writes the checkpoints, metrics and progress.
+    pub node: usize,
+    /// The orchestrator that `qformer orchestrator --port P` runs, e.g. `ws://10.0.0.1:3000`.
+    pub orchestrator: String,
+    /// This node's address as the other nodes reach it, e.g. `ws://10.0.0.2:3001`; its port is
+    /// the one the node serves tensor transfers on.
+    pub address: String,
+    /// Seconds a peer waits for the others at a step before the run stops with an error naming
+    /// the peers that did not arrive.
+    pub timeout_s: u64,
+}
+
+impl Default for DistributedConfig {
+    fn default() -> Self {
+        Self { peers: 1, devices: Vec::new(), nodes: 1, node: 0, orchestrator: String::new(), address: String::new(), timeout_s: 600 }
+    }
+}
+
+impl DistributedConfig {
+    /// Peers in the whole run.
+    pub fn world(&self) -> usize {
+        self.peers * self.nodes
+    }
+
+    /// The port of [`DistributedConfig::address`].
+    pub fn data_port(&self) -> Option<u16> {
+        self.address.rsplit(':').next()?.trim_end_matches('/').parse().ok()
     }
 }
 
@@ -452,6 +495,34 @@ impl TrainConfig {
         }
         if self.log.every == 0 {
             return err("log.every", "must be > 0".into());
+        }
+        let d = &self.distributed;
+        if d.peers == 0 || d.nodes == 0 {
+            return err("distributed.peers", "distributed.peers and distributed.nodes must be > 0".into());
+        }
+        if !d.devices.is_empty() && d.devices.len() != d.peers {
+            return err("distributed.devices", format!("gives {} devices for {} peers", d.devices.len(), d.peers));
+        }
+        if d.node >= d.nodes {
+            return err("distributed.node", format!("must be in 0..{}", d.nodes));
+        }
+        if d.nodes > 1 && d.orchestrator.is_empty() {
+            return err("distributed.orchestrator", "several nodes need the orchestrator's address, e.g. \"ws://10.0.0.1:3000\"".into());
+        }
+        if d.nodes > 1 && d.data_port().is_none() {
+            return err("distributed.address", "several nodes need this node's address with a port, e.g. \"ws://10.0.0.2:3001\"".into());
+        }
+        if d.timeout_s == 0 {
+            return err("distributed.timeout_s", "must be > 0".into());
+        }
+        if !t.batch_size.is_multiple_of(d.world()) {
+            return err(
+                "train.batch_size",
+                format!("the global batch ({}) must split evenly over {} peers ({} nodes × {})", t.batch_size, d.world(), d.nodes, d.peers),
+            );
+        }
+        if d.world() > 1 && o.itc_gradient == crate::objectives::ItcGradient::Full {
+            return err("objectives.itc_gradient", "\"full\" needs one peer; across peers ITC is \"detached\" (LAVIS)".into());
         }
         Ok(())
     }

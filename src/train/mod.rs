@@ -2,9 +2,11 @@
 //! starts from or ends with, and the loop itself.
 
 pub mod checkpoint;
+pub mod collective;
 pub mod config;
 pub mod metrics;
 pub mod optim;
+pub mod run;
 pub mod run_lock;
 pub mod schedule;
 pub mod trained;

@@ -10,7 +10,9 @@ use crate::interop::safetensors_io::OwnedTensor;
 use crate::interop::weights::{visit_params, Layout, ParamVisitor};
 use crate::kernels::{sum_squares, AdamWStep, Kernels, TrainBackend};
 use crate::model::QFormer;
+use crate::train::collective::Exchange;
 use crate::train::config::OptimConfig;
+use crate::util::error::Result;
 use crate::util::host::{to_f32, to_f64};
 
 /// Moments of one parameter, flattened.
@@ -28,9 +30,11 @@ pub struct AdamW<B: TrainBackend> {
     moments: Vec<Moments<B::InnerBackend>>,
 }
 
-/// Gradients summed over micro-batches, one flat tensor per parameter in visit order.
+/// Gradients summed over micro-batches (and peers), one flat tensor per parameter in visit order.
 pub struct GradAccumulator<B: TrainBackend> {
     grads: Vec<Option<Tensor<B::InnerBackend, 1>>>,
+    sizes: Vec<usize>,
+    device: <B::InnerBackend as burn::tensor::backend::BackendTypes>::Device,
 }
 
 fn flat<B: Kernels, const D: usize>(t: Tensor<B, D>) -> Tensor<B, 1> {
@@ -46,7 +50,37 @@ pub fn decays(name: &str, layout: Layout, dims: usize) -> bool {
 
 impl<B: TrainBackend> GradAccumulator<B> {
     pub fn new(model: &QFormer<B>) -> Self {
-        Self { grads: vec![None; crate::interop::weights::param_names(model).len()] }
+        struct Sizes(Vec<usize>);
+        impl<B: TrainBackend> ParamVisitor<B> for Sizes {
+            fn visit<const D: usize>(&mut self, _: &str, p: &mut Param<Tensor<B, D>>, _: Layout) {
+                self.0.push(p.val().shape().num_elements());
+            }
+        }
+        let mut sizes = Sizes(Vec::new());
+        visit_params(&mut model.clone(), &mut sizes);
+        Self { grads: vec![None; sizes.0.len()], sizes: sizes.0, device: model.query_tokens.val().inner().device() }
+    }
+
+    /// Sums the gradients over every peer with one all-reduce of all parameters, flat (zeros
+    /// stand in for a parameter without gradient here), after a small one that says which
+    /// parameters have a gradient anywhere: one that no peer trained keeps none, and AdamW leaves
+    /// it alone as on one device. Returns the bytes all-reduced.
+    pub fn all_sum(&mut self, peers: &dyn Exchange<B::InnerBackend>) -> Result<u64> {
+        if peers.count() == 1 {
+            return Ok(0);
+        }
+        let present = peers.all_sum(self.grads.iter().map(|g| f32::from(u8::from(g.is_some()))).collect())?;
+        let parts: Vec<_> =
+            self.grads.iter().zip(&self.sizes).map(|(g, &n)| g.clone().unwrap_or_else(|| Tensor::zeros([n], &self.device))).collect();
+        let flat = Tensor::cat(parts, 0);
+        let bytes = (flat.shape().num_elements() + present.len()) as u64 * 4;
+        let summed = peers.all_sum_tensor(flat)?;
+        let mut offset = 0;
+        for ((g, &n), &p) in self.grads.iter_mut().zip(&self.sizes).zip(&present) {
+            *g = (p > 0.0).then(|| summed.clone().narrow(0, offset, n));
+            offset += n;
+        }
+        Ok(bytes)
     }
 
     /// Adds this micro-batch's gradients.
@@ -156,6 +190,16 @@ impl<B: TrainBackend> AdamW<B> {
         model
     }
 
+    /// A copy whose moments live on `device` (each peer holds its own).
+    pub fn to_device(&self, device: &<B::InnerBackend as burn::tensor::backend::BackendTypes>::Device) -> Self {
+        let moments = self
+            .moments
+            .iter()
+            .map(|s| Moments { name: s.name.clone(), decay: s.decay, m: s.m.clone().to_device(device), v: s.v.clone().to_device(device) })
+            .collect();
+        Self { cfg: self.cfg.clone(), step: self.step, moments }
+    }
+
     /// Moments under `{param}.exp_avg` / `{param}.exp_avg_sq`, flattened.
     pub fn state_tensors(&self) -> Vec<(String, OwnedTensor)> {
         let host = |t: &Tensor<B::InnerBackend, 1>| to_f32(t.clone());
@@ -172,7 +216,7 @@ impl<B: TrainBackend> AdamW<B> {
     }
 
     /// Restores moments read by `read`, which returns a named flat tensor.
-    pub fn load_state(&mut self, step: u64, mut read: impl FnMut(&str, usize) -> crate::util::Result<Vec<f32>>) -> crate::util::Result<()> {
+    pub fn load_state(&mut self, step: u64, mut read: impl FnMut(&str, usize) -> Result<Vec<f32>>) -> Result<()> {
         for s in &mut self.moments {
             let n = s.m.dims()[0];
             let device = s.m.device();

@@ -15,6 +15,9 @@ pub enum Error {
     Input { name: String, message: String },
     #[error("{path}: {cause}")]
     Io { path: PathBuf, cause: std::io::Error },
+    /// A peer of a data-parallel run failed, stopped answering, or could not be reached.
+    #[error("{peer}: {message}")]
+    Peer { peer: String, message: String },
 }
 
 impl Error {
@@ -26,6 +29,9 @@ impl Error {
     }
     pub fn input(name: impl Into<String>, message: impl Into<String>) -> Self {
         Error::Input { name: name.into(), message: message.into() }
+    }
+    pub fn peer(peer: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Peer { peer: peer.into(), message: message.into() }
     }
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io { path: path.into(), cause: source }

@@ -1,0 +1,242 @@
+//! The peers of a data-parallel run on burn-collective: each local peer is a thread with its own
+//! device (CPU peers share the cores), registered with burn's collective server; with several
+//! nodes the server joins burn's global orchestrator. Every exchange of a step goes through the
+//! crate's all-reduce (sum): gradients as one flat device tensor, and the host vectors of the loss
+//! (ids, captions, features to gather, loss values) as small tensors.
+//!
+//! A peer that fails or dies must not leave the others waiting: [`launch`] returns the first
+//! error of any local peer, and its watchdog stops the run when a peer has waited at an exchange
+//! longer than `timeout` while another never arrived, naming both.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+use burn_collective::{CollectiveConfig, PeerId, ReduceOperation};
+
+use crate::objectives::{Alone, Peers};
+use crate::train::config::DistributedConfig;
+use crate::util::error::{Error, Result};
+use crate::util::host::to_f32;
+
+/// Peers that can also sum device tensors (the gradients).
+pub trait Exchange<K: Backend>: Peers {
+    /// The element-wise sum of `t` over every peer.
+    fn all_sum_tensor(&self, t: Tensor<K, 1>) -> Result<Tensor<K, 1>>;
+    fn as_peers(&self) -> &dyn Peers;
+}
+
+impl<K: Backend> Exchange<K> for Alone {
+    fn all_sum_tensor(&self, t: Tensor<K, 1>) -> Result<Tensor<K, 1>> {
+        Ok(t)
+    }
+
+    fn as_peers(&self) -> &dyn Peers {
+        self
+    }
+}
+
+/// Where each local peer stands, for the watchdog: exchanges entered and left.
+#[derive(Default)]
+struct Watch {
+    entered: AtomicU64,
+    left: AtomicU64,
+    /// Milliseconds since the launch when the current exchange was entered.
+    since_ms: AtomicU64,
+}
+
+/// One peer of the run, registered with burn-collective on `K`.
+pub struct Peer<K: Backend> {
+    rank: usize,
+    world: usize,
+    device: K::Device,
+    watch: Arc<Watch>,
+    started: Instant,
+    name: String,
+}
+
+impl<K: Backend> Peer<K> {
+    fn id(&self) -> PeerId {
+        PeerId::from(self.rank)
+    }
+
+    pub fn device(&self) -> &K::Device {
+        &self.device
+    }
+
+    /// Peers of node 0 that write the run's files: only its first.
+    pub fn is_leader(&self) -> bool {
+        self.rank == 0
+    }
+}
+
+fn collective_error(peer: &str, what: &str, e: burn_collective::CollectiveError) -> Error {
+    Error::peer(peer, format!("{what} failed: {e:?}"))
+}
+
+impl<K: Backend> Peers for Peer<K> {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn count(&self) -> usize {
+        self.world
+    }
+
+    fn all_sum(&self, values: Vec<f32>) -> Result<Vec<f32>> {
+        let n = values.len();
+        let t = Tensor::<K, 1>::from_data(TensorData::new(values, [n]), &self.device);
+        Ok(to_f32(self.all_sum_tensor(t)?))
+    }
+}
+
+impl<K: Backend> Exchange<K> for Peer<K> {
+    fn all_sum_tensor(&self, t: Tensor<K, 1>) -> Result<Tensor<K, 1>> {
+        self.watch.since_ms.store(self.started.elapsed().as_millis() as u64, Ordering::SeqCst);
+        self.watch.entered.fetch_add(1, Ordering::SeqCst);
+        let out = burn_collective::all_reduce::<K>(self.id(), t.into_primitive().tensor(), ReduceOperation::Sum)
+            .map_err(|e| collective_error(&self.name, "all-reduce", e))?;
+        self.watch.left.fetch_add(1, Ordering::SeqCst);
+        Ok(Tensor::from_primitive(TensorPrimitive::Float(out)))
+    }
+
+    fn as_peers(&self) -> &dyn Peers {
+        self
+    }
+}
+
+impl<K: Backend> Drop for Peer<K> {
+    fn drop(&mut self) {
+        // Leaves the collective; errors here (a run already failing) add nothing.
+        let _ = burn_collective::finish_collective::<K>(self.id());
+    }
+}
+
+/// The burn-collective settings of this node.
+fn collective_config(cfg: &DistributedConfig) -> Result<CollectiveConfig> {
+    let config = CollectiveConfig::default().with_num_devices(cfg.peers);
+    if cfg.nodes == 1 {
+        return Ok(config);
+    }
+    let parse = |key: &str, v: &str| v.parse().map_err(|e: String| Error::config(key, e, "config"));
+    let port = cfg.data_port().ok_or_else(|| Error::config("distributed.address", "needs a port", "config"))?;
+    Ok(config
+        .with_num_nodes(cfg.nodes as u32)
+        .with_global_address(parse("distributed.orchestrator", &cfg.orchestrator)?)
+        .with_node_address(parse("distributed.address", &cfg.address)?)
+        .with_data_service_port(port))
+}
+
+/// Runs `body` on each local peer (a thread each) and returns local peer 0's result, or the first
+/// error any peer returns, or a watchdog error when a peer has waited at an exchange longer than
+/// `cfg.timeout_s`. `device(i)` gives local peer `i`'s device. With one peer in the whole run,
+/// `body` runs on this thread with [`Alone`].
+pub fn launch<K, T, F>(cfg: &DistributedConfig, device: impl Fn(usize) -> K::Device, body: F) -> Result<T>
+where
+    K: Backend,
+    T: Send + 'static,
+    F: Fn(Box<dyn Exchange<K>>, K::Device) -> Result<T> + Send + Sync + 'static,
+{
+    if cfg.world() == 1 {
+        return body(Box::new(Alone), device(0));
+    }
+    let config = collective_config(cfg)?;
+    burn_collective::reset_collective::<K>();
+    let body = Arc::new(body);
+    let started = Instant::now();
+    let (tx, rx) = mpsc::channel::<(usize, Result<T>)>();
+    let mut watches = Vec::new();
+    for local in 0..cfg.peers {
+        let rank = cfg.node * cfg.peers + local;
+        let watch = Arc::new(Watch::default());
+        watches.push(watch.clone());
+        let (tx, body, config, dev) = (tx.clone(), body.clone(), config.clone(), device(local));
+        let name = format!("peer {rank} (node {}, local peer {local})", cfg.node);
+        let world = cfg.world();
+        std::thread::Builder::new()
+            .name(format!("peer-{rank}"))
+            .spawn(move || {
+                // Reports a panic as this peer's error instead of leaving the launcher waiting.
+                let mut guard = PanicReport { tx: tx.clone(), local, name: name.clone(), armed: true };
+                let result = burn_collective::register::<K>(PeerId::from(rank), dev.clone(), config)
+                    .map_err(|e| collective_error(&name, "joining the run", e))
+                    .and_then(|_| {
+                        let peer = Peer::<K> { rank, world, device: dev.clone(), watch, started, name: name.clone() };
+                        body(Box::new(peer), dev)
+                    })
+                    .map_err(|e| match e {
+                        e @ Error::Peer { .. } => e,
+                        other => Error::peer(&name, other.to_string()),
+                    });
+                let _ = tx.send((local, result));
+                guard.armed = false;
+            })
+            .map_err(|e| Error::peer("launcher", format!("cannot start a peer thread: {e}")))?;
+    }
+    drop(tx);
+    let timeout = Duration::from_secs(cfg.timeout_s);
+    let mut first = None;
+    let mut done = 0;
+    while done < cfg.peers {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok((local, Ok(out))) => {
+                done += 1;
+                if local == 0 {
+                    first = Some(out);
+                }
+            }
+            Ok((_, Err(e))) => return Err(e),
+            Err(mpsc::RecvTimeoutError::Disconnected) => return Err(Error::peer("launcher", "every peer thread ended without a result")),
+            Err(mpsc::RecvTimeoutError::Timeout) => stalled(cfg, &watches, started, timeout)?,
+        }
+    }
+    first.ok_or_else(|| Error::peer("launcher", "local peer 0 gave no result"))
+}
+
+/// Sends an error for its peer if the thread unwinds before reporting.
+struct PanicReport<T> {
+    tx: mpsc::Sender<(usize, Result<T>)>,
+    local: usize,
+    name: String,
+    armed: bool,
+}
+
+impl<T> Drop for PanicReport<T> {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = self.tx.send((self.local, Err(Error::peer(&self.name, "stopped unexpectedly (panicked)"))));
+        }
+    }
+}
+
+/// The watchdog: an error when a local peer has waited at an exchange for longer than `timeout`.
+fn stalled(cfg: &DistributedConfig, watches: &[Arc<Watch>], started: Instant, timeout: Duration) -> Result<()> {
+    let now = started.elapsed().as_millis() as u64;
+    let most = watches.iter().map(|w| w.entered.load(Ordering::SeqCst)).max().unwrap_or(0);
+    for (local, w) in watches.iter().enumerate() {
+        let waiting = w.entered.load(Ordering::SeqCst) > w.left.load(Ordering::SeqCst);
+        let since = w.since_ms.load(Ordering::SeqCst);
+        if waiting && now.saturating_sub(since) > timeout.as_millis() as u64 {
+            let behind: Vec<String> = watches
+                .iter()
+                .enumerate()
+                .filter(|(_, o)| o.entered.load(Ordering::SeqCst) < most)
+                .map(|(i, _)| format!("peer {}", cfg.node * cfg.peers + i))
+                .collect();
+            let missing = if behind.is_empty() { "a peer of another node".to_string() } else { behind.join(", ") };
+            return Err(Error::peer(
+                format!("peer {}", cfg.node * cfg.peers + local),
+                format!(
+                    "waited {} s at exchange {} for {missing}, which did not arrive (distributed.timeout_s = {})",
+                    now.saturating_sub(since) / 1000,
+                    w.entered.load(Ordering::SeqCst),
+                    cfg.timeout_s
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
