@@ -72,8 +72,7 @@ fn one_image_per_batch_has_no_negatives() {
     let _rng = serial();
     let device = Default::default();
     let model = QFormer::<B>::new(&small(), &device);
-    let out =
-        stage1_loss(&model, &batch(3, Some(vec![4, 4, 4]), 1), &ObjectiveConfig::default(), &NegativeSampler::new(0), false).unwrap();
+    let out = stage1_loss(&model, &batch(3, Some(vec![4, 4, 4]), 1), &ObjectiveConfig::default(), &NegativeSampler::new(0), false).unwrap();
     assert_eq!(out.sampler.without_negative, 6);
     assert!(out.loss.into_scalar().is_finite());
 }

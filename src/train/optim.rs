@@ -116,6 +116,11 @@ impl<B: TrainBackend> GradAccumulator<B> {
         host.iter().sum::<f64>().sqrt()
     }
 
+    /// The gradients on the host, one per parameter in visit order (`None`: no gradient).
+    pub fn to_host(&self) -> Vec<Option<Vec<f32>>> {
+        self.grads.iter().map(|g| g.clone().map(to_f32)).collect()
+    }
+
     pub fn scale(&mut self, factor: f64) {
         for g in self.grads.iter_mut().flatten() {
             *g = g.clone().mul_scalar(factor);

@@ -1,0 +1,151 @@
+//! Data parallelism computes the one-device step: 2 peers × batch B against 1 peer × batch 2B,
+//! with dropout on and sampled hard negatives, compare every loss term, every gradient (summed
+//! over the peers) and the weights after 3 AdamW steps. Only the order of reductions differs.
+//!
+//! Tolerance 1e-5: relative for loss terms; for a tensor, its difference's norm against 1e-5 of
+//! its norm, or of the whole set's root-mean-square value scaled to the tensor's size when that is
+//! larger. The floor is for tensors that are rounding noise on both sides: the attention key
+//! biases, whose gradient is zero in exact arithmetic (softmax ignores a shift), and the biases
+//! that start at zero, which AdamW moves by about `lr` per step whatever the size of a gradient
+//! element, so that elements whose gradient cancels to near zero move by rounding-sized
+//! differences amplified to `lr`.
+
+mod common;
+
+use std::sync::Arc;
+
+use burn::tensor::Tensor;
+use common::{batch, serial, small, workdir, B};
+use qformer::interop::weights::save_weights;
+use qformer::model::QFormer;
+use qformer::objectives::{stage1_loss_across, NegativeSampler, ObjectiveConfig, Stage1Batch};
+use qformer::train::collective::launch;
+use qformer::train::config::{DistributedConfig, OptimConfig};
+use qformer::train::optim::{AdamW, GradAccumulator};
+use qformer::train::trainer::Trainer;
+
+const GLOBAL: usize = 8;
+const STEPS: usize = 3;
+
+/// What a run reports from its first peer.
+struct Outcome {
+    /// Loss, ITC, ITM, ITG of the first step, summed over peers.
+    terms: Vec<f32>,
+    grads: Vec<Option<Vec<f32>>>,
+    /// Each step's loss and terms from `Trainer::step`.
+    steps: Vec<[f64; 4]>,
+    weights: Vec<(String, Vec<f32>)>,
+}
+
+fn run(peers: usize, image_ids: Vec<i64>, name: &str) -> Outcome {
+    let device = Default::default();
+    let cfg = small();
+    // Weights and data drawn once, before the peers start.
+    <B as burn::tensor::backend::Backend>::seed(&device, 1);
+    let model = QFormer::<B>::new(&cfg, &device);
+    let data = batch(GLOBAL, Some(image_ids), 7);
+    let dir = workdir(&format!("data_parallel_{name}_{peers}"));
+    let dist = DistributedConfig { peers, ..Default::default() };
+    let shared = Arc::new((model, data, cfg, dir));
+    launch::<<B as burn::tensor::backend::AutodiffBackend>::InnerBackend, _, _>(
+        &dist,
+        |_| device,
+        move |exchange, _| {
+            let (model, data, cfg, dir) = &*shared;
+            let (rank, count) = (exchange.rank(), exchange.count());
+            let rows: Vec<usize> = (rank * GLOBAL / count..(rank + 1) * GLOBAL / count).collect();
+            let objectives = ObjectiveConfig::default();
+            let mut trainer =
+                Trainer::new(model.clone(), AdamW::new(&OptimConfig::default(), model), objectives.clone(), (Some(1.0), 3), exchange);
+            let slice = |trainer: &Trainer<B>, step: usize| -> Stage1Batch<B> {
+                let feats = Tensor::cat(rows.iter().map(|&r| data.image_feats.clone().narrow(0, r, 1)).collect(), 0);
+                let ids = rows.iter().map(|&r| data.image_ids.as_ref().unwrap()[r]).collect();
+                let positions: Vec<u64> = rows.iter().map(|&r| (step * GLOBAL + r) as u64).collect();
+                trainer.batch(feats, data.text.select(&rows), ids, &positions).unwrap()
+            };
+            let first = slice(&trainer, 0);
+            let out = stage1_loss_across(model, &first, &objectives, &NegativeSampler::new(5), true, trainer.peers().as_peers())?;
+            let terms: Vec<f32> = [out.loss.clone(), out.itc.clone().unwrap(), out.itm.clone().unwrap(), out.itg.clone().unwrap()]
+                .into_iter()
+                .map(|t| t.into_scalar())
+                .collect();
+            let terms = trainer.peers().all_sum(terms)?;
+            let mut grads = GradAccumulator::new(model);
+            grads.add(model, &out.loss.backward());
+            grads.all_sum(trainer.peers())?;
+            let mut steps = Vec::new();
+            for step in 0..STEPS {
+                let micro = slice(&trainer, step);
+                let r = trainer.step(&[micro], 1e-4, false)?;
+                assert!(!r.skipped_update);
+                steps.push([r.loss, r.terms[0].unwrap(), r.terms[1].unwrap(), r.terms[2].unwrap()]);
+            }
+            let path = dir.join(format!("rank{rank}.safetensors"));
+            save_weights(&trainer.model, cfg, &path)?;
+            Ok(Outcome { terms, grads: grads.to_host(), steps, weights: common::tensors(&path) })
+        },
+    )
+    .unwrap()
+}
+
+fn norm(v: &[f32]) -> f64 {
+    v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt()
+}
+
+/// The root-mean-square element of a set of tensors.
+fn rms<'a>(tensors: impl Iterator<Item = &'a [f32]>) -> f64 {
+    let (sum, n) = tensors.fold((0.0, 0usize), |(s, n), t| (s + norm(t).powi(2), n + t.len()));
+    (sum / n as f64).sqrt()
+}
+
+fn assert_close_tensor(what: &str, a: &[f32], b: &[f32], rms: f64) {
+    assert_eq!(a.len(), b.len(), "{what}");
+    let diff: Vec<f32> = a.iter().zip(b).map(|(x, y)| x - y).collect();
+    let (d, n) = (norm(&diff), norm(b));
+    let scale = n.max(rms * (b.len() as f64).sqrt());
+    assert!(d <= 1e-5 * scale, "{what}: |a - b| = {d:e}, |b| = {n:e}, scale {scale:e}");
+}
+
+fn assert_close(what: &str, a: f64, b: f64) {
+    assert!((a - b).abs() <= 1e-5 * b.abs().max(1e-6), "{what}: {a} vs {b}");
+}
+
+fn compare(image_ids: Vec<i64>, name: &str) {
+    let _turn = serial();
+    let one = run(1, image_ids.clone(), name);
+    let two = run(2, image_ids, name);
+    for (i, (a, b)) in two.terms.iter().zip(&one.terms).enumerate() {
+        assert_close(&format!("first-step term {i}"), f64::from(*a), f64::from(*b));
+    }
+    assert_eq!(one.grads.len(), two.grads.len());
+    let grad_rms = rms(one.grads.iter().flatten().map(Vec::as_slice));
+    for (i, (a, b)) in two.grads.iter().zip(&one.grads).enumerate() {
+        match (a, b) {
+            (Some(a), Some(b)) => assert_close_tensor(&format!("gradient {i}"), a, b, grad_rms),
+            (None, None) => {}
+            _ => panic!("gradient {i}: present on one side only"),
+        }
+    }
+    for (s, (a, b)) in two.steps.iter().zip(&one.steps).enumerate() {
+        for i in 0..4 {
+            assert_close(&format!("step {s} term {i}"), a[i], b[i]);
+        }
+    }
+    assert_eq!(one.weights.len(), two.weights.len());
+    let weight_rms = rms(one.weights.iter().map(|(_, w)| w.as_slice()));
+    for ((name_a, a), (name_b, b)) in two.weights.iter().zip(&one.weights) {
+        assert_eq!(name_a, name_b);
+        assert_close_tensor(&format!("weights {name_a} after {STEPS} steps"), a, b, weight_rms);
+    }
+}
+
+#[test]
+fn two_peers_compute_the_one_device_step() {
+    compare((0..GLOBAL as i64).collect(), "distinct");
+}
+
+#[test]
+fn shared_images_that_straddle_peers() {
+    // Rows 3 and 4 (one on each peer) and rows 0 and 6 show the same image.
+    compare(vec![0, 1, 2, 3, 3, 4, 0, 5], "shared");
+}
