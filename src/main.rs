@@ -68,6 +68,13 @@ enum Command {
         #[arg(long, conflicts_with = "resume")]
         overwrite: bool,
     },
+    /// Run the orchestrator that the nodes of a multi-machine run meet at (`[distributed]`
+    /// `orchestrator = "ws://HOST:PORT"`). Start it with the run, and again after a failure.
+    Orchestrator {
+        /// Port to listen on.
+        #[arg(long, default_value_t = 3000)]
+        port: u16,
+    },
     /// Run objective ablations of a config and write a table of losses and held-out R@1.
     Ablate {
         #[command(flatten)]
@@ -456,6 +463,10 @@ fn main() -> Result<()> {
                 hf::SIDECAR_FILE,
                 e.sidecar_tensors
             );
+        }
+        Command::Orchestrator { port } => {
+            eprintln!("orchestrator listening on port {port}; Ctrl-C stops it");
+            qformer::app::orchestrator::serve(port).context("orchestrator failed")?;
         }
         Command::Bench {
             backend,

@@ -8,4 +8,5 @@ pub mod check_loss;
 pub mod console;
 pub mod eval;
 pub mod export;
+pub mod orchestrator;
 pub mod report;

@@ -93,13 +93,29 @@ impl<K: Backend> Peers for Peer<K> {
     }
 }
 
-impl<K: Backend> Exchange<K> for Peer<K> {
-    fn all_sum_tensor(&self, t: Tensor<K, 1>) -> Result<Tensor<K, 1>> {
+impl<K: Backend> Peer<K> {
+    /// Runs one exchange under the watchdog's eye: it sees the peer enter, and leave.
+    fn watched<T>(&self, exchange: impl FnOnce() -> T) -> T {
         self.watch.since_ms.store(self.started.elapsed().as_millis() as u64, Ordering::SeqCst);
         self.watch.entered.fetch_add(1, Ordering::SeqCst);
-        let out = burn_collective::all_reduce::<K>(self.id(), t.into_primitive().tensor(), ReduceOperation::Sum)
-            .map_err(|e| collective_error(&self.name, "all-reduce", e))?;
+        let out = exchange();
         self.watch.left.fetch_add(1, Ordering::SeqCst);
+        out
+    }
+
+    /// Joins the run: waits until every peer of every node has registered (watched, as a peer or
+    /// node that never comes must not leave the others waiting forever).
+    fn register(&self, config: CollectiveConfig) -> Result<()> {
+        self.watched(|| burn_collective::register::<K>(self.id(), self.device.clone(), config))
+            .map_err(|e| collective_error(&self.name, "joining the run", e))
+    }
+}
+
+impl<K: Backend> Exchange<K> for Peer<K> {
+    fn all_sum_tensor(&self, t: Tensor<K, 1>) -> Result<Tensor<K, 1>> {
+        let out = self
+            .watched(|| burn_collective::all_reduce::<K>(self.id(), t.into_primitive().tensor(), ReduceOperation::Sum))
+            .map_err(|e| collective_error(&self.name, "all-reduce", e))?;
         Ok(Tensor::from_primitive(TensorPrimitive::Float(out)))
     }
 
@@ -155,24 +171,30 @@ where
         watches.push(watch.clone());
         let (tx, body, config, dev) = (tx.clone(), body.clone(), config.clone(), device(local));
         let name = format!("peer {rank} (node {}, local peer {local})", cfg.node);
-        let world = cfg.world();
+        let (world, nodes) = (cfg.world(), cfg.nodes);
         std::thread::Builder::new()
             .name(format!("peer-{rank}"))
             .spawn(move || {
-                // Reports a panic as this peer's error instead of leaving the launcher waiting.
-                let mut guard = PanicReport { tx: tx.clone(), local, name: name.clone(), armed: true };
-                let result = burn_collective::register::<K>(PeerId::from(rank), dev.clone(), config)
-                    .map_err(|e| collective_error(&name, "joining the run", e))
-                    .and_then(|_| {
-                        let peer = Peer::<K> { rank, world, device: dev.clone(), watch, started, name: name.clone() };
-                        body(Box::new(peer), dev)
-                    })
-                    .map_err(|e| match e {
-                        e @ Error::Peer { .. } => e,
-                        other => Error::peer(&name, other.to_string()),
-                    });
+                let peer = Peer::<K> { rank, world, device: dev.clone(), watch, started, name: name.clone() };
+                // A panic (burn-collective panics when a connection to another node breaks)
+                // becomes this peer's error instead of leaving the launcher waiting.
+                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    peer.register(config).and_then(|_| body(Box::new(peer), dev))
+                }));
+                let result = match run {
+                    Ok(Ok(out)) => Ok(out),
+                    Ok(Err(e @ Error::Peer { .. })) => Err(e),
+                    Ok(Err(other)) => Err(Error::peer(&name, other.to_string())),
+                    Err(panic) => Err(Error::peer(
+                        &name,
+                        format!(
+                            "stopped unexpectedly ({}){}",
+                            panic_message(panic.as_ref()),
+                            if nodes > 1 { "; with several nodes this usually means that another node stopped" } else { "" }
+                        ),
+                    )),
+                };
                 let _ = tx.send((local, result));
-                guard.armed = false;
             })
             .map_err(|e| Error::peer("launcher", format!("cannot start a peer thread: {e}")))?;
     }
@@ -189,27 +211,20 @@ where
                 }
             }
             Ok((_, Err(e))) => return Err(e),
-            Err(mpsc::RecvTimeoutError::Disconnected) => return Err(Error::peer("launcher", "every peer thread ended without a result")),
+            Err(mpsc::RecvTimeoutError::Disconnected) => return Err(Error::peer("launcher", "a peer thread ended without a result")),
             Err(mpsc::RecvTimeoutError::Timeout) => stalled(cfg, &watches, started, timeout)?,
         }
     }
     first.ok_or_else(|| Error::peer("launcher", "local peer 0 gave no result"))
 }
 
-/// Sends an error for its peer if the thread unwinds before reporting.
-struct PanicReport<T> {
-    tx: mpsc::Sender<(usize, Result<T>)>,
-    local: usize,
-    name: String,
-    armed: bool,
-}
-
-impl<T> Drop for PanicReport<T> {
-    fn drop(&mut self) {
-        if self.armed {
-            let _ = self.tx.send((self.local, Err(Error::peer(&self.name, "stopped unexpectedly (panicked)"))));
-        }
-    }
+/// The text of a panic's payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 /// The watchdog: an error when a local peer has waited at an exchange for longer than `timeout`.
@@ -230,9 +245,12 @@ fn stalled(cfg: &DistributedConfig, watches: &[Arc<Watch>], started: Instant, ti
             return Err(Error::peer(
                 format!("peer {}", cfg.node * cfg.peers + local),
                 format!(
-                    "waited {} s at exchange {} for {missing}, which did not arrive (distributed.timeout_s = {})",
+                    "waited {} s {} for {missing}, which did not arrive (distributed.timeout_s = {})",
                     now.saturating_sub(since) / 1000,
-                    w.entered.load(Ordering::SeqCst),
+                    match w.entered.load(Ordering::SeqCst) {
+                        1 => "to join the run".to_string(),
+                        n => format!("at exchange {}", n - 1),
+                    },
                     cfg.timeout_s
                 ),
             ));
