@@ -155,3 +155,41 @@ fn the_command_line_backend_is_used_and_recorded_and_a_finished_run_says_so() {
     assert!(stderr.contains("nothing left to do"), "{stderr}");
     assert!(stdout.contains("final: loss") && !stdout.contains("final: loss 0.000"), "{stdout}");
 }
+
+/// Per-step training records: without the wall-clock field, and without held-out retrieval
+/// (evaluated at the last step of each attempt).
+fn records(run_dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let m = v.as_object_mut().unwrap();
+            m.remove("pairs_per_s");
+            m.remove("retrieval");
+            v.to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn resume_auto_starts_fresh_without_a_checkpoint_and_continues_with_one() {
+    let dir = workdir("auto");
+    let cfg = RunConfig::miniature(6).write(&dir, "run");
+    // A constant schedule: 3 steps then 3 more are the 6-step run.
+    let constant = ["--set", "schedule.kind=\"constant\""];
+    let run_dir = dir.join("checkpoints/run");
+    // What an attempt stopped before its first checkpoint leaves behind.
+    std::fs::create_dir_all(&run_dir).unwrap();
+    std::fs::write(run_dir.join("metrics.jsonl"), "").unwrap();
+    let out = run(&cfg, &[&constant[..], &["--set", "train.steps=3", "--resume", "auto"]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(&cfg, &[&constant[..], &["--resume", "auto"]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("resumed from"));
+    let straight = run(&cfg, &[&constant[..], &["--set", "train.run_name=\"straight\""]].concat());
+    assert!(straight.status.success());
+    let resumed = records(&run_dir);
+    assert_eq!(resumed.len(), 6);
+    assert_eq!(resumed, records(&dir.join("checkpoints/straight")));
+}
