@@ -34,8 +34,26 @@ pub fn write_safetensors(path: &Path, tensors: Vec<(String, OwnedTensor)>, metad
                 .map_err(|e| Error::file(path, format!("tensor {name}: {e}")))
         })
         .collect::<Result<_>>()?;
-    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| Error::file(path, e.to_string()))?;
-    write_atomic(path, &bytes)
+    let bytes = safetensors::serialize(views, None).map_err(|e| Error::file(path, e.to_string()))?;
+    write_atomic(path, &with_metadata(&bytes, metadata).map_err(|e| Error::file(path, e))?)
+}
+
+/// Adds `metadata` to a serialised file's header with its keys sorted: the crate writes a
+/// `HashMap` in its random iteration order, so two runs would write different bytes for the same
+/// content. The header is padded to a multiple of 8 bytes, as the format requires.
+fn with_metadata(bytes: &[u8], metadata: HashMap<String, String>) -> std::result::Result<Vec<u8>, String> {
+    let n = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize).ok_or("no header")?;
+    let header = bytes.get(8..8 + n).ok_or("header past the end")?;
+    let mut json: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(header).map_err(|e| e.to_string())?;
+    let sorted: std::collections::BTreeMap<String, String> = metadata.into_iter().collect();
+    json.insert("__metadata__".into(), serde_json::to_value(sorted).map_err(|e| e.to_string())?);
+    let mut header = serde_json::to_vec(&json).map_err(|e| e.to_string())?;
+    header.resize(header.len().div_ceil(8) * 8, b' ');
+    let mut out = Vec::with_capacity(8 + header.len() + bytes.len() - 8 - n);
+    out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&bytes[8 + n..]);
+    Ok(out)
 }
 
 /// Where one tensor lies in the file.
@@ -135,7 +153,28 @@ fn half_to_f32(h: u16) -> f32 {
 
 #[cfg(test)]
 mod tests {
-    use super::half_to_f32;
+    use super::*;
+
+    #[test]
+    fn the_same_content_gives_the_same_bytes() {
+        let dir = std::env::temp_dir().join(format!("qformer-st-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let meta = || (0..8).map(|i| (format!("key{i}"), format!("value{i}"))).collect::<HashMap<_, _>>();
+        let write = |name: &str| {
+            let path = dir.join(name);
+            let t =
+                vec![("b".to_string(), OwnedTensor::f32(vec![3], &[1.0, 2.0, 3.0])), ("a".to_string(), OwnedTensor::f32(vec![1], &[4.0]))];
+            write_safetensors(&path, t, meta()).unwrap();
+            std::fs::read(&path).unwrap()
+        };
+        // Eight keys in two fresh `HashMap`s: their iteration orders differ almost surely.
+        let (x, y) = (write("x.safetensors"), write("y.safetensors"));
+        assert_eq!(x, y);
+        let f = SafetensorsFile::open(&dir.join("x.safetensors")).unwrap();
+        assert_eq!(f.metadata().unwrap(), meta());
+        assert_eq!(f.f32("b").unwrap(), (vec![3], vec![1.0, 2.0, 3.0]));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn half_conversion() {
