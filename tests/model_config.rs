@@ -150,3 +150,28 @@ fn transformers_fields_that_change_the_function_are_checked_by_name() {
     whole["not_a_field"] = serde_json::json!(1);
     assert!(model_config_from_json(&whole.to_string(), "config.json").unwrap_err().to_string().contains("config.not_a_field"));
 }
+
+#[test]
+fn distributed_settings_are_validated_with_the_key_named() {
+    let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/tiny.toml");
+    let error = |sets: &[&str]| {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        qformer::train::config::TrainConfig::load(&cfg, &sets).unwrap_err().to_string()
+    };
+    let ok = qformer::train::config::TrainConfig::load(&cfg, &["distributed.peers=4".into()]).unwrap();
+    assert_eq!(ok.distributed.world(), 4);
+    let e = error(&["distributed.peers=3"]);
+    assert!(e.starts_with("train.batch_size:") && e.contains("3 peers"), "{e}");
+    let e = error(&["distributed.nodes=2", "distributed.node=2"]);
+    assert!(e.starts_with("distributed.node:"), "{e}");
+    let e = error(&["distributed.nodes=2"]);
+    assert!(e.starts_with("distributed.orchestrator:"), "{e}");
+    let e = error(&["distributed.nodes=2", "distributed.orchestrator=\"ws://10.0.0.1:3000\"", "distributed.address=\"ws://10.0.0.2\""]);
+    assert!(e.starts_with("distributed.address:"), "{e}");
+    let e = error(&["distributed.peers=2", "distributed.devices=[0]"]);
+    assert!(e.starts_with("distributed.devices:"), "{e}");
+    let e = error(&["distributed.peers=2", "objectives.itc_gradient=\"full\""]);
+    assert!(e.starts_with("objectives.itc_gradient:"), "{e}");
+    let e = error(&["distributed.timeout_s=0"]);
+    assert!(e.contains("distributed.timeout_s"), "{e}");
+}
