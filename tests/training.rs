@@ -339,3 +339,30 @@ fn evaluation_during_training_keeps_the_best_checkpoint_and_reports() {
     let md = std::fs::read_to_string(md).unwrap();
     assert_eq!(md.lines().filter(|l| l.starts_with("| mini")).count(), 2, "{md}");
 }
+
+/// A run whose ITM sits at the loss of a constant answer warns once, naming the figure; with the
+/// check off it does not. The miniature run's ITM has not moved from that loss in 4 steps.
+#[test]
+fn a_stalled_itm_is_reported_once() {
+    let dir = common::workdir("itm_stall");
+    let cfg = common::RunConfig::miniature(4).write(&dir, "run");
+    let run = |sets: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_qformer"))
+            .args(["train", "--config"])
+            .arg(&cfg)
+            .args(["--overwrite", "--set", "log.itm_stall_margin=0.1"])
+            .args(sets.iter().flat_map(|s| ["--set", s]))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let stderr = run(&["log.itm_stall_steps=2"]);
+    assert_eq!(stderr.matches("ITM has stayed within 0.1 of").count(), 1, "{stderr}");
+    assert!(stderr.contains("step 2: warning"), "{stderr}");
+    let records = qformer::train::metrics::MetricsLog::read(&dir.join("checkpoints/run")).unwrap();
+    let c = records[0].itm_constant.expect("the constant answer's loss is logged");
+    // Batch 6: 6 matching pairs and 12 negatives, one per direction and row.
+    assert!((c - (3f64.ln() - 2.0 / 3.0 * 2f64.ln())).abs() < 1e-9, "{c}");
+    assert!(!run(&["log.itm_stall_steps=0"]).contains("ITM has stayed"));
+}

@@ -96,6 +96,8 @@ pub struct Stage1Output<B: Kernels> {
     pub sim_i2t: Option<Tensor<B, 2>>,
     /// `[pairs, 2]`, this peer's pairs.
     pub itm_logits: Option<Tensor<B, 2>>,
+    /// ITM's label mix over the global batch: (matching pairs, all pairs).
+    pub itm_labels: Option<(usize, usize)>,
     pub sampler: SamplerStats,
 }
 
@@ -251,6 +253,7 @@ pub fn stage1_loss_across<B: Kernels>(
         itg: None,
         sim_i2t: None,
         itm_logits: None,
+        itm_labels: None,
         sampler: SamplerStats::default(),
     };
     let mut sims = None;
@@ -292,6 +295,7 @@ pub fn stage1_loss_across<B: Kernels>(
         let pairs = ItmPairs::new(&ext.neg_image, &ext.neg_text, &batch.keys);
         let itm = itm_loss(model, &ext.image_kv, &ext.text, &pairs, train);
         out.itm = Some(share(itm.loss, pairs.labels.len(), global.itm_pairs()));
+        out.itm_labels = Some(if several { (global.split.total(), global.itm_pairs()) } else { (b, pairs.labels.len()) });
         out.itm_logits = Some(itm.logits);
     }
 

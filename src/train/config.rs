@@ -185,11 +185,15 @@ impl Default for CheckpointConfig {
 pub struct LogConfig {
     /// Steps between plain progress lines when stderr is not a terminal.
     pub every: u64,
+    /// Steps in a row with ITM within `itm_stall_margin` of its constant answer's loss before the
+    /// run warns (once) that ITM is not learning; 0: never.
+    pub itm_stall_steps: u64,
+    pub itm_stall_margin: f64,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { every: 10 }
+        Self { every: 10, itm_stall_steps: 100, itm_stall_margin: 0.01 }
     }
 }
 
@@ -495,6 +499,9 @@ impl TrainConfig {
         }
         if self.log.every == 0 {
             return err("log.every", "must be > 0".into());
+        }
+        if !(self.log.itm_stall_margin >= 0.0 && self.log.itm_stall_margin.is_finite()) {
+            return err("log.itm_stall_margin", "must be >= 0".into());
         }
         let d = &self.distributed;
         if d.peers == 0 || d.nodes == 0 {

@@ -26,6 +26,10 @@ pub struct StepMetrics {
     pub loss_itm: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "null_is_nan_term")]
     pub loss_itg: Option<f64>,
+    /// The loss a constant answer gets for this step's ITM label mix (ITM's floor when it does
+    /// not tell pairs apart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub itm_constant: Option<f64>,
     pub lr: f64,
     pub temp: f64,
     #[serde(deserialize_with = "null_is_nan")]

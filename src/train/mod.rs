@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod collective;
 pub mod config;
+pub mod diagnostics;
 pub mod metrics;
 pub mod optim;
 pub mod run;

@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use super::checkpoint::{self, TrainState, MODEL_FILE, OPTIMIZER_FILE};
 use super::collective::{launch, Exchange};
+use super::diagnostics::ItmStall;
 use super::metrics::{MetricsLog, Progress, StepMetrics};
 use super::optim::AdamW;
 use super::run_lock::RunLock;
@@ -367,6 +368,7 @@ fn run_peer<B: TrainBackend>(shared: &Shared<B>, peers: Box<dyn Exchange<B::Inne
     progress.start(state.step, total);
     let per_step = (t.batch_size * t.grad_accum) as u64;
     let mut consecutive_bad = 0usize;
+    let mut itm_stall = ItmStall::new(cfg.log.itm_stall_steps, cfg.log.itm_stall_margin);
     let mut last = StepMetrics::default();
     let mut recall = None;
     let run_dir = &shared.run_dir;
@@ -415,6 +417,7 @@ fn run_peer<B: TrainBackend>(shared: &Shared<B>, peers: Box<dyn Exchange<B::Inne
             loss_itc: report.terms[0],
             loss_itm: report.terms[1],
             loss_itg: report.terms[2],
+            itm_constant: report.itm_constant,
             lr,
             temp: scalar(model.temp.val().inner()),
             grad_norm: report.grad_norm,
@@ -468,6 +471,9 @@ fn run_peer<B: TrainBackend>(shared: &Shared<B>, peers: Box<dyn Exchange<B::Inne
         }
         metrics.append(&last)?;
         progress.step(&last, total);
+        if let Some(warning) = itm_stall.observe(last.loss_itm, last.itm_constant) {
+            progress.note(&format!("step {}: {warning}", state.step));
+        }
         // The step that trips the limit is recorded, and no checkpoint is written after it.
         if let Some(e) = stop {
             progress.finish();

@@ -8,6 +8,7 @@ use burn::module::{AutodiffModule, Param};
 use burn::tensor::Tensor;
 
 use super::collective::Exchange;
+use super::diagnostics::constant_answer_loss;
 use super::optim::{AdamW, GradAccumulator};
 use crate::data::text::TextBatch;
 use crate::kernels::TrainBackend;
@@ -28,6 +29,8 @@ pub struct StepReport {
     /// The global batch's loss and its ITC, ITM and ITG terms (micro-batches averaged).
     pub loss: f64,
     pub terms: [Option<f64>; 3],
+    /// The loss of a constant answer for the step's ITM label mix ([`constant_answer_loss`]).
+    pub itm_constant: Option<f64>,
     pub grad_norm: f64,
     /// The update was skipped: the loss or a gradient was not finite.
     pub skipped_update: bool,
@@ -93,6 +96,7 @@ impl<B: TrainBackend> Trainer<B> {
         let mut values = [0.0f64; 6];
         let mut present = [false; 3];
         let mut forward = 0.0;
+        let mut itm_constant = None;
         for batch in micro {
             let t = Instant::now();
             let out = stage1_loss_across(&self.model, batch, &self.objectives, &self.sampler, true, self.peers.as_peers())?;
@@ -111,6 +115,9 @@ impl<B: TrainBackend> Trainer<B> {
                 }
             }
             values[4] += out.sampler.fallbacks as f64;
+            if let Some(c) = out.itm_labels.and_then(|(positives, pairs)| constant_answer_loss(positives, pairs)) {
+                itm_constant = Some(itm_constant.unwrap_or(0.0) + c / accum);
+            }
             forward += t.elapsed().as_secs_f64();
             grads.add(&self.model, &out.loss.div_scalar(accum).backward());
         }
@@ -135,6 +142,7 @@ impl<B: TrainBackend> Trainer<B> {
         Ok(StepReport {
             loss: values[0],
             terms: std::array::from_fn(|i| present[i].then_some(values[1 + i])),
+            itm_constant,
             grad_norm,
             skipped_update,
             sampler_fallbacks: values[4] as usize,
