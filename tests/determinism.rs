@@ -12,6 +12,10 @@ use std::process::Command;
 
 use common::{tensors, workdir, RunConfig};
 
+fn records(run: &Path) -> Vec<String> {
+    common::records(run, &[])
+}
+
 const STEPS: u64 = 24;
 
 fn train(cfg: &Path, run: &str, threads: usize) {
@@ -23,22 +27,6 @@ fn train(cfg: &Path, run: &str, threads: usize) {
         .output()
         .unwrap();
     assert!(out.status.success(), "{run} ({threads} threads) failed:\n{}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// Every per-step record without its wall-clock fields (pairs/s, evaluation timings).
-fn records(run: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    text.lines()
-        .map(|line| {
-            let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
-            let m = v.as_object_mut().unwrap();
-            m.remove("pairs_per_s");
-            if let Some(e) = m.get_mut("evaluation").and_then(|e| e.as_object_mut()) {
-                e.remove("timing");
-            }
-            v.to_string()
-        })
-        .collect()
 }
 
 #[test]

@@ -81,16 +81,8 @@ fn two_nodes(cfg: &Path, resume: bool) {
     }
 }
 
-/// Every per-step record without its wall-clock field.
 fn records(run: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    text.lines()
-        .map(|line| {
-            let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
-            v.as_object_mut().unwrap().remove("pairs_per_s");
-            v.to_string()
-        })
-        .collect()
+    common::records(run, &[])
 }
 
 fn local_reference(dir: &Path, steps: u64) -> PathBuf {

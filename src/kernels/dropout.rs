@@ -18,10 +18,6 @@ impl DropoutKeys {
         Self(rows)
     }
 
-    pub fn rows(&self) -> &[u64] {
-        &self.0
-    }
-
     /// The root site of the pass; sub-sites come from [`DropoutSite::at`].
     pub fn site(&self) -> DropoutSite<'_> {
         DropoutSite { rows: &self.0, path: 0 }

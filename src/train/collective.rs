@@ -62,15 +62,6 @@ impl<K: Backend> Peer<K> {
     fn id(&self) -> PeerId {
         PeerId::from(self.rank)
     }
-
-    pub fn device(&self) -> &K::Device {
-        &self.device
-    }
-
-    /// Peers of node 0 that write the run's files: only its first.
-    pub fn is_leader(&self) -> bool {
-        self.rank == 0
-    }
 }
 
 fn collective_error(peer: &str, what: &str, e: burn_collective::CollectiveError) -> Error {

@@ -122,12 +122,13 @@ impl<B: TrainBackend> Trainer<B> {
             grads.add(&self.model, &out.loss.div_scalar(accum).backward());
         }
         values[5] = f64::from(u8::from(stop));
+        let mut bytes_reduced = grads.all_sum(self.peers.as_ref())?;
         if self.peers.count() > 1 {
             // Each peer's terms are its share of the global mean: their sum is the global loss.
             let summed = self.peers.all_sum(values.iter().map(|&v| v as f32).collect())?;
             values = std::array::from_fn(|i| f64::from(summed[i]));
+            bytes_reduced += (values.len() * 4) as u64;
         }
-        let bytes_reduced = grads.all_sum(self.peers.as_ref())?;
         let grad_norm = grads.norm();
         let backward = started.elapsed().as_secs_f64() - forward;
         let skipped_update = !(values[0].is_finite() && grad_norm.is_finite());
@@ -147,7 +148,7 @@ impl<B: TrainBackend> Trainer<B> {
             skipped_update,
             sampler_fallbacks: values[4] as usize,
             stop: values[5] > 0.0,
-            bytes_reduced: bytes_reduced + if self.peers.count() > 1 { 24 } else { 0 },
+            bytes_reduced,
             phases: [forward, backward, update.elapsed().as_secs_f64()],
         })
     }

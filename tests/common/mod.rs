@@ -245,6 +245,26 @@ pub fn workdir(name: &str) -> PathBuf {
     dir
 }
 
+/// A run's per-step records (`metrics.jsonl`) as JSON text without their wall-clock fields
+/// (pairs/s, evaluation timings) and without the top-level keys in `without`: what two runs of
+/// the same computation must agree on.
+pub fn records(run: &Path, without: &[&str]) -> Vec<String> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    text.lines()
+        .map(|line| {
+            let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let m = v.as_object_mut().unwrap();
+            for key in ["pairs_per_s"].iter().chain(without) {
+                m.remove(*key);
+            }
+            if let Some(e) = m.get_mut("evaluation").and_then(|e| e.as_object_mut()) {
+                e.remove("timing");
+            }
+            v.to_string()
+        })
+        .collect()
+}
+
 /// Every tensor of a safetensors file, by name.
 pub fn tensors(path: &Path) -> Vec<(String, Vec<f32>)> {
     let f = qformer::interop::safetensors_io::SafetensorsFile::open(path).unwrap();
