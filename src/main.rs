@@ -182,6 +182,9 @@ enum Command {
         /// Images used (all when 0).
         #[arg(long, default_value_t = 0)]
         max_images: usize,
+        /// Images per forward (default: the run's eval.chunk); lower it when the device runs out of memory.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        chunk: Option<u64>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -412,9 +415,9 @@ fn main() -> Result<()> {
                 );
             }
         }
-        Command::Eval { backend, checkpoint, data, k_test, max_images, json } => {
-            let k_test = k_test.map(|k| k as usize);
-            let report = dispatch(backend.or_flex(), EvalJob { checkpoint, data, k_test, max_images }).context("eval failed")?;
+        Command::Eval { backend, checkpoint, data, k_test, max_images, chunk, json } => {
+            let (k_test, chunk) = (k_test.map(|k| k as usize), chunk.map(|c| c as usize));
+            let report = dispatch(backend.or_flex(), EvalJob { checkpoint, data, k_test, max_images, chunk }).context("eval failed")?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

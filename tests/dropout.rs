@@ -23,3 +23,29 @@ fn dropout_only_in_training_and_keyed_by_sample() {
     let renamed = b.clone().keyed(vec![10, 11, 12, 13]).unwrap();
     assert_ne!(train, loss(&renamed, true), "other samples, other masks");
 }
+
+/// The same keys draw the same mask bits on every backend: flex (its in-place loop), ndarray (the
+/// host mask, uploaded) and, built with `--features wgpu`, the GPU path that hashes on the device.
+/// Several keep rates, a 3-d shape whose rows are not a multiple of anything, and nested sites.
+#[test]
+fn masks_are_identical_on_every_backend() {
+    use burn::backend::{Flex, NdArray};
+    use burn::tensor::Tensor;
+    use qformer::kernels::{self, DropoutKeys};
+
+    fn draw<K: qformer::kernels::Kernels>(keys: &DropoutKeys, shape: [usize; 3], p: f64) -> Vec<f32> {
+        let device = Default::default();
+        let site = keys.site().at(2).at(5);
+        kernels::dropout(Tensor::<K, 3>::ones(shape, &device), p, Some(site)).into_data().to_vec::<f32>().unwrap()
+    }
+    // Keys spread over the whole 64-bit range (both words of the row seed matter).
+    let keys = DropoutKeys::new((0..7u64).map(|r| r.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0xdead_beef).collect());
+    for (shape, p) in [([7, 13, 29], 0.1), ([7, 3, 1000], 0.5), ([7, 1, 5], 0.9)] {
+        let flex = draw::<Flex>(&keys, shape, p);
+        let kept = flex.iter().filter(|&&v| v > 0.0).count() as f64 / flex.len() as f64;
+        assert!((kept - (1.0 - p)).abs() < 0.1, "kept {kept} at p = {p}");
+        assert_eq!(draw::<NdArray>(&keys, shape, p), flex, "ndarray, {shape:?} p = {p}");
+        #[cfg(feature = "wgpu")]
+        assert_eq!(draw::<burn::backend::Wgpu>(&keys, shape, p), flex, "wgpu, {shape:?} p = {p}");
+    }
+}

@@ -1,5 +1,6 @@
 //! The fused kernels against burn's own composed ops, forward and gradient, on `flex` (its
-//! hand-written loops) and `ndarray` (the composed fallback inside the fused autodiff op).
+//! hand-written loops), `ndarray` (the composed fallback inside the fused autodiff op) and, built
+//! with `--features wgpu`, burn's wgpu backend (the same fallback on cubecl, CUDA's code path).
 //! Tolerance: 2e-6 of the largest magnitude compared, i.e. f32 rounding.
 
 use burn::backend::{Autodiff, Flex, NdArray};
@@ -224,4 +225,18 @@ fn gathered_rows_scatter_their_gradient_back() {
     }
     check::<Autodiff<Flex>>();
     check::<Autodiff<NdArray>>();
+    #[cfg(feature = "wgpu")]
+    check::<Autodiff<burn::backend::Wgpu>>();
+}
+
+/// The composed fallback on a cubecl backend: every kernel (dropout masks: `tests/dropout.rs`).
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_fallback_matches_burn() {
+    type G = Autodiff<burn::backend::Wgpu>;
+    let _turn = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    layer_norm_matches::<G>();
+    softmax_and_gelu_match::<G>();
+    cross_entropy_matches::<G>();
+    lm_cross_entropy_matches::<G>();
 }

@@ -5,12 +5,17 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use burn::tensor::Tensor;
 use qformer::app::ablate::ablate;
 use qformer::interop::safetensors_io::SafetensorsFile;
 use qformer::kernels::backend::{dispatch, BackendKind};
+use qformer::model::QFormer;
+use qformer::objectives::{Alone, NegativeMode, ObjectiveConfig};
 use qformer::train::checkpoint::{self, MODEL_FILE, OPTIMIZER_FILE};
-use qformer::train::config::TrainConfig;
+use qformer::train::config::{OptimConfig, TrainConfig};
+use qformer::train::optim::AdamW;
 use qformer::train::run::{TrainJob, TrainOutcome};
+use qformer::train::trainer::Trainer;
 
 fn workdir(name: &str) -> PathBuf {
     common::workdir(&format!("train-{name}"))
@@ -30,16 +35,35 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn train(cfg_path: &Path, overrides: &[String], resume: Option<PathBuf>) -> qformer::Result<TrainOutcome> {
-    let cfg = TrainConfig::load(cfg_path, overrides)?;
-    dispatch(BackendKind::Flex, TrainJob::new(cfg, "mini", resume))
+    train_on(BackendKind::Flex, cfg_path, overrides, resume)
+}
+
+fn train_on(backend: BackendKind, cfg_path: &Path, overrides: &[String], resume: Option<PathBuf>) -> qformer::Result<TrainOutcome> {
+    let mut cfg = TrainConfig::load(cfg_path, overrides)?;
+    cfg.train.backend = backend;
+    dispatch(backend, TrainJob::new(cfg, "mini", resume))
 }
 
 #[test]
 fn resumed_run_is_bit_identical_to_an_uninterrupted_one() {
+    resume_is_bit_identical(BackendKind::Flex, "resume");
+}
+
+/// Training steps, checkpoints, evaluation and an exact resume on a cubecl backend.
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_run_resumes_bit_identically() {
+    resume_is_bit_identical(BackendKind::Wgpu, "resume-wgpu");
+}
+
+/// Four steps with a checkpoint every two, against a copy cut at step 2 and resumed: weights,
+/// optimizer state and every metrics record equal to the bit.
+fn resume_is_bit_identical(backend: BackendKind, name: &str) {
     let _guard = serial();
-    let dir = workdir("resume");
+    let dir = workdir(name);
     let cfg = config(&dir, "grad_accum = 2\nclip_grad_norm = 1.0");
-    let full = train(&cfg, &[], None).unwrap();
+    let train = |overrides: &[String], resume| train_on(backend, &cfg, overrides, resume);
+    let full = train(&[], None).unwrap();
     assert_eq!(full.steps, 4);
     assert!(full.recall.is_some());
 
@@ -61,7 +85,7 @@ fn resumed_run_is_bit_identical_to_an_uninterrupted_one() {
         }
     }
     std::fs::write(copy.join("mini/latest"), "step-00000002").unwrap();
-    let resumed = train(&cfg, &[format!("checkpoint.dir=\"{}\"", copy.display())], Some(copy.join("mini"))).unwrap();
+    let resumed = train(&[format!("checkpoint.dir=\"{}\"", copy.display())], Some(copy.join("mini"))).unwrap();
     assert_eq!(resumed.steps, 4);
     for f in [MODEL_FILE, OPTIMIZER_FILE] {
         let a = SafetensorsFile::open(&run.join("step-00000004").join(f)).unwrap();
@@ -290,7 +314,7 @@ fn evaluation_during_training_keeps_the_best_checkpoint_and_reports() {
     assert!((state["best"][1].as_f64().unwrap() - best_value).abs() < 1e-9);
 
     // `qformer eval` on the final checkpoint repeats the last in-training evaluation.
-    let job = qformer::app::eval::EvalJob { checkpoint: run.run_dir.clone(), data: None, k_test: Some(4), max_images: 0 };
+    let job = eval_job(&run.run_dir, 4);
     let outcome = dispatch(BackendKind::Flex, job).unwrap();
     assert_eq!((outcome.step, outcome.checkpoint.file_name().unwrap().to_str()), (4, Some("step-00000004")));
     assert!((outcome.means.itc.mean - outcome.report.itc.mean()).abs() < 1e-12);
@@ -306,15 +330,25 @@ fn evaluation_during_training_keeps_the_best_checkpoint_and_reports() {
     assert_eq!((report.itc, report.itm, report.itg_perplexity), (last.itc, last.itm, last.itg_perplexity));
     assert!(report.itg_perplexity.is_finite() && report.itg_perplexity > 1.0);
     assert!(report.timing.itm_pairs >= report.images * 4);
-    // Re-ranking only the top 1 keeps every recall of ITC (the rest stays in ITC order).
-    let top1 = dispatch(
-        BackendKind::Flex,
-        qformer::app::eval::EvalJob { checkpoint: run.run_dir.clone(), data: None, k_test: Some(1), max_images: 0 },
+    assert!(report.itg_grounding_gap.is_finite());
+    // Chunks bound device memory and change nothing else: 3 images per forward (a ragged last
+    // chunk) gives the same ranking, accuracies and perplexity to f32 rounding.
+    let chunked = dispatch(BackendKind::Flex, qformer::app::eval::EvalJob { chunk: Some(3), ..eval_job(&run.run_dir, 4) }).unwrap().report;
+    assert_eq!((chunked.itc, chunked.itm), (report.itc, report.itm));
+    assert_eq!((chunked.itm_acc_positive, chunked.itm_acc_negative), (report.itm_acc_positive, report.itm_acc_negative));
+    assert!((chunked.itg_perplexity - report.itg_perplexity).abs() < 1e-5 * report.itg_perplexity);
+    // The shuffled pairing is fixed by the eval seed, not by the chunks.
+    assert!(
+        (chunked.itg_grounding_gap - report.itg_grounding_gap).abs() < 1e-5,
+        "{} vs {}",
+        chunked.itg_grounding_gap,
+        report.itg_grounding_gap
     );
-    let top1 = top1.unwrap().report;
+    // Re-ranking only the top 1 keeps every recall of ITC (the rest stays in ITC order).
+    let top1 = dispatch(BackendKind::Flex, eval_job(&run.run_dir, 1)).unwrap().report;
     assert_eq!(top1.itm, top1.itc);
     // The best checkpoint is a checkpoint like any other.
-    dispatch(BackendKind::Flex, qformer::app::eval::EvalJob { checkpoint: best_dir, data: None, k_test: Some(4), max_images: 3 }).unwrap();
+    dispatch(BackendKind::Flex, qformer::app::eval::EvalJob { max_images: 3, ..eval_job(&best_dir, 4) }).unwrap();
 
     // `qformer caption` captions every readable image and names the one it cannot read.
     let good = dir.join("shapes/images/000000.png");
@@ -338,6 +372,11 @@ fn evaluation_during_training_keeps_the_best_checkpoint_and_reports() {
     assert!(img.width() >= 1600 && img.height() == 760, "{}x{}", img.width(), img.height());
     let md = std::fs::read_to_string(md).unwrap();
     assert_eq!(md.lines().filter(|l| l.starts_with("| mini")).count(), 2, "{md}");
+    assert!(md.contains("re-ranking gain") && md.contains("ITG grounding gap") && md.contains("ITM constant"), "{md}");
+}
+
+fn eval_job(checkpoint: &Path, k_test: usize) -> qformer::app::eval::EvalJob {
+    qformer::app::eval::EvalJob { checkpoint: checkpoint.to_path_buf(), data: None, k_test: Some(k_test), max_images: 0, chunk: None }
 }
 
 /// A run whose ITM sits at the loss of a constant answer warns once, naming the figure; with the
@@ -365,4 +404,44 @@ fn a_stalled_itm_is_reported_once() {
     // Batch 6: 6 matching pairs and 12 negatives, one per direction and row.
     assert!((c - (3f64.ln() - 2.0 / 3.0 * 2f64.ln())).abs() < 1e-9, "{c}");
     assert!(!run(&["log.itm_stall_steps=0"]).contains("ITM has stayed"));
+}
+
+/// A step reads back a fixed number of values whatever the model's depth: per micro-batch one
+/// read for every loss term and one for the similarity rows the negatives are drawn from, then
+/// one for the gradient norm. Nothing per parameter, so a GPU syncs the same few times for a
+/// 2-layer and a 12-layer model.
+#[test]
+fn a_step_reads_back_a_fixed_number_of_values() {
+    fn read_backs<K: qformer::kernels::TrainBackend>(layers: usize, micro_batches: usize, negatives: NegativeMode) -> u64 {
+        let device = Default::default();
+        let cfg = qformer::model::QFormerConfig { num_hidden_layers: layers, ..common::small() };
+        let model = QFormer::<K>::new(&cfg, &device);
+        let optim = AdamW::new(&OptimConfig::default(), &model);
+        let objectives = ObjectiveConfig { negatives, ..Default::default() };
+        let mut trainer = Trainer::new(model, optim, objectives, (Some(1.0), 3), Box::new(Alone));
+        let micro: Vec<_> = (0..micro_batches)
+            .map(|m| {
+                let b = common::batch(4, Some(vec![0, 1, 2, 3]), m as u64);
+                let feats = Tensor::from_data(b.image_feats.to_data(), &device);
+                let text = b.text.clone();
+                trainer.batch(feats, text, vec![0, 1, 2, 3], &[4 * m as u64, 4 * m as u64 + 1, 4 * m as u64 + 2, 4 * m as u64 + 3]).unwrap()
+            })
+            .collect();
+        let before = qformer::util::host::read_backs();
+        trainer.step(&micro, 1e-4, false).unwrap();
+        qformer::util::host::read_backs() - before
+    }
+    fn check<K: qformer::kernels::TrainBackend>() {
+        for micro in [1, 2] {
+            let sampled = read_backs::<K>(2, micro, NegativeMode::Sample);
+            assert_eq!(sampled, 2 * micro as u64 + 1, "{micro} micro-batch(es)");
+            assert_eq!(read_backs::<K>(4, micro, NegativeMode::Sample), sampled, "4 layers read back as often as 2");
+        }
+        let explicit = NegativeMode::Explicit { images: vec![1, 2, 3, 0], texts: vec![3, 0, 1, 2] };
+        assert_eq!(read_backs::<K>(2, 1, explicit), 2, "explicit negatives read no similarities");
+    }
+    let _guard = serial();
+    check::<common::B>();
+    #[cfg(feature = "wgpu")]
+    check::<burn::backend::Autodiff<burn::backend::Wgpu>>();
 }

@@ -25,6 +25,8 @@ pub struct EvalJob {
     pub k_test: Option<usize>,
     /// Images used (all when 0).
     pub max_images: usize,
+    /// Images per forward (default: the run's `eval.chunk`); bounds device memory.
+    pub chunk: Option<usize>,
 }
 
 /// What `qformer eval` reports: which checkpoint (folder and step), the evaluation, and the means
@@ -84,7 +86,13 @@ impl BackendJob for EvalJob {
             eprintln!("skipped {s}");
         }
         let frozen = Frozen::Encoder { vit: trained.vit, image_size: cfg.encoder.image_size };
-        let report = evaluate(&trained.model, &frozen, &set, &EvalOptions { k_test: k_test.max(1), chunk: 64 });
+        let opts = EvalOptions {
+            k_test: k_test.max(1),
+            chunk: self.chunk.unwrap_or(cfg.eval.chunk).max(1),
+            seed: cfg.eval.seed,
+            captions: Some(&text),
+        };
+        let report = evaluate(&trained.model, &frozen, &set, &opts)?;
         let means = Means { itc: (&report.itc).into(), itm: (&report.itm).into() };
         Ok(EvalOutcome { checkpoint, step, report, means })
     }

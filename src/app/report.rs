@@ -1,5 +1,6 @@
-//! `qformer report`: one PNG with a panel per curve (each loss term, learning rate, temperature,
-//! held-out retrieval) with several runs overlaid, and a markdown summary table. Reads only the
+//! `qformer report`: one PNG with a panel per curve (each loss term, ITM against its constant
+//! answer, learning rate, temperature, held-out retrieval, the re-ranking gain and ITG's grounding
+//! gap) with several runs overlaid, and a markdown summary table. Reads only the
 //! runs' `metrics.jsonl`, so it works on finished, running and resumed runs alike.
 
 use std::fmt::Write as _;
@@ -45,18 +46,33 @@ struct Panel {
     smooth: bool,
 }
 
-const PANELS: [Panel; 10] = [
+const PANELS: [Panel; 12] = [
     Panel { title: "total loss", unit: "nats", value: |m| Some(m.loss), smooth: true },
     Panel { title: "ITC loss", unit: "nats", value: |m| m.loss_itc, smooth: true },
     Panel { title: "ITM loss", unit: "nats", value: |m| m.loss_itm, smooth: true },
+    Panel { title: "ITM loss minus a constant answer's", unit: "nats (< 0: learning)", value: itm_margin, smooth: true },
     Panel { title: "ITG loss", unit: "nats per token", value: |m| m.loss_itg, smooth: true },
     Panel { title: "learning rate", unit: "lr", value: |m| Some(m.lr), smooth: false },
     Panel { title: "temperature", unit: "τ", value: |m| Some(m.temp), smooth: false },
     Panel { title: "held-out i2t R@1 (ITC)", unit: "%", value: |m| m.retrieval.map(|r| r.i2t_r1), smooth: false },
     Panel { title: "held-out t2i R@1 (ITC)", unit: "%", value: |m| m.retrieval.map(|r| r.t2i_r1), smooth: false },
-    Panel { title: "held-out i2t R@1 (ITM re-ranked)", unit: "%", value: |m| m.evaluation.as_ref().map(|e| e.itm.i2t_r1), smooth: false },
-    Panel { title: "held-out t2i R@1 (ITM re-ranked)", unit: "%", value: |m| m.evaluation.as_ref().map(|e| e.itm.t2i_r1), smooth: false },
+    Panel { title: "held-out i2t R@1 gain from ITM re-ranking", unit: "points", value: |m| gain(m).map(|g| g.0), smooth: false },
+    Panel { title: "held-out t2i R@1 gain from ITM re-ranking", unit: "points", value: |m| gain(m).map(|g| g.1), smooth: false },
+    Panel {
+        title: "held-out ITG grounding gap",
+        unit: "nats per token",
+        value: |m| m.evaluation.as_ref().map(|e| e.itg_grounding_gap),
+        smooth: false,
+    },
 ];
+
+fn itm_margin(m: &StepMetrics) -> Option<f64> {
+    Some(m.loss_itm? - m.itm_constant?)
+}
+
+fn gain(m: &StepMetrics) -> Option<(f64, f64)> {
+    m.evaluation.as_ref().map(|e| e.rerank_gain())
+}
 
 /// One curve: (step, value) points.
 type Series = Vec<(f64, f64)>;
@@ -72,6 +88,59 @@ fn series(run: &Run, panel: &Panel) -> Series {
         .map(|i| {
             let window = &raw[i.saturating_sub(SMOOTH - 1)..=i];
             (raw[i].0, window.iter().map(|p| p.1).sum::<f64>() / window.len() as f64)
+        })
+        .collect()
+}
+
+/// A run's group: its name without a trailing `-seed<N>` (the runs of an ablation sweep).
+fn group_of(name: &str) -> &str {
+    match name.rsplit_once("-seed") {
+        Some((group, seed)) if !seed.is_empty() && seed.bytes().all(|b| b.is_ascii_digit()) => group,
+        _ => name,
+    }
+}
+
+/// Runs grouped by [`group_of`], in first-appearance order.
+fn groups(runs: &[Run]) -> Vec<(String, Vec<&Run>)> {
+    let mut out: Vec<(String, Vec<&Run>)> = Vec::new();
+    for run in runs {
+        let g = group_of(&run.name);
+        match out.iter_mut().find(|(name, _)| name == g) {
+            Some((_, members)) => members.push(run),
+            None => out.push((g.to_string(), vec![run])),
+        }
+    }
+    out
+}
+
+/// What a panel draws for one group: a run's curve, or over several seeds the mean and, at each
+/// step every seed recorded, the lowest and highest value (a band).
+struct Curve {
+    name: String,
+    line: Series,
+    band: Option<(Series, Series)>,
+}
+
+fn curves(groups: &[(String, Vec<&Run>)], panel: &Panel) -> Vec<Curve> {
+    groups
+        .iter()
+        .map(|(name, members)| {
+            let all: Vec<Series> = members.iter().map(|r| series(r, panel)).collect();
+            if all.len() == 1 {
+                return Curve { name: members[0].name.clone(), line: all[0].clone(), band: None };
+            }
+            let mut line = Series::new();
+            let (mut lo, mut hi) = (Series::new(), Series::new());
+            for &(step, _) in &all[0] {
+                let at: Vec<f64> = all.iter().filter_map(|s| s.iter().find(|p| p.0 == step).map(|p| p.1)).collect();
+                if at.len() < all.len() {
+                    continue;
+                }
+                line.push((step, at.iter().sum::<f64>() / at.len() as f64));
+                lo.push((step, at.iter().copied().fold(f64::INFINITY, f64::min)));
+                hi.push((step, at.iter().copied().fold(f64::NEG_INFINITY, f64::max)));
+            }
+            Curve { name: format!("{name} (mean of {} seeds, band: min–max)", all.len()), line, band: Some((lo, hi)) }
         })
         .collect()
 }
@@ -100,23 +169,21 @@ fn plot_error(path: &Path, e: impl std::fmt::Display) -> Error {
 fn draw(runs: &[Run], path: &Path) -> Result<()> {
     // Registering again replaces the font: harmless across calls.
     register_font("sans-serif", FontStyle::Normal, FONT).map_err(|_| plot_error(path, "the embedded font is invalid"))?;
-    let panels: Vec<(&Panel, Vec<Series>)> = PANELS
-        .iter()
-        .map(|p| (p, runs.iter().map(|r| series(r, p)).collect::<Vec<_>>()))
-        .filter(|(_, s)| s.iter().any(|pts| !pts.is_empty()))
-        .collect();
+    let groups = groups(runs);
+    let panels: Vec<(&Panel, Vec<Curve>)> =
+        PANELS.iter().map(|p| (p, curves(&groups, p))).filter(|(_, c)| c.iter().any(|c| !c.line.is_empty())).collect();
     let cols = panels.len().div_ceil(2).max(1);
     let root = BitMapBackend::new(path, (420 * cols as u32, 760)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| plot_error(path, e))?;
     let areas = root.split_evenly((2, cols));
     for ((panel, data), area) in panels.iter().zip(areas.iter()) {
-        let points = data.iter().flatten();
+        let points = data.iter().flat_map(|c| c.line.iter().chain(c.band.iter().flat_map(|(lo, hi)| lo.iter().chain(hi))));
         let (x_max, y_min, y_max) =
             points.fold((1f64, f64::INFINITY, f64::NEG_INFINITY), |(x, lo, hi), p| (x.max(p.0), lo.min(p.1), hi.max(p.1)));
         let pad = ((y_max - y_min) * 0.05).max(y_max.abs() * 1e-3).max(1e-9);
         let title = if panel.smooth { format!("{} ({SMOOTH}-step running mean)", panel.title) } else { panel.title.to_string() };
         // Room above the data for the legend, so it never covers the last points.
-        let legend_room = (y_max - y_min + 2.0 * pad) * 0.12 * runs.len() as f64;
+        let legend_room = (y_max - y_min + 2.0 * pad) * 0.12 * data.len() as f64;
         let mut chart = ChartBuilder::on(area)
             .caption(title, ("sans-serif", 16))
             .margin(8)
@@ -134,14 +201,19 @@ fn draw(runs: &[Run], path: &Path) -> Result<()> {
             .y_label_formatter(&|v| label(*v, y_max - y_min + 2.0 * pad))
             .draw()
             .map_err(|e| plot_error(path, e))?;
-        for (i, (run, pts)) in runs.iter().zip(data).enumerate() {
+        for (i, curve) in data.iter().enumerate() {
+            let pts = &curve.line;
             if pts.is_empty() {
                 continue;
             }
             let color = Palette99::pick(i).to_rgba();
+            if let Some((lo, hi)) = &curve.band {
+                let outline: Vec<(f64, f64)> = lo.iter().chain(hi.iter().rev()).copied().collect();
+                chart.draw_series(std::iter::once(Polygon::new(outline, color.mix(0.2).filled()))).map_err(|e| plot_error(path, e))?;
+            }
             let style = ShapeStyle::from(color).stroke_width(2);
             let drawn = chart.draw_series(LineSeries::new(pts.iter().copied(), style)).map_err(|e| plot_error(path, e))?;
-            drawn.label(run.name.clone()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], style));
+            drawn.label(curve.name.clone()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], style));
             if pts.len() <= 30 {
                 chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(|e| plot_error(path, e))?;
             }
@@ -164,36 +236,100 @@ fn tail_mean(run: &Run, value: fn(&StepMetrics) -> Option<f64>) -> Option<f64> {
     (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
 }
 
-/// The markdown summary: final losses (mean of the last steps) and the last held-out figures.
+/// The markdown summary: final losses (mean of the last steps), the last held-out figures and
+/// the diagnostics that say whether ITM and ITG use the image.
 pub fn summary(runs: &[Run]) -> String {
     let cell = |v: Option<f64>, digits: usize| v.map_or("–".to_string(), |v| format!("{v:.digits$}"));
+    let pair = |v: Option<(f64, f64)>, digits: usize| v.map_or("–".to_string(), |(a, b)| format!("{a:.digits$} / {b:.digits$}"));
     let mut md = format!(
-        "| run | steps | loss | ITC | ITM | ITG | i2t R@1 | i2t R@5 | i2t R@10 | t2i R@1 | t2i R@5 | t2i R@10 | re-ranked i2t R@1 | re-ranked t2i R@1 |\n|{}\n",
-        "---|".repeat(14)
+        "| run | steps | loss | ITC | ITM | ITM constant | ITG | R@1 i2t / t2i | R@5 i2t / t2i | R@10 i2t / t2i | re-ranked R@1 | re-ranking gain | ITM acc. pos / neg | ITG grounding gap | captions naming both objects |\n|{}\n",
+        "---|".repeat(15)
     );
     for run in runs {
         let r = run.steps.iter().rev().find_map(|m| m.retrieval);
         let e = run.steps.iter().rev().find_map(|m| m.evaluation.as_ref());
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             run.name,
             run.steps.last().map_or(0, |m| m.step),
             cell(tail_mean(run, |m| Some(m.loss)), 3),
             cell(tail_mean(run, |m| m.loss_itc), 3),
             cell(tail_mean(run, |m| m.loss_itm), 3),
+            cell(tail_mean(run, |m| m.loss_itm.and(m.itm_constant)), 3),
             cell(tail_mean(run, |m| m.loss_itg), 3),
-            cell(r.map(|r| r.i2t_r1), 1),
-            cell(r.map(|r| r.i2t_r5), 1),
-            cell(r.map(|r| r.i2t_r10), 1),
-            cell(r.map(|r| r.t2i_r1), 1),
-            cell(r.map(|r| r.t2i_r5), 1),
-            cell(r.map(|r| r.t2i_r10), 1),
-            cell(e.map(|e| e.itm.i2t_r1), 1),
-            cell(e.map(|e| e.itm.t2i_r1), 1),
+            pair(r.map(|r| (r.i2t_r1, r.t2i_r1)), 1),
+            pair(r.map(|r| (r.i2t_r5, r.t2i_r5)), 1),
+            pair(r.map(|r| (r.i2t_r10, r.t2i_r10)), 1),
+            pair(e.map(|e| (e.itm.i2t_r1, e.itm.t2i_r1)), 1),
+            pair(e.map(|e| e.rerank_gain()), 1),
+            pair(e.map(|e| (e.itm_acc_positive, e.itm_acc_negative)), 1),
+            cell(e.map(|e| e.itg_grounding_gap), 3),
+            cell(e.and_then(|e| e.caption_accuracy), 1),
         );
     }
-    md + &format!("\nLosses: mean of the last {SMOOTH} steps. Retrieval: the last held-out evaluation, percent.\n")
+    md + &format!(
+        "\nLosses: mean of the last {SMOOTH} steps; \"ITM constant\" is the loss a constant answer gets on the same label mix (ITM at it \
+         does not tell pairs apart). Retrieval: the last held-out evaluation, percent; the re-ranking gain is re-ranked R@1 minus \
+         ITC R@1 (points). ITM accuracy on matching pairs and on each query's hardest ITC negative. The grounding gap is the held-out \
+         captions' ITG loss with other images minus with their own (nats per token; near 0: ITG ignores the image). Captions: \
+         percent of held-out images whose greedy caption names the colour and shape of both objects (generated shapes set).\n"
+    )
+}
+
+/// A final figure of a run, for the across-seeds table.
+type Figure = (&'static str, fn(&Run) -> Option<f64>);
+
+fn last_eval(run: &Run) -> Option<&crate::eval::evaluate::EvalReport> {
+    run.steps.iter().rev().find_map(|m| m.evaluation.as_ref())
+}
+
+fn last_recall(run: &Run) -> Option<crate::eval::retrieval::Recall> {
+    run.steps.iter().rev().find_map(|m| m.retrieval)
+}
+
+const FIGURES: [Figure; 12] = [
+    ("ITC", |r| tail_mean(r, |m| m.loss_itc)),
+    ("ITM", |r| tail_mean(r, |m| m.loss_itm)),
+    ("ITG", |r| tail_mean(r, |m| m.loss_itg)),
+    ("R@1 i2t", |r| last_recall(r).map(|x| x.i2t_r1)),
+    ("R@1 t2i", |r| last_recall(r).map(|x| x.t2i_r1)),
+    ("re-ranked R@1 i2t", |r| last_eval(r).map(|e| e.itm.i2t_r1)),
+    ("re-ranked R@1 t2i", |r| last_eval(r).map(|e| e.itm.t2i_r1)),
+    ("ITM acc. pos", |r| last_eval(r).map(|e| e.itm_acc_positive)),
+    ("ITM acc. neg", |r| last_eval(r).map(|e| e.itm_acc_negative)),
+    ("grounding gap", |r| last_eval(r).map(|e| e.itg_grounding_gap)),
+    ("ITG ppl", |r| last_eval(r).map(|e| e.itg_perplexity)),
+    ("captions %", |r| last_eval(r).and_then(|e| e.caption_accuracy)),
+];
+
+/// Groups of several seeds: each final figure as mean ± sample standard deviation.
+fn seed_table(runs: &[Run]) -> Option<String> {
+    let groups: Vec<_> = groups(runs).into_iter().filter(|(_, m)| m.len() > 1).collect();
+    if groups.is_empty() {
+        return None;
+    }
+    let mut md = format!(
+        "\n| variant | seeds | {} |\n|{}\n",
+        FIGURES.iter().map(|f| f.0).collect::<Vec<_>>().join(" | "),
+        "---|".repeat(FIGURES.len() + 2)
+    );
+    for (name, members) in groups {
+        let cells: Vec<String> = FIGURES
+            .iter()
+            .map(|(_, value)| {
+                let v: Vec<f64> = members.iter().filter_map(|r| value(r)).collect();
+                if v.len() < members.len() {
+                    return "–".to_string();
+                }
+                let mean = v.iter().sum::<f64>() / v.len() as f64;
+                let sd = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt();
+                format!("{mean:.2} ± {sd:.2}")
+            })
+            .collect();
+        let _ = writeln!(md, "| {name} | {} | {} |", members.len(), cells.join(" | "));
+    }
+    Some(md + "\nAcross seeds: mean ± sample standard deviation of each run's final figure (losses: mean of its last steps).\n")
 }
 
 /// Writes `report.png` and `report.md` for `run_dirs` into `out`.
@@ -202,7 +338,37 @@ pub fn write(run_dirs: &[PathBuf], out: &Path) -> Result<(PathBuf, PathBuf)> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let (png, md) = (out.join(PLOT_FILE), out.join(SUMMARY_FILE));
     draw(&runs, &png)?;
-    let text = format!("# Training report\n\n![curves]({PLOT_FILE})\n\n{}", summary(&runs));
+    let text = format!("# Training report\n\n![curves]({PLOT_FILE})\n\n{}{}", summary(&runs), seed_table(&runs).unwrap_or_default());
     std::fs::write(&md, text).map_err(|e| Error::io(&md, e))?;
     Ok((png, md))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(name: &str, itc: &[f64]) -> Run {
+        let steps =
+            itc.iter().enumerate().map(|(i, &v)| StepMetrics { step: i as u64 + 1, loss_itc: Some(v), ..Default::default() }).collect();
+        Run { name: name.into(), steps }
+    }
+
+    #[test]
+    fn seeds_of_a_variant_make_one_band() {
+        assert_eq!(group_of("all-seed12"), "all");
+        assert_eq!(group_of("no-itm-seed0"), "no-itm");
+        assert_eq!(group_of("all-seedless"), "all-seedless");
+        assert_eq!(group_of("all-seed"), "all-seed");
+        let runs = [run("a-seed1", &[1.0, 2.0]), run("b", &[5.0]), run("a-seed2", &[3.0, 4.0, 9.0])];
+        let panel = Panel { title: "t", unit: "u", value: |m| m.loss_itc, smooth: false };
+        let c = curves(&groups(&runs), &panel);
+        assert_eq!(c.len(), 2);
+        // Steps every seed recorded: mean line, min–max band.
+        assert_eq!(c[0].line, vec![(1.0, 2.0), (2.0, 3.0)]);
+        assert_eq!(c[0].band, Some((vec![(1.0, 1.0), (2.0, 2.0)], vec![(1.0, 3.0), (2.0, 4.0)])));
+        assert_eq!((c[1].name.as_str(), c[1].band.is_none()), ("b", true));
+        let table = seed_table(&runs).unwrap();
+        assert!(table.contains("| a | 2 | 3.42 ± 2.71 |"), "{table}"); // ITC: last-steps means 1.5 and 16/3
+        assert!(seed_table(&runs[1..2]).is_none());
+    }
 }

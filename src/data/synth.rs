@@ -156,9 +156,58 @@ pub fn generate(out: &Path, n_train: usize, n_eval: usize, size: u32, seed: u64)
     Ok((train, eval))
 }
 
+/// The objects a caption of this grammar names, in order, as (colour, shape): a colour word
+/// directly followed by a shape word (sizes and relations are not part of the check).
+pub fn named_objects(caption: &str) -> Vec<(&'static str, &'static str)> {
+    let words: Vec<&str> = caption.split_whitespace().collect();
+    words
+        .windows(2)
+        .filter_map(|w| {
+            let colour = COLORS.iter().find(|c| c.0 == w[0])?.0;
+            let shape = SHAPES.iter().find(|s| **s == w[1])?;
+            Some((colour, *shape))
+        })
+        .collect()
+}
+
+/// Whether `generated` names the colour and shape of both objects of the scene that `reference`
+/// (a caption this generator wrote) describes, in either order and nothing more; `None` when
+/// `reference` is not such a caption, so that other data sets are not scored.
+pub fn names_both_objects(generated: &str, reference: &str) -> Option<bool> {
+    let mut truth = named_objects(reference);
+    if truth.len() != 2 {
+        return None;
+    }
+    let mut said = named_objects(generated);
+    truth.sort_unstable();
+    said.sort_unstable();
+    Some(said == truth)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn captions_are_scored_on_both_objects() {
+        let truth = "a small red circle left of a large blue square";
+        assert_eq!(named_objects(truth), vec![("red", "circle"), ("blue", "square")]);
+        // Either order, any size or relation: both objects named right.
+        assert_eq!(names_both_objects("a large blue square right of a large red circle", truth), Some(true));
+        // A wrong colour, a wrong shape, one object missing or a third one: wrong.
+        assert_eq!(names_both_objects("a small green circle left of a large blue square", truth), Some(false));
+        assert_eq!(names_both_objects("a small red triangle left of a large blue square", truth), Some(false));
+        assert_eq!(names_both_objects("a small red circle", truth), Some(false));
+        assert_eq!(names_both_objects("a red circle left of a blue square above a red circle", truth), Some(false));
+        // Captions of other data are not scored.
+        assert_eq!(names_both_objects("a red circle", "a dog on a sofa"), None);
+        // Every generated scene's captions parse to its two objects.
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        for _ in 0..50 {
+            let (_, [first, second]) = scene(32, &mut rng);
+            assert_eq!(names_both_objects(&second, &first), Some(true), "{first} / {second}");
+        }
+    }
 
     #[test]
     fn scenes_are_deterministic_and_captioned() {

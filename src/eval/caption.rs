@@ -4,12 +4,13 @@
 //! minimum and maximum length; a caption ends at `[SEP]`.
 
 use burn::tensor::activation::log_softmax;
+use burn::tensor::Tensor;
 
 use crate::kernels::Kernels;
 use crate::model::{KeyValue, Pass, QFormer};
 use crate::objectives::AttentionMask;
 use crate::util::host::int_tensor;
-use crate::util::host::to_f32;
+use crate::util::host::{to_f32, to_i64};
 
 #[derive(Clone, Debug)]
 pub struct DecodeOptions {
@@ -29,21 +30,45 @@ impl Default for DecodeOptions {
     }
 }
 
-/// Log-probabilities of the next token after each prefix: `prefixes` rows of equal length, all
-/// starting with `[DEC]`, against one image's query keys/values.
-fn next_token_logprobs<B: Kernels>(model: &QFormer<B>, query_kv: &[KeyValue<B>], prefixes: &[Vec<i64>]) -> Vec<Vec<f32>> {
+/// Next-token logits `[n, vocab]` after each prefix: `prefixes` rows of equal length, all
+/// starting with `[DEC]`, row `i` against row `i` of the query keys/values `prefix`.
+fn next_token_logits<B: Kernels>(model: &QFormer<B>, prefix: &[KeyValue<B>], prefixes: &[Vec<i64>]) -> Tensor<B, 2> {
     let device = model.query_tokens.device();
     let (n, t, q) = (prefixes.len(), prefixes[0].len(), model.num_query);
     let ids = int_tensor::<B>(prefixes, &device);
-    let prefix: Vec<KeyValue<B>> = query_kv.iter().map(|kv| kv.select(&vec![0; n])).collect();
     let mask = AttentionMask::multimodal_causal(q, &vec![vec![1; t]; n]).select_rows(q, t).to_additive::<B>(&device);
-    let hidden = model.encode(Pass::after_queries(model.embed(None, Some(ids), None), mask, &prefix)).hidden;
+    let hidden = model.encode(Pass::after_queries(model.embed(None, Some(ids), None), mask, prefix)).hidden;
     let d = hidden.dims()[2];
-    let last = hidden.slice([0..n, t - 1..t, 0..d]).reshape([n, d]);
-    let logp = log_softmax(model.lm_logits(last), 1);
+    model.lm_logits(hidden.slice([0..n, t - 1..t, 0..d]).reshape([n, d]))
+}
+
+/// Log-probabilities of the next token after each prefix, against one image's query keys/values.
+fn next_token_logprobs<B: Kernels>(model: &QFormer<B>, query_kv: &[KeyValue<B>], prefixes: &[Vec<i64>]) -> Vec<Vec<f32>> {
+    let prefix: Vec<KeyValue<B>> = query_kv.iter().map(|kv| kv.select(&vec![0; prefixes.len()])).collect();
+    let logp = log_softmax(next_token_logits(model, &prefix, prefixes), 1);
     let vocab = logp.dims()[1];
     let flat = to_f32(logp);
     flat.chunks(vocab).map(<[f32]>::to_vec).collect()
+}
+
+/// Greedy captions (token ids without `[DEC]` and `[SEP]`) of a batch of images at once, one per
+/// row of `query_kv`: every row takes its most likely token at each step, on the device (one
+/// small read-back per step), until all have ended or `max_len` tokens.
+pub fn greedy_batch<B: Kernels>(model: &QFormer<B>, query_kv: &[KeyValue<B>], eos: i64, max_len: usize) -> Vec<Vec<i64>> {
+    let n = query_kv.first().map_or(0, |kv| kv.key.dims()[0]);
+    let mut prefixes = vec![vec![model.bos_token_id as i64]; n];
+    let mut done = vec![false; n];
+    for _ in 0..max_len {
+        if done.iter().all(|&d| d) {
+            break;
+        }
+        let next = to_i64(next_token_logits(model, query_kv, &prefixes).argmax(1));
+        for ((p, d), &tok) in prefixes.iter_mut().zip(&mut done).zip(&next) {
+            *d |= tok == eos;
+            p.push(if *d { eos } else { tok });
+        }
+    }
+    prefixes.into_iter().map(|p| p.into_iter().skip(1).take_while(|&t| t != eos).collect()).collect()
 }
 
 /// Token ids of one caption (without `[DEC]` and `[SEP]`) for one image's query keys/values

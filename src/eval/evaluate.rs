@@ -2,37 +2,53 @@
 //! (query-max cosine, no temperature), then re-rank each query's top `k_test` candidates by
 //! ITM (score = ITC cosine + the positive-class ITM logit, averaged over queries); everything
 //! else keeps −100. Also ITM accuracy on positives and on the hardest ITC negatives, and ITG
-//! token perplexity of the captions given their images.
+//! token perplexity of the captions given their images and given other images (the grounding
+//! gap). The device holds one chunk of images' keys and values at a time.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use burn::tensor::Tensor;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::retrieval::{recall, recall_in_tiers, Recall};
-use super::scoring::{image_side, itc_similarities, itm_logits, text_embeds, ImageSide};
+use super::caption::greedy_batch;
+use super::retrieval::{frozen_features, itc_scores, recall, recall_in_tiers, Recall};
+use super::scoring::{image_side, itm_logits, ImageSide};
 use crate::data::loader::EvalSet;
+use crate::data::synth::names_both_objects;
+use crate::data::text::TextEncoder;
 use crate::kernels::Kernels;
 use crate::model::frozen::Frozen;
 use crate::model::QFormer;
 use crate::objectives::itg::{itg_loss, targets};
+use crate::util::error::Result;
 use crate::util::host::{scalar, to_f32};
+use crate::util::seed::mix;
 
-#[derive(Clone, Debug)]
-pub struct EvalOptions {
+#[derive(Clone, Copy)]
+pub struct EvalOptions<'a> {
     /// Candidates re-ranked by ITM per query (LAVIS: 128 on COCO, 256 on Flickr).
     pub k_test: usize,
     /// Images or captions per forward.
     pub chunk: usize,
+    /// Seeds the derangement that pairs captions with other images for the grounding gap.
+    pub seed: u64,
+    /// With the tokenizer, each image's greedy caption is scored against the scene its held-out
+    /// caption describes, when those captions are of the generated shapes grammar.
+    pub captions: Option<&'a TextEncoder>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct EvalTiming {
+    /// The second pass's frozen encoder and query pass (image keys/values, ITG prefix).
     pub features_ms: f64,
+    /// The first pass: frozen encoder, ITC embeddings and similarities.
     pub itc_ms: f64,
     pub rerank_ms: f64,
     pub itg_ms: f64,
+    #[serde(default)]
+    pub caption_ms: f64,
     /// Image-text pairs scored by ITM (re-ranking and accuracy pairs, each pair once).
     pub itm_pairs: usize,
 }
@@ -53,7 +69,23 @@ pub struct EvalReport {
     pub itm_acc_negative: f64,
     /// exp(mean token negative log-likelihood) of the captions under ITG.
     pub itg_perplexity: f64,
+    /// Mean token NLL of the captions given another image (a fixed derangement of the set's
+    /// images, [`derangement`]) minus given their own, nats per token: near 0 when ITG ignores
+    /// the image.
+    #[serde(default)]
+    pub itg_grounding_gap: f64,
+    /// Percent of images whose greedy caption names the colour and shape of both objects
+    /// (generated shapes set only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caption_accuracy: Option<f64>,
     pub timing: EvalTiming,
+}
+
+impl EvalReport {
+    /// Re-ranked R@1 minus ITC R@1, (image → text, text → image): positive when ITM helps.
+    pub fn rerank_gain(&self) -> (f64, f64) {
+        (self.itm.i2t_r1 - self.itc.i2t_r1, self.itm.t2i_r1 - self.itc.t2i_r1)
+    }
 }
 
 /// Each query's top-k candidates as a set.
@@ -103,7 +135,7 @@ pub fn rerank_scores(
     (i2t, t2i)
 }
 
-pub fn evaluate<B: Kernels>(model: &QFormer<B>, frozen: &Frozen<B>, set: &EvalSet, opts: &EvalOptions) -> EvalReport {
+pub fn evaluate<B: Kernels>(model: &QFormer<B>, frozen: &Frozen<B>, set: &EvalSet, opts: &EvalOptions) -> Result<EvalReport> {
     let device = model.query_tokens.device();
     let (n_img, n_txt) = (set.images, set.captions.batch_size());
     let chunk = opts.chunk.max(1);
@@ -111,31 +143,13 @@ pub fn evaluate<B: Kernels>(model: &QFormer<B>, frozen: &Frozen<B>, set: &EvalSe
     let mut timing = EvalTiming::default();
 
     let started = Instant::now();
-    let per = frozen.input_len();
-    let side = ImageSide::cat(
-        (0..n_img)
-            .step_by(chunk)
-            .map(|s| {
-                let n = chunk.min(n_img - s);
-                image_side(model, frozen.features(set.inputs[s * per..(s + n) * per].to_vec(), &device))
-            })
-            .collect(),
-    );
-    timing.features_ms = ms(started);
-
-    let started = Instant::now();
-    let text: Vec<Tensor<B, 2>> = (0..n_txt)
-        .step_by(chunk)
-        .map(|s| text_embeds(model, &set.captions.select(&(s..(s + chunk).min(n_txt)).collect::<Vec<_>>())))
-        .collect();
-    let sims = to_f32(itc_similarities(side.embeds.clone(), Tensor::cat(text, 0)));
+    let sims = itc_scores(model, frozen, set, chunk);
     // Text → image rows, transposed once.
     let columns: Vec<Vec<f32>> = (0..n_txt).map(|t| (0..n_img).map(|i| sims[i * n_txt + t]).collect()).collect();
     let itc = recall(&sims, n_img, &set.caption_image);
     timing.itc_ms = ms(started);
 
     // Every pair ITM must score, each once: (image, text) → (positive-class logit, predicted 1?).
-    let started = Instant::now();
     let k = opts.k_test.max(1);
     let mut pairs: BTreeMap<(usize, usize), (f32, bool)> = BTreeMap::new();
     let i2t_top: Vec<Vec<usize>> = (0..n_img).map(|i| top_k(&sims[i * n_txt..(i + 1) * n_txt], k)).collect();
@@ -151,44 +165,81 @@ pub fn evaluate<B: Kernels>(model: &QFormer<B>, frozen: &Frozen<B>, set: &EvalSe
         pairs.extend(tops.iter().map(|&i| ((i, t), (0.0, false))));
     }
     pairs.extend(positives.iter().chain(&negatives).map(|&p| (p, (0.0, false))));
+    // Ordered by image: each image chunk's pairs are one run of `keys`.
     let keys: Vec<(usize, usize)> = pairs.keys().copied().collect();
-    for batch in keys.chunks(chunk) {
-        let images: Vec<usize> = batch.iter().map(|p| p.0).collect();
-        let texts: Vec<usize> = batch.iter().map(|p| p.1).collect();
-        let logits = itm_logits(model, &side.select(&images).image_kv, &set.captions.select(&texts));
-        let host = to_f32(logits);
-        for (j, key) in batch.iter().enumerate() {
-            pairs.insert(*key, (host[2 * j + 1], host[2 * j + 1] > host[2 * j]));
+    let mut captions_of = vec![Vec::new(); n_img];
+    for (t, &i) in set.caption_image.iter().enumerate() {
+        captions_of[i].push(t);
+    }
+    let truth = match opts.captions {
+        Some(text) => CaptionTruth::new(text, set, &captions_of)?,
+        None => None,
+    };
+    let mut named = 0;
+    let shuffled = derangement(n_img, opts.seed);
+
+    // Second pass, image chunk by image chunk: ITM for the chunk's pairs, ITG for its captions
+    // with their own images and with the image half a chunk away.
+    let mut next = 0;
+    let (mut own, mut other) = (Nll::default(), Nll::default());
+    for start in (0..n_img).step_by(chunk) {
+        let end = (start + chunk).min(n_img);
+        let started = Instant::now();
+        let side = image_side(model, frozen_features(frozen, set, start..end, &device));
+        timing.features_ms += ms(started);
+
+        let started = Instant::now();
+        let upto = next + keys[next..].partition_point(|p| p.0 < end);
+        for batch in keys[next..upto].chunks(chunk) {
+            let images: Vec<usize> = batch.iter().map(|p| p.0 - start).collect();
+            let texts: Vec<usize> = batch.iter().map(|p| p.1).collect();
+            let host = to_f32(itm_logits(model, &side.select(&images).image_kv, &set.captions.select(&texts)));
+            for (j, key) in batch.iter().enumerate() {
+                pairs.insert(*key, (host[2 * j + 1], host[2 * j + 1] > host[2 * j]));
+            }
+        }
+        next = upto;
+        timing.rerank_ms += ms(started);
+
+        let started = Instant::now();
+        // Row r of the shuffled side is image `shuffled[start + r]`: another image for each.
+        let shuffled_side =
+            (n_img > 1).then(|| image_side(model, frozen_features(frozen, set, shuffled[start..end].iter().copied(), &device)));
+        let rows: Vec<usize> = (start..end).flat_map(|i| captions_of[i].iter().copied()).collect();
+        for part in rows.chunks(chunk) {
+            let captions = set.captions.select(part);
+            let tokens = targets(&captions).0.len();
+            if tokens == 0 {
+                continue;
+            }
+            let rows: Vec<usize> = part.iter().map(|&t| set.caption_image[t] - start).collect();
+            let itg = |side: &ImageSide<B>| scalar(itg_loss(model, &side.select(&rows).query_kv, &captions, model.bos_token_id, 0.0, None));
+            own.add(itg(&side), tokens);
+            if let Some(side) = &shuffled_side {
+                other.add(itg(side), tokens);
+            }
+        }
+        timing.itg_ms += ms(started);
+
+        if let Some(truth) = &truth {
+            let started = Instant::now();
+            let ids = greedy_batch(model, &side.query_kv, truth.eos, truth.text.max_len);
+            for (i, ids) in (start..end).zip(&ids) {
+                named += usize::from(names_both_objects(&truth.text.decode(ids)?, &truth.references[i]) == Some(true));
+            }
+            timing.caption_ms += ms(started);
         }
     }
+    timing.itm_pairs = keys.len();
+
     let (i2t, t2i) = rerank_scores(&sims, n_img, n_txt, &i2t_top, &t2i_top, |i, t| pairs[&(i, t)].0);
     let (i2t_in, t2i_in) = (top_sets(&i2t_top), top_sets(&t2i_top));
     let itm = recall_in_tiers(&i2t, &|i, t| i2t_in[i].contains(&t), &t2i, &|t, i| t2i_in[t].contains(&i), n_img, &set.caption_image);
     let accuracy =
         |list: &[(usize, usize)], want: bool| 100.0 * list.iter().filter(|p| pairs[p].1 == want).count() as f64 / list.len().max(1) as f64;
     let (itm_acc_positive, itm_acc_negative) = (accuracy(&positives, true), accuracy(&negatives, false));
-    timing.rerank_ms = ms(started);
-    timing.itm_pairs = keys.len();
 
-    // ITG: token-mean NLL per chunk, weighted back to a mean over every target token.
-    let started = Instant::now();
-    let (mut nll, mut tokens) = (0.0f64, 0usize);
-    for s in (0..n_txt).step_by(chunk) {
-        let rows: Vec<usize> = (s..(s + chunk).min(n_txt)).collect();
-        let captions = set.captions.select(&rows);
-        let n = targets(&captions).0.len();
-        if n == 0 {
-            continue;
-        }
-        let images: Vec<usize> = rows.iter().map(|&t| set.caption_image[t]).collect();
-        let query_kv = side.select(&images).query_kv;
-        let loss = itg_loss(model, &query_kv, &captions, model.bos_token_id, 0.0, None);
-        nll += scalar(loss) * n as f64;
-        tokens += n;
-    }
-    timing.itg_ms = ms(started);
-
-    EvalReport {
+    Ok(EvalReport {
         images: n_img,
         texts: n_txt,
         k_test: k,
@@ -196,8 +247,63 @@ pub fn evaluate<B: Kernels>(model: &QFormer<B>, frozen: &Frozen<B>, set: &EvalSe
         itm,
         itm_acc_positive,
         itm_acc_negative,
-        itg_perplexity: (nll / tokens.max(1) as f64).exp(),
+        itg_perplexity: own.mean().exp(),
+        itg_grounding_gap: if other.tokens > 0 { other.mean() - own.mean() } else { 0.0 },
+        caption_accuracy: truth.map(|_| 100.0 * named as f64 / n_img.max(1) as f64),
         timing,
+    })
+}
+
+/// A random cyclic permutation of `0..n` (Sattolo's algorithm), a function of `(n, seed)`: every
+/// image goes to another (a derangement, for n > 1), and the same set gets the same pairing on
+/// every run, whatever the evaluation's chunk size.
+pub fn derangement(n: usize, seed: u64) -> Vec<usize> {
+    let mut rng = ChaCha8Rng::seed_from_u64(mix(seed, n as u64));
+    let mut p: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        p.swap(i, rng.random_range(0..i));
+    }
+    p
+}
+
+/// Each image's first held-out caption as text, when every one is of the shapes grammar.
+struct CaptionTruth<'a> {
+    text: &'a TextEncoder,
+    eos: i64,
+    references: Vec<String>,
+}
+
+impl<'a> CaptionTruth<'a> {
+    fn new(text: &'a TextEncoder, set: &EvalSet, captions_of: &[Vec<usize>]) -> Result<Option<Self>> {
+        let Some(eos) = text.token_id("[SEP]") else { return Ok(None) };
+        let mut references = Vec::with_capacity(captions_of.len());
+        for rows in captions_of {
+            let Some(&first) = rows.first() else { return Ok(None) };
+            let caption = text.decode(&set.captions.ids[first])?;
+            if names_both_objects(&caption, &caption).is_none() {
+                return Ok(None);
+            }
+            references.push(caption);
+        }
+        Ok(Some(Self { text, eos, references }))
+    }
+}
+
+/// A token-weighted mean of per-chunk mean NLLs.
+#[derive(Default)]
+struct Nll {
+    sum: f64,
+    tokens: usize,
+}
+
+impl Nll {
+    fn add(&mut self, mean: f64, tokens: usize) {
+        self.sum += mean * tokens as f64;
+        self.tokens += tokens;
+    }
+
+    fn mean(&self) -> f64 {
+        self.sum / self.tokens.max(1) as f64
     }
 }
 
@@ -224,20 +330,43 @@ pub fn table(r: &EvalReport) -> String {
     );
     s += &row("ITC", &r.itc);
     s += &row("ITC + ITM", &r.itm);
+    let (gain_i2t, gain_t2i) = r.rerank_gain();
+    s += &format!("re-ranking gain (R@1, ITC + ITM minus ITC): i2t {gain_i2t:+.1}, t2i {gain_t2i:+.1}\n");
     s += &format!("ITM accuracy: positives {:.1}%, hard negatives {:.1}%\n", r.itm_acc_positive, r.itm_acc_negative);
-    s += &format!("ITG perplexity: {:.3}\n", r.itg_perplexity);
+    s += &format!(
+        "ITG perplexity: {:.3}; grounding gap {:.3} nats/token (other images minus own; near 0: ITG ignores the image)\n",
+        r.itg_perplexity, r.itg_grounding_gap
+    );
+    if let Some(acc) = r.caption_accuracy {
+        s += &format!("greedy captions naming both objects' colour and shape: {acc:.1}%\n");
+    }
     let t = &r.timing;
     s += &format!(
-        "time: features {:.0} ms, ITC {:.0} ms, ITM re-ranking {:.0} ms ({} pairs), ITG {:.0} ms",
-        t.features_ms, t.itc_ms, t.rerank_ms, t.itm_pairs, t.itg_ms
+        "time: features {:.0} ms, ITC {:.0} ms, ITM re-ranking {:.0} ms ({} pairs), ITG {:.0} ms, captions {:.0} ms",
+        t.features_ms, t.itc_ms, t.rerank_ms, t.itm_pairs, t.itg_ms, t.caption_ms
     );
     s
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{hardest, rerank_scores, top_k, top_sets};
+    use super::{derangement, hardest, rerank_scores, top_k, top_sets};
     use crate::eval::retrieval::recall_in_tiers;
+
+    #[test]
+    fn the_grounding_shuffle_is_a_fixed_derangement() {
+        for n in [2, 3, 7, 200] {
+            let p = derangement(n, 5);
+            let mut sorted = p.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, (0..n).collect::<Vec<_>>(), "a permutation of {n}");
+            assert!(p.iter().enumerate().all(|(i, &j)| i != j), "no image keeps its own captions: {p:?}");
+            assert_eq!(derangement(n, 5), p, "the same on every call");
+        }
+        assert_ne!(derangement(200, 5), derangement(200, 6), "another seed, another pairing");
+        assert_eq!(derangement(1, 5), vec![0]);
+        assert!(derangement(0, 5).is_empty());
+    }
 
     #[test]
     fn itm_reranking_changes_only_the_top_k() {

@@ -98,23 +98,40 @@ pub fn recall(sims: &[f32], images: usize, caption_image: &[usize]) -> Recall {
     recall_from_scores(sims, &t2i, images, caption_image)
 }
 
-pub fn itc_recall<B: Kernels>(model: &QFormer<B>, frozen: &Frozen<B>, set: &EvalSet, chunk: usize) -> Recall {
-    let device = model.query_tokens.device();
+/// Frozen features `[n, P, W]` of the set's images `images`, in that order.
+pub fn frozen_features<B: Kernels>(
+    frozen: &Frozen<B>,
+    set: &EvalSet,
+    images: impl IntoIterator<Item = usize>,
+    device: &B::Device,
+) -> Tensor<B, 3> {
     let per = frozen.input_len();
-    let mut images = Vec::new();
-    for start in (0..set.images).step_by(chunk) {
-        let n = chunk.min(set.images - start);
-        let feats = frozen.features(set.inputs[start * per..(start + n) * per].to_vec(), &device);
-        images.push(image_side(model, feats).embeds);
-    }
+    frozen.features(images.into_iter().flat_map(|i| set.inputs[i * per..(i + 1) * per].iter().copied()).collect(), device)
+}
+
+/// ITC similarities `[images × texts]` on the host. Image by chunk: the `[chunk · queries,
+/// texts]` product and the chunk's keys/values are all that the device holds beside the text
+/// embeddings, whatever the set's size (a 5k-image COCO test set at the `blip2` shape included).
+pub fn itc_scores<B: Kernels>(model: &QFormer<B>, frozen: &Frozen<B>, set: &EvalSet, chunk: usize) -> Vec<f32> {
+    let device = model.query_tokens.device();
     let texts = set.captions.batch_size();
-    let text: Vec<_> = (0..texts)
-        .step_by(chunk)
-        .map(|start| text_embeds(model, &set.captions.select(&(start..(start + chunk).min(texts)).collect::<Vec<_>>())))
-        .collect();
-    let sims = itc_similarities(Tensor::cat(images, 0), Tensor::cat(text, 0));
-    let sims = to_f32(sims);
-    recall(&sims, set.images, &set.caption_image)
+    let text = Tensor::cat(
+        (0..texts)
+            .step_by(chunk)
+            .map(|start| text_embeds(model, &set.captions.select(&(start..(start + chunk).min(texts)).collect::<Vec<_>>())))
+            .collect(),
+        0,
+    );
+    let mut sims = Vec::with_capacity(set.images * texts);
+    for start in (0..set.images).step_by(chunk) {
+        let feats = frozen_features(frozen, set, start..(start + chunk).min(set.images), &device);
+        sims.extend(to_f32(itc_similarities(image_side(model, feats).embeds, text.clone())));
+    }
+    sims
+}
+
+pub fn itc_recall<B: Kernels>(model: &QFormer<B>, frozen: &Frozen<B>, set: &EvalSet, chunk: usize) -> Recall {
+    recall(&itc_scores(model, frozen, set, chunk), set.images, &set.caption_image)
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! Backend selection at run time. `flex` is the default CPU backend (measured about 2× faster than
-//! `ndarray` here, see README); `cuda` exists when built with `--features cuda`.
+//! `ndarray` here, see README); `cuda` and `wgpu` exist when built with those features.
 
 use burn::backend::{Autodiff, Flex, NdArray};
 use serde::{Deserialize, Serialize};
@@ -14,6 +14,14 @@ pub enum BackendKind {
     Flex,
     Ndarray,
     Cuda,
+    Wgpu,
+}
+
+impl BackendKind {
+    /// GPU backends: the encoder may run in half precision, and peers take a device each.
+    pub fn is_gpu(self) -> bool {
+        matches!(self, Self::Cuda | Self::Wgpu)
+    }
 }
 
 /// Work that runs on whichever backend is chosen.
@@ -32,6 +40,14 @@ pub fn dispatch<J: BackendJob>(kind: BackendKind, job: J) -> Result<J::Output> {
         BackendKind::Cuda => Err(crate::util::error::Error::config(
             "backend",
             "this build has no CUDA support: rebuild with `--features cuda`",
+            "command line",
+        )),
+        #[cfg(feature = "wgpu")]
+        BackendKind::Wgpu => job.run::<Autodiff<burn::backend::Wgpu>>(Default::default()),
+        #[cfg(not(feature = "wgpu"))]
+        BackendKind::Wgpu => Err(crate::util::error::Error::config(
+            "backend",
+            "this build has no wgpu support: rebuild with `--features wgpu`",
             "command line",
         )),
     }

@@ -3,7 +3,8 @@
 //! element's index within its row. No process-wide RNG is read, so concurrent peers, thread timing
 //! and the split of a batch across peers leave every mask unchanged.
 
-use burn::tensor::Shape;
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, ElementConversion, Int, Shape, Tensor, TensorData};
 use rayon::prelude::*;
 
 use super::math::{hash, vectorized, CHUNK};
@@ -47,9 +48,8 @@ impl DropoutSite<'_> {
         assert_eq!(rows, self.rows.len(), "dropout keys for {} rows, tensor of {rows}", self.rows.len());
         let n = shape.num_elements();
         let inner = n / rows.max(1);
-        let seeds: Vec<u64> = self.rows.iter().map(|&r| mix(r, self.path)).collect();
-        let threshold = (keep * 4_294_967_296.0).min(u32::MAX as f64) as u32;
-        let scale = (1.0 / keep) as f32;
+        let seeds = self.row_seeds();
+        let (threshold, scale) = (threshold(keep), (1.0 / keep) as f32);
         let mut mask = vec![0.0f32; n];
         mask.par_chunks_mut(CHUNK).enumerate().for_each(|(c, out)| {
             vectorized(|| {
@@ -66,6 +66,47 @@ impl DropoutSite<'_> {
         });
         mask
     }
+
+    /// The same mask computed on the device, from the same hash in unsigned 32-bit integer ops
+    /// (the host sends one pair of words per row, nothing per element), as a `[rows, inner]`
+    /// tensor to reshape to the caller's shape. For the GPU backends, where uploading a host mask
+    /// per site would cost a transfer the size of the activation.
+    ///
+    /// # Panics
+    /// As [`DropoutSite::mask`].
+    pub fn device_mask<B: Backend>(&self, shape: &Shape, keep: f64, device: &B::Device) -> Tensor<B, 2> {
+        let rows = shape[0];
+        assert_eq!(rows, self.rows.len(), "dropout keys for {} rows, tensor of {rows}", self.rows.len());
+        let inner = shape.num_elements() / rows.max(1);
+        let seeds = self.row_seeds();
+        let words = |f: fn(u64) -> u32| {
+            let data = TensorData::new(seeds.iter().map(|&s| f(s)).collect::<Vec<u32>>(), [rows, 1]);
+            Tensor::<B, 2, Int>::from_data(data, (device, DType::U32)).expand([rows, inner])
+        };
+        let (low, high) = (words(|s| s as u32), words(|s| (s >> 32) as u32));
+        let index = Tensor::<B, 1, Int>::arange(0..inner as i64, device).cast(DType::U32).reshape([1, inner]).expand([rows, inner]);
+        // hash(seed, j) = mix(mix(j · 0x9e3779b9 ^ low) ^ high), as in `math::hash`.
+        let h = finalize(index.mul_scalar(0x9e37_79b9u32).bitwise_xor(low));
+        let h = finalize(h.bitwise_xor(high));
+        h.lower_elem(threshold(keep)).float().mul_scalar((1.0 / keep) as f32)
+    }
+
+    fn row_seeds(&self) -> Vec<u64> {
+        self.rows.iter().map(|&r| mix(r, self.path)).collect()
+    }
+}
+
+/// Kept when the element's 32-bit hash is below this.
+fn threshold(keep: f64) -> u32 {
+    (keep * 4_294_967_296.0).min(u32::MAX as f64) as u32
+}
+
+/// MurmurHash3's 32-bit finaliser (`math::mix`) on unsigned 32-bit integer tensors.
+fn finalize<B: Backend>(h: Tensor<B, 2, Int>) -> Tensor<B, 2, Int> {
+    let shifted = |h: &Tensor<B, 2, Int>, k: u32| h.clone().bitwise_right_shift_scalar(k.elem());
+    let h = h.clone().bitwise_xor(shifted(&h, 16)).mul_scalar(0x85eb_ca6bu32);
+    let h = h.clone().bitwise_xor(shifted(&h, 13)).mul_scalar(0xc2b2_ae35u32);
+    h.clone().bitwise_xor(shifted(&h, 16))
 }
 
 #[cfg(test)]

@@ -80,7 +80,8 @@ pub trait Kernels: Backend {
     }
 
     /// An inverted-dropout mask of `shape` (batch first): `1/keep` with probability `keep`, else
-    /// 0, as [`DropoutSite::mask`] draws it. Built on the host by default and uploaded.
+    /// 0, as [`DropoutSite::mask`] draws it. Built on the host by default and uploaded (the CPU
+    /// backends); the GPU backends draw it on the device ([`DropoutSite::device_mask`]).
     fn dropout_mask(shape: Shape, keep: f64, site: &DropoutSite<'_>, device: &Self::Device) -> FloatTensor<Self> {
         let values = site.mask(&shape, keep);
         Self::float_from_data(burn::tensor::TensorData::new(values, shape), device)
@@ -158,8 +159,25 @@ impl<B: AutodiffBackend<InnerBackend: Kernels> + Kernels> TrainBackend for B {}
 
 impl Kernels for burn::backend::NdArray {}
 
+/// The cubecl (GPU) backends: the composed kernels, with dropout masks drawn on the device.
+macro_rules! cubecl_kernels {
+    ($backend:ty) => {
+        impl Kernels for $backend {
+            fn dropout_mask(shape: Shape, keep: f64, site: &DropoutSite<'_>, device: &Self::Device) -> FloatTensor<Self> {
+                <Self as burn::tensor::ops::FloatTensorOps<Self>>::float_reshape(
+                    float(site.device_mask::<Self>(&shape, keep, device)),
+                    shape,
+                )
+            }
+        }
+    };
+}
+
 #[cfg(feature = "cuda")]
-impl Kernels for burn::backend::Cuda {}
+cubecl_kernels!(burn::backend::Cuda);
+
+#[cfg(feature = "wgpu")]
+cubecl_kernels!(burn::backend::Wgpu);
 
 fn float<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
     t.into_primitive().tensor()

@@ -101,9 +101,13 @@ pub struct Stage1Output<B: Kernels> {
     pub sampler: SamplerStats,
 }
 
-/// Host copy of a `[b, N]` tensor for the sampler.
-fn host_rows<B: Kernels>(t: Tensor<B, 2>) -> Vec<f32> {
-    to_f32(t.detach())
+/// Host copies of the two `[b, N]` similarity blocks the sampler draws from (this peer's rows
+/// against the global batch, nothing else), in one read-back (one device sync): (text → image
+/// rows, image → text rows).
+fn host_rows<B: Kernels>(sim_t2i: Tensor<B, 2>, sim_i2t: Tensor<B, 2>) -> (Vec<f32>, Vec<f32>) {
+    let mut t2i = to_f32(Tensor::cat(vec![sim_t2i.detach(), sim_i2t.detach()], 0));
+    let i2t = t2i.split_off(t2i.len() / 2);
+    (t2i, i2t)
 }
 
 /// The stage-one loss of a batch on one device.
@@ -282,11 +286,12 @@ pub fn stage1_loss_across<B: Kernels>(
     if cfg.itm.enabled {
         // Negative image for each text from its text-to-image row; negative text for each image
         // from its image-to-text row. `positives` is symmetric, so it serves both directions.
-        let (t2i, i2t) = match sims {
-            Some((sim_i2t, sim_t2i)) => (host_rows(sim_t2i), host_rows(sim_i2t)),
-            None => (Vec::new(), Vec::new()),
-        };
+        // Only a mode that draws from the similarities reads them back (explicit indices do not).
         let mode = &cfg.negatives;
+        let (t2i, i2t) = match sims {
+            Some((sim_i2t, sim_t2i)) if !matches!(mode, NegativeMode::Explicit { .. }) => host_rows(sim_t2i, sim_i2t),
+            _ => (Vec::new(), Vec::new()),
+        };
         let (neg_image, s1) = sampler.pick(mode, Direction::ImageForText, &t2i, &positives, &batch.keys)?;
         let (neg_text, s2) = sampler.pick(mode, Direction::TextForImage, &i2t, &positives, &batch.keys)?;
         out.sampler = s1;

@@ -213,11 +213,16 @@ pub struct EvalConfig {
     /// `itm.X` (the latter needs `rerank_every`), X one of `i2t_r1` ... `t2i_r10`, `i2t_mean`,
     /// `t2i_mean`, `mean`. Empty: no best checkpoint.
     pub best_metric: String,
+    /// Images (captions, ITM pairs) per forward during evaluation: what bounds its device memory,
+    /// whatever the held-out set's size.
+    pub chunk: usize,
+    /// Seeds the fixed image shuffle of the ITG grounding gap (the same pairing on every run).
+    pub seed: u64,
 }
 
 impl Default for EvalConfig {
     fn default() -> Self {
-        Self { every: 0, max_images: 0, rerank_every: 0, k_test: 16, best_metric: String::new() }
+        Self { every: 0, max_images: 0, rerank_every: 0, k_test: 16, best_metric: String::new(), chunk: 64, seed: 0 }
     }
 }
 
@@ -400,10 +405,10 @@ impl TrainConfig {
         if self.encoder.width != self.model.encoder_hidden_size {
             return err("encoder.width", format!("must equal model.encoder_hidden_size ({})", self.model.encoder_hidden_size));
         }
-        if self.encoder.precision != Precision::F32 && self.train.backend != BackendKind::Cuda {
+        if self.encoder.precision != Precision::F32 && !self.train.backend.is_gpu() {
             return err(
                 "encoder.precision",
-                "half precision needs train.backend = \"cuda\"; the CPU backends run the encoder in f32".into(),
+                "half precision needs a GPU backend (train.backend = \"cuda\" or \"wgpu\"); the CPU backends run the encoder in f32".into(),
             );
         }
         let o = &self.objectives;
@@ -487,6 +492,9 @@ impl TrainConfig {
         }
         if e.k_test == 0 {
             return err("eval.k_test", "must be > 0".into());
+        }
+        if e.chunk == 0 {
+            return err("eval.chunk", "must be > 0".into());
         }
         if !e.best_metric.is_empty() {
             let ok = match e.best() {

@@ -58,11 +58,16 @@ fn null_is_nan_term<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Resu
 impl StepMetrics {
     pub fn summary(&self) -> String {
         let term = |name: &str, v: Option<f64>| v.map_or(String::new(), |v| format!(" {name} {v:.3}"));
+        // ITM beside the loss of a constant answer: the gap says whether it tells pairs apart.
+        let itm = self.loss_itm.map_or(String::new(), |v| match self.itm_constant {
+            Some(c) => format!(" itm {v:.3} (constant {c:.3})"),
+            None => format!(" itm {v:.3}"),
+        });
         format!(
             "loss {:.3}{}{}{} lr {:.2e} temp {:.4} {:.1} pairs/s",
             self.loss,
             term("itc", self.loss_itc),
-            term("itm", self.loss_itm),
+            itm,
             term("itg", self.loss_itg),
             self.lr,
             self.temp,

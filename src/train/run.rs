@@ -291,17 +291,23 @@ impl TrainJob {
     }
 }
 
-/// Local peer `i`'s device: its GPU index (`distributed.devices`, by default `i`), or the one
-/// device of a CPU backend, which every local peer shares.
+/// Local peer `i`'s device: its GPU index (`distributed.devices`; on CUDA by default `i`), or the
+/// one device of a CPU backend, which every local peer shares. wgpu peers share the adapter wgpu
+/// picks unless `distributed.devices` names discrete GPUs.
 fn peer_device<K: Backend>(base: &K::Device, cfg: &TrainConfig, i: usize) -> K::Device {
+    use crate::kernels::backend::BackendKind;
     use burn::tensor::backend::{Device, DeviceOps};
-    let index = match cfg.distributed.devices.get(i) {
-        Some(&index) => index,
-        None if cfg.train.backend == crate::kernels::backend::BackendKind::Cuda => i,
-        None => return base.clone(),
-    };
     let mut id = base.id();
-    id.index_id = index as u16;
+    match (cfg.distributed.devices.get(i), cfg.train.backend) {
+        (Some(&index), BackendKind::Wgpu) => {
+            // wgpu's device ids: type 0 is a discrete GPU, the index counts those.
+            id.type_id = 0;
+            id.index_id = index as u16;
+        }
+        (Some(&index), _) => id.index_id = index as u16,
+        (None, BackendKind::Cuda) => id.index_id = i as u16,
+        (None, _) => return base.clone(),
+    }
     K::Device::from_id(id)
 }
 
@@ -443,7 +449,7 @@ fn run_peer<B: TrainBackend>(shared: &Shared<B>, peers: Box<dyn Exchange<B::Inne
         let mut best_candidate = None;
         if let (true, Some(set)) = (eval_due, &eval_set) {
             let valid = trainer.valid();
-            let r = itc_recall(&valid, &frozen, set, 64);
+            let r = itc_recall(&valid, &frozen, set, cfg.eval.chunk);
             progress.note(&format!(
                 "step {} held-out retrieval: i2t R@1 {:.1} R@5 {:.1} | t2i R@1 {:.1} R@5 {:.1} ({} images)",
                 state.step, r.i2t_r1, r.i2t_r5, r.t2i_r1, r.t2i_r5, set.images
@@ -451,16 +457,21 @@ fn run_peer<B: TrainBackend>(shared: &Shared<B>, peers: Box<dyn Exchange<B::Inne
             last.retrieval = Some(r);
             recall = Some(r);
             if rerank_due {
-                let report = evaluate(&valid, &frozen, set, &EvalOptions { k_test: cfg.eval.k_test, chunk: 64 });
+                let opts =
+                    EvalOptions { k_test: cfg.eval.k_test, chunk: cfg.eval.chunk, seed: cfg.eval.seed, captions: Some(&shared.text) };
+                let report = evaluate(&valid, &frozen, set, &opts)?;
+                let (gain_i2t, gain_t2i) = report.rerank_gain();
                 progress.note(&format!(
-                    "step {} re-ranked (top {}): i2t R@1 {:.1} | t2i R@1 {:.1}; ITM accuracy {:.1}/{:.1}; ITG perplexity {:.2}",
+                    "step {} re-ranked (top {}): i2t R@1 {:.1} ({gain_i2t:+.1}) | t2i R@1 {:.1} ({gain_t2i:+.1}); ITM accuracy {:.1}/{:.1}; ITG perplexity {:.2}, grounding gap {:.3}{}",
                     state.step,
                     report.k_test,
                     report.itm.i2t_r1,
                     report.itm.t2i_r1,
                     report.itm_acc_positive,
                     report.itm_acc_negative,
-                    report.itg_perplexity
+                    report.itg_perplexity,
+                    report.itg_grounding_gap,
+                    report.caption_accuracy.map_or(String::new(), |a| format!("; captions naming both objects {a:.1}%"))
                 ));
                 last.evaluation = Some(report);
             }
