@@ -100,12 +100,18 @@ fn group_of(name: &str) -> &str {
     }
 }
 
-/// Runs grouped by [`group_of`], in first-appearance order.
+/// Runs grouped by [`group_of`], in first-appearance order. Only seeds of one variant share a
+/// group: runs without a `-seed<N>` suffix stay alone even when their names match (two runs of
+/// one name in different folders are not seeds of each other).
 fn groups(runs: &[Run]) -> Vec<(String, Vec<&Run>)> {
     let mut out: Vec<(String, Vec<&Run>)> = Vec::new();
     for run in runs {
         let g = group_of(&run.name);
-        match out.iter_mut().find(|(name, _)| name == g) {
+        if g == run.name {
+            out.push((g.to_string(), vec![run]));
+            continue;
+        }
+        match out.iter_mut().find(|(name, members)| name == g && members[0].name != g) {
             Some((_, members)) => members.push(run),
             None => out.push((g.to_string(), vec![run])),
         }
@@ -367,6 +373,8 @@ mod tests {
         assert_eq!(c[0].line, vec![(1.0, 2.0), (2.0, 3.0)]);
         assert_eq!(c[0].band, Some((vec![(1.0, 1.0), (2.0, 2.0)], vec![(1.0, 3.0), (2.0, 4.0)])));
         assert_eq!((c[1].name.as_str(), c[1].band.is_none()), ("b", true));
+        // Two runs of one name without seeds (other folders, other configs) are not grouped.
+        assert_eq!(groups(&[run("b", &[1.0]), run("b", &[2.0])]).len(), 2);
         let table = seed_table(&runs).unwrap();
         assert!(table.contains("| a | 2 | 3.42 ± 2.71 |"), "{table}"); // ITC: last-steps means 1.5 and 16/3
         assert!(seed_table(&runs[1..2]).is_none());
