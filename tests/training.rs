@@ -46,24 +46,24 @@ fn train_on(backend: BackendKind, cfg_path: &Path, overrides: &[String], resume:
 
 #[test]
 fn resumed_run_is_bit_identical_to_an_uninterrupted_one() {
-    resume_matches(BackendKind::Flex, "resume", Some(0.0));
+    resume_matches(BackendKind::Flex, "resume", true);
 }
 
 /// Training steps, checkpoints, evaluation and a resume on a cubecl backend: every piece runs
 /// and every loss is finite. Not yet equal: on lavapipe the resumed run diverges from the
 /// uninterrupted one (the temperature by 98 %, AdamW moments by more than their scale), a wgpu
-/// bug still open in issue 24; the differences print with `--nocapture`, and the bound here
-/// (`None`) only asks that both runs finish.
+/// bug still open in issue 24; the differences print with `--nocapture`, and the test only asks
+/// that both runs finish.
 #[cfg(feature = "wgpu")]
 #[test]
 fn wgpu_run_trains_checkpoints_and_resumes() {
-    resume_matches(BackendKind::Wgpu, "resume-wgpu", None);
+    resume_matches(BackendKind::Wgpu, "resume-wgpu", false);
 }
 
 /// Four steps with a checkpoint every two, against a copy cut at step 2 and resumed: weights,
-/// optimizer state and every metrics record equal (to the bit when `tol` is 0; within `tol` of
-/// each tensor's scale otherwise; only printed when `None`).
-fn resume_matches(backend: BackendKind, name: &str, tol: Option<f32>) {
+/// optimizer state and every metrics record equal to the bit when `exact`; otherwise each
+/// tensor's difference is printed and every loss must be finite.
+fn resume_matches(backend: BackendKind, name: &str, exact: bool) {
     let _guard = serial();
     let dir = workdir(name);
     let cfg = config(&dir, "grad_accum = 2\nclip_grad_norm = 1.0");
@@ -92,25 +92,22 @@ fn resume_matches(backend: BackendKind, name: &str, tol: Option<f32>) {
     std::fs::write(copy.join("mini/latest"), "step-00000002").unwrap();
     let resumed = train(&[format!("checkpoint.dir=\"{}\"", copy.display())], Some(copy.join("mini"))).unwrap();
     assert_eq!(resumed.steps, 4);
-    let mut worst = 0f32;
     for f in [MODEL_FILE, OPTIMIZER_FILE] {
         let a = SafetensorsFile::open(&run.join("step-00000004").join(f)).unwrap();
         let b = SafetensorsFile::open(&copy.join("mini/step-00000004").join(f)).unwrap();
         assert_eq!(a.names().unwrap().len(), b.names().unwrap().len());
         for name in a.names().unwrap() {
             let (x, y) = (a.f32(&name).unwrap().1, b.f32(&name).unwrap().1);
-            if tol == Some(0.0) {
+            if exact {
                 assert!(x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()), "{f}: {name} differs after resume");
             } else {
                 let scale = x.iter().fold(1e-12f32, |m, v| m.max(v.abs()));
                 let err = x.iter().zip(&y).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
                 eprintln!("resume {backend:?} {f} {name}: {:e}", err / scale);
-                worst = worst.max(err / scale);
             }
         }
     }
-    assert!(worst <= tol.unwrap_or(f32::INFINITY), "a tensor differs after resume by {worst:e} of its scale");
-    if tol == Some(0.0) {
+    if exact {
         let metrics = |p: &Path| std::fs::read_to_string(p.join("metrics.jsonl")).unwrap();
         let strip = |s: String| s.lines().map(|l| l.split("\"pairs_per_s\"").next().unwrap().to_string()).collect::<Vec<_>>();
         assert_eq!(strip(metrics(&run)), strip(metrics(&copy.join("mini"))), "per-step losses differ after resume");
@@ -119,7 +116,6 @@ fn resume_matches(backend: BackendKind, name: &str, tol: Option<f32>) {
         assert_eq!(a.len(), b.len());
         for (x, y) in a.iter().zip(b) {
             assert!(x.is_finite() && y.is_finite(), "loss {x} vs {y} after resume");
-            assert!(tol.is_none() || (x - y).abs() <= 1e-4 * x.abs().max(1.0), "loss {x} vs {y} after resume");
         }
     }
 }

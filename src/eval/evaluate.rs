@@ -179,7 +179,7 @@ pub fn evaluate<B: Kernels>(model: &QFormer<B>, frozen: &Frozen<B>, set: &EvalSe
     let shuffled = derangement(n_img, opts.seed);
 
     // Second pass, image chunk by image chunk: ITM for the chunk's pairs, ITG for its captions
-    // with their own images and with the image half a chunk away.
+    // with their own images and with their images under the derangement.
     let mut next = 0;
     let (mut own, mut other) = (Nll::default(), Nll::default());
     for start in (0..n_img).step_by(chunk) {
@@ -212,8 +212,9 @@ pub fn evaluate<B: Kernels>(model: &QFormer<B>, frozen: &Frozen<B>, set: &EvalSe
             if tokens == 0 {
                 continue;
             }
-            let rows: Vec<usize> = part.iter().map(|&t| set.caption_image[t] - start).collect();
-            let itg = |side: &ImageSide<B>| scalar(itg_loss(model, &side.select(&rows).query_kv, &captions, model.bos_token_id, 0.0, None));
+            let image_rows: Vec<usize> = part.iter().map(|&t| set.caption_image[t] - start).collect();
+            let itg =
+                |side: &ImageSide<B>| scalar(itg_loss(model, &side.select(&image_rows).query_kv, &captions, model.bos_token_id, 0.0, None));
             own.add(itg(&side), tokens);
             if let Some(side) = &shuffled_side {
                 other.add(itg(side), tokens);

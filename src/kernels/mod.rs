@@ -160,6 +160,7 @@ impl<B: AutodiffBackend<InnerBackend: Kernels> + Kernels> TrainBackend for B {}
 impl Kernels for burn::backend::NdArray {}
 
 /// The cubecl (GPU) backends: the composed kernels, with dropout masks drawn on the device.
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
 macro_rules! cubecl_kernels {
     ($backend:ty) => {
         impl Kernels for $backend {
