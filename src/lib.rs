@@ -1,7 +1,7 @@
 //! qformer: BLIP-2 Q-Former stage-one pretraining (ITC, ITM with hard negatives, ITG) on burn.
 //!
 //! The modules are layers, bottom to top; each imports only from itself and the layers below
-//! (checked by `tests/layers.rs`): `util` → `kernels` → `model` → `data` → `objectives` →
+//! (checked by `tests/suite/layers.rs`): `util` → `kernels` → `model` → `data` → `objectives` →
 //! `interop` → `eval` → `train` → `app`. Only `app` prints.
 
 // `!(x > 0.0)` in the config checks is deliberate: it refuses NaN as well.

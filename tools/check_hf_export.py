@@ -7,7 +7,7 @@ writes HF's outputs on tests/fixtures/lavis/inputs.safetensors to hf_outputs.saf
 - `itm_logits` [B, 2]: the ITM head on pairs (image b, caption b);
 - `itc_similarities` [B_img, B_txt]: cosine similarity, max over queries (no temperature).
 
-tests/interop.rs checks that qformer computes the same from the same export.
+tests/suite/interop.rs checks that qformer computes the same from the same export.
 
     /path/to/venv/bin/python tools/check_hf_export.py
 """

@@ -1,5 +1,4 @@
 //! Helpers shared by the integration tests: a small model shape and a deterministic batch.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 
@@ -47,8 +46,10 @@ pub fn batch(b: usize, image_ids: Option<Vec<i64>>, seed: u64) -> Stage1Batch<B>
     Stage1Batch::new(feats, TextBatch::new(ids, mask, 1000).unwrap(), image_ids).unwrap()
 }
 
-/// The backend RNG is process-wide: tests that seed it and draw from it hold this lock so that
-/// parallel test threads cannot interleave their draws.
+/// The backend RNG is process-wide (and all tests share one process): every test that seeds it,
+/// draws from it or builds a model in this process (a model's initialisation draws) holds this
+/// lock, so that parallel test threads cannot interleave their draws. Tests that only run the
+/// binary do not need it.
 pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())

@@ -2,7 +2,7 @@
 //! it, a fresh training into a finished run is refused unless `--overwrite`, and a refused resume
 //! changes nothing in the folder.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -2,7 +2,7 @@
 //! annotation parsers never panic on mutated or arbitrary input, and every error names its key,
 //! file or line.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

@@ -2,15 +2,15 @@
 //! with dropout on and sampled hard negatives, compare every loss term, every gradient (summed
 //! over the peers) and the weights after 3 AdamW steps. Only the order of reductions differs.
 //!
-//! Tolerance 1e-5: relative for loss terms; for a tensor, its difference's norm against 1e-5 of
-//! its norm, or of the whole set's root-mean-square value scaled to the tensor's size when that is
+//! Tolerance 1e-5 (the temperature's gradient excepted: `TEMPERATURE_GRAD_TOL`): relative for
+//! loss terms; for a tensor, its difference's norm against 1e-5 of its norm, or of the whole set's root-mean-square value scaled to the tensor's size when that is
 //! larger. The floor is for tensors that are rounding noise on both sides: the attention key
 //! biases, whose gradient is zero in exact arithmetic (softmax ignores a shift), and the biases
 //! that start at zero, which AdamW moves by about `lr` per step whatever the size of a gradient
 //! element, so that elements whose gradient cancels to near zero move by rounding-sized
 //! differences amplified to `lr`.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 
@@ -26,6 +26,12 @@ use qformer::train::trainer::Trainer;
 
 const GLOBAL: usize = 8;
 const STEPS: usize = 3;
+/// The temperature's gradient (the model's one scalar parameter) is a single sum over every
+/// similarity logit of both directions whose terms cancel: the softmax-weighted similarity minus
+/// the positives'. Its rounding error against its own size is the largest of all and depends on
+/// the matmul kernels the CPU dispatches to: measured 1.5e-6 on an AVX-512 machine, 1.15e-5 on
+/// the CI machine.
+const TEMPERATURE_GRAD_TOL: f64 = 1e-4;
 
 /// What a run reports from its first peer.
 struct Outcome {
@@ -98,12 +104,12 @@ fn rms<'a>(tensors: impl Iterator<Item = &'a [f32]>) -> f64 {
     (sum / n as f64).sqrt()
 }
 
-fn assert_close_tensor(what: &str, a: &[f32], b: &[f32], rms: f64) {
+fn assert_close_tensor(what: &str, a: &[f32], b: &[f32], rms: f64, tol: f64) {
     assert_eq!(a.len(), b.len(), "{what}");
     let diff: Vec<f32> = a.iter().zip(b).map(|(x, y)| x - y).collect();
     let (d, n) = (norm(&diff), norm(b));
     let scale = n.max(rms * (b.len() as f64).sqrt());
-    assert!(d <= 1e-5 * scale, "{what}: |a - b| = {d:e}, |b| = {n:e}, scale {scale:e}");
+    assert!(d <= tol * scale, "{what}: |a - b| = {d:e}, |b| = {n:e}, scale {scale:e}");
 }
 
 fn assert_close(what: &str, a: f64, b: f64) {
@@ -121,7 +127,10 @@ fn compare(image_ids: Vec<i64>, name: &str) {
     let grad_rms = rms(one.grads.iter().flatten().map(Vec::as_slice));
     for (i, (a, b)) in two.grads.iter().zip(&one.grads).enumerate() {
         match (a, b) {
-            (Some(a), Some(b)) => assert_close_tensor(&format!("gradient {i}"), a, b, grad_rms),
+            (Some(a), Some(b)) => {
+                let tol = if b.len() == 1 { TEMPERATURE_GRAD_TOL } else { 1e-5 };
+                assert_close_tensor(&format!("gradient {i}"), a, b, grad_rms, tol)
+            }
             (None, None) => {}
             _ => panic!("gradient {i}: present on one side only"),
         }
@@ -135,7 +144,7 @@ fn compare(image_ids: Vec<i64>, name: &str) {
     let weight_rms = rms(one.weights.iter().map(|(_, w)| w.as_slice()));
     for ((name_a, a), (name_b, b)) in two.weights.iter().zip(&one.weights) {
         assert_eq!(name_a, name_b);
-        assert_close_tensor(&format!("weights {name_a} after {STEPS} steps"), a, b, weight_rms);
+        assert_close_tensor(&format!("weights {name_a} after {STEPS} steps"), a, b, weight_rms, 1e-5);
     }
 }
 

@@ -1,7 +1,7 @@
 //! Training runs end to end on a miniature config: exact resume, checkpoint integrity, the frozen
 //! encoder staying out of the optimizer, and the ablation table.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 
@@ -26,13 +26,7 @@ fn config(dir: &Path, extra: &str) -> PathBuf {
     common::RunConfig { train_extra: extra.into(), ..common::RunConfig::miniature_bert() }.write(dir, "mini")
 }
 
-/// Training draws dropout from the backend's process-wide RNG, so runs in one process must not
-/// overlap (as in real use: one run per process). Tests that train hold this lock.
-static ONE_RUN_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
+use common::serial;
 
 fn train(cfg_path: &Path, overrides: &[String], resume: Option<PathBuf>) -> qformer::Result<TrainOutcome> {
     train_on(BackendKind::Flex, cfg_path, overrides, resume)
@@ -50,10 +44,12 @@ fn resumed_run_is_bit_identical_to_an_uninterrupted_one() {
 }
 
 /// Training steps, checkpoints, evaluation and a resume on a cubecl backend: every piece runs
-/// and every loss is finite. Not yet equal: on lavapipe the resumed run diverges from the
-/// uninterrupted one (the temperature by 98 %, AdamW moments by more than their scale), a wgpu
-/// bug still open in issue 24; the differences print with `--nocapture`, and the test only asks
-/// that both runs finish.
+/// and every loss is finite. Not yet equal (issue 24, open): on lavapipe with
+/// `CUBECL_AUTOTUNE_LEVEL=minimal` every weight and every moment resumes to the bit except the
+/// temperature's moments, and the temperature itself leaves its range after the first step
+/// (-0.48 in `metrics.jsonl`, an impossible negative `exp_avg_sq`), which the AdamW op alone
+/// does not do (`kernels::wgpu_adamw_update_matches_flex_at_every_size`). The differences print
+/// with `--nocapture`; the test only asks that both runs finish.
 #[cfg(feature = "wgpu")]
 #[test]
 fn wgpu_run_trains_checkpoints_and_resumes() {
@@ -450,8 +446,8 @@ fn a_step_reads_back_a_fixed_number_of_values() {
         trainer.step(&micro, 1e-4, false).unwrap();
         qformer::util::host::read_backs() - before
     }
-    fn check<K: qformer::kernels::TrainBackend>() {
-        for micro in [1, 2] {
+    fn check<K: qformer::kernels::TrainBackend>(micro_batches: &[usize]) {
+        for &micro in micro_batches {
             let sampled = read_backs::<K>(2, micro, NegativeMode::Sample);
             assert_eq!(sampled, 2 * micro as u64 + 1, "{micro} micro-batch(es)");
             assert_eq!(read_backs::<K>(4, micro, NegativeMode::Sample), sampled, "4 layers read back as often as 2");
@@ -460,7 +456,9 @@ fn a_step_reads_back_a_fixed_number_of_values() {
         assert_eq!(read_backs::<K>(2, 1, explicit), 2, "explicit negatives read no similarities");
     }
     let _guard = serial();
-    check::<common::B>();
+    check::<common::B>(&[1, 2]);
+    // One micro-batch on wgpu: every step there takes seconds on the software driver, and the
+    // count per micro-batch is the same code on every backend.
     #[cfg(feature = "wgpu")]
-    check::<burn::backend::Autodiff<burn::backend::Wgpu>>();
+    check::<burn::backend::Autodiff<burn::backend::Wgpu>>(&[1]);
 }

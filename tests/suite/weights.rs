@@ -1,6 +1,6 @@
 //! Weights files: HF names and layout, exact round trip, and refusal of damaged or mismatched files.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -60,6 +60,7 @@ fn rewrite(src: &std::path::Path, dst: &str, edit: impl FnOnce(&mut Vec<(String,
 
 #[test]
 fn names_and_layout_follow_hugging_face() {
+    let _rng = common::serial();
     let (_, path) = saved("layout.safetensors");
     let f = SafetensorsFile::open(&path).unwrap();
     let meta = f.metadata().unwrap();
@@ -80,6 +81,7 @@ fn names_and_layout_follow_hugging_face() {
 
 #[test]
 fn round_trip_is_exact() {
+    let _rng = common::serial();
     let (model, path) = saved("roundtrip.safetensors");
     let (loaded, loaded_cfg) = load_weights::<B>(&path, None, &Default::default()).unwrap();
     assert_eq!(loaded_cfg, cfg());
@@ -94,6 +96,7 @@ fn round_trip_is_exact() {
 
 #[test]
 fn damaged_or_mismatched_files_are_refused_by_name() {
+    let _rng = common::serial();
     let (_, path) = saved("good.safetensors");
     let device = Default::default();
     let err = |p: &PathBuf| match load_weights::<B>(p, None, &device) {

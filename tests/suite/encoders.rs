@@ -3,6 +3,7 @@
 //! LAVIS-named PyTorch pickle, at the checkpoint's resolution and at a larger one (bicubic
 //! position interpolation). Tolerance: every feature within 1e-4 of the largest |feature|.
 
+use crate::common;
 use std::path::{Path, PathBuf};
 
 use burn::backend::Flex;
@@ -54,28 +55,33 @@ fn check(cfg: &VitConfig, pixels: &str, expected: &str) -> f32 {
 
 #[test]
 fn clip_penultimate_layer_matches_hf() {
+    let _rng = common::serial();
     check(&config(VitKind::Clip, 32, 2, "clip.safetensors"), "pixels_32", "clip_32");
 }
 
 #[test]
 fn clip_with_interpolated_positions_matches_hf() {
+    let _rng = common::serial();
     check(&config(VitKind::Clip, 48, 2, "clip.safetensors"), "pixels_48", "clip_48");
 }
 
 #[test]
 fn eva_from_hf_blip2_names_matches_hf() {
+    let _rng = common::serial();
     check(&config(VitKind::Eva, 32, 2, "eva_hf.safetensors"), "pixels_32", "eva_32");
     check(&config(VitKind::Eva, 32, 1, "eva_hf.safetensors"), "pixels_32", "eva_32_depth1");
 }
 
 #[test]
 fn eva_from_lavis_pickle_matches_hf() {
+    let _rng = common::serial();
     check(&config(VitKind::Eva, 32, 2, "eva_lavis.pth"), "pixels_32", "eva_32");
     check(&config(VitKind::Eva, 48, 2, "eva_lavis.pth"), "pixels_48", "eva_48");
 }
 
 #[test]
 fn unused_tensors_are_reported() {
+    let _rng = common::serial();
     let device = Default::default();
     // One of the two blocks, as LAVIS keeps 39 of EVA's 40.
     let (_, report) = build_encoder::<B>(&config(VitKind::Eva, 32, 1, "eva_lavis.pth"), &device).unwrap();
@@ -88,6 +94,7 @@ fn unused_tensors_are_reported() {
 
 #[test]
 fn wrong_family_or_shape_is_refused_by_name() {
+    let _rng = common::serial();
     let device = Default::default();
     let err = build_encoder::<B>(&config(VitKind::Eva, 32, 2, "clip.safetensors"), &device).err().unwrap().to_string();
     assert!(err.contains("clip") && err.contains("encoder.kind"), "{err}");
@@ -104,6 +111,7 @@ fn wrong_family_or_shape_is_refused_by_name() {
 
 #[test]
 fn pickles_are_read_without_running_code() {
+    let _rng = common::serial();
     // The LAVIS file's non-tensor entries (an epoch counter) are skipped by the top-level key.
     let src = TensorSource::open(&fixture("eva_lavis.pth")).unwrap();
     assert!(src.contains("visual_encoder.blocks.0.attn.q_bias"));
@@ -112,6 +120,7 @@ fn pickles_are_read_without_running_code() {
 
 #[test]
 fn bicubic_resize_keeps_a_constant_and_a_same_size_grid() {
+    let _rng = common::serial();
     let grid: Vec<f32> = (0..16).map(|i| i as f32 * 0.5).collect();
     assert_eq!(bicubic_resize(&grid, 4, 4, 1), grid);
     let flat = bicubic_resize(&[2.5; 9], 3, 7, 1);
@@ -120,6 +129,7 @@ fn bicubic_resize_keeps_a_constant_and_a_same_size_grid() {
 
 #[test]
 fn half_precision_matmuls_stay_close_to_f32() {
+    let _rng = common::serial();
     // Config validation keeps half precision to CUDA; the cast path itself is backend-generic and
     // is checked here on the CPU backend.
     let want = SafetensorsFile::open(&fixture("expected.safetensors")).unwrap().f32("eva_32").unwrap().1;

@@ -1,7 +1,7 @@
 //! Model shapes from TOML and from weights metadata: presets agree with the shipped files, and a
 //! bad file is refused with the key and file named.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

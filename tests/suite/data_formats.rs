@@ -1,7 +1,7 @@
 //! Every annotation format reads into the same records; bad records become counted skips that name
 //! their file and line (or tar member); the loader keeps going past undecodable images.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -170,6 +170,7 @@ fn scene() -> RgbImage {
 
 #[test]
 fn bmp_gif_and_tiff_train_like_a_png() {
+    let _rng = common::serial();
     use qformer::data::images::decode;
     use qformer::train::config::TrainConfig;
     use qformer::train::run::TrainJob;
@@ -238,6 +239,7 @@ fn train_with_bad_records(name: &str, n: usize, bad_every: usize) -> qformer::Re
 
 #[test]
 fn one_early_bad_record_in_a_clean_set_does_not_stop_training() {
+    let _rng = common::serial();
     // Record 3 of 1000 is bad (0.1%): one skip in the first batch, and the run completes.
     let outcome = train_with_bad_records("skip-clean", 1000, 10_000).unwrap();
     assert_eq!(outcome.steps, 20);
@@ -247,6 +249,7 @@ fn one_early_bad_record_in_a_clean_set_does_not_stop_training() {
 
 #[test]
 fn a_set_with_five_percent_bad_records_stops_naming_the_limit() {
+    let _rng = common::serial();
     let e = train_with_bad_records("skip-bad", 400, 20).unwrap_err().to_string();
     assert!(e.contains("data.max_skip_fraction") && e.contains("1.0%"), "{e}");
 }

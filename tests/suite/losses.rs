@@ -1,7 +1,7 @@
 //! Properties of the stage-one loss on a freshly initialised model: values at initialisation,
 //! switches, tiny batches, and that the frozen features receive no gradient.
 
-mod common;
+use crate::common;
 
 use burn::tensor::{Distribution, Tensor};
 use common::{batch, serial, small, B};

@@ -5,7 +5,7 @@
 //! norm, temperature, held-out retrieval and the full evaluation), the final weights and the
 //! optimizer state.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

@@ -6,7 +6,7 @@
 //!
 //! `QFORMER_TORTURE_KILLS` sets the number of kills (default 20, as CI runs it).
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};

@@ -5,6 +5,7 @@
 //! `drop`. Tolerance: every value within 1e-5 of the largest |value| (outputs are LayerNormed, so
 //! that is about 1e-5 absolute).
 
+use crate::common;
 use std::path::{Path, PathBuf};
 
 use burn::backend::Flex;
@@ -77,6 +78,7 @@ fn max_rel_error(got: &[f32], want: &[f32]) -> f32 {
 
 #[test]
 fn text_pass_of_minilm_initialised_qformer_equals_bert() {
+    let _rng = common::serial();
     let device = Default::default();
     let cfg = minilm_shape();
     let src = TensorSource::open(&minilm()).unwrap();
@@ -103,6 +105,7 @@ fn text_pass_of_minilm_initialised_qformer_equals_bert() {
 
 #[test]
 fn prefixed_mlm_checkpoint_maps_every_part() {
+    let _rng = common::serial();
     let device = Default::default();
     let cfg = tiny_bert(16);
     let path = root().join("tests/fixtures/bert_init/mlm_tiny.safetensors");
@@ -138,6 +141,7 @@ fn prefixed_mlm_checkpoint_maps_every_part() {
 
 #[test]
 fn mismatched_bert_is_refused_by_name() {
+    let _rng = common::serial();
     let device = Default::default();
     let path = root().join("tests/fixtures/bert_init/mlm_tiny.safetensors");
     let src = TensorSource::open(&path).unwrap();

@@ -2,7 +2,7 @@
 //! sharing an `image_id` (or, without ids, the same image file) are one image with several
 //! captions, so a caption's hit on another caption's image of the same picture is a hit.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 
@@ -36,6 +36,7 @@ fn load(path: &Path, max_images: usize) -> EvalSet {
 
 #[test]
 fn json_jsonl_and_csv_give_the_same_images_captions_and_recalls() {
+    let _rng = common::serial();
     let d = common::workdir("eval-sets");
     write_images(&d);
     let list: Vec<String> = (0..IMAGES)

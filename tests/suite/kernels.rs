@@ -13,9 +13,6 @@ use qformer::model::norm::LayerNorm;
 
 const TOL: f32 = 2e-6;
 
-/// The backends' RNGs are process-wide; tests that seed them take turns.
-static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 fn close<B: Backend, const D: usize>(got: Tensor<B, D>, want: Tensor<B, D>, what: &str) {
     let got = got.into_data().to_vec::<f32>().unwrap();
     let want = want.into_data().to_vec::<f32>().unwrap();
@@ -123,7 +120,7 @@ where
 
 #[test]
 fn flex_kernels_match_burn() {
-    let _turn = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = crate::common::serial();
     layer_norm_matches::<Autodiff<Flex>>();
     softmax_and_gelu_match::<Autodiff<Flex>>();
     cross_entropy_matches::<Autodiff<Flex>>();
@@ -131,7 +128,7 @@ fn flex_kernels_match_burn() {
 
 #[test]
 fn composed_fallback_matches_burn() {
-    let _turn = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = crate::common::serial();
     layer_norm_matches::<Autodiff<NdArray>>();
     softmax_and_gelu_match::<Autodiff<NdArray>>();
     cross_entropy_matches::<Autodiff<NdArray>>();
@@ -159,7 +156,7 @@ fn dropout_masks_are_keyed_and_the_same_on_every_backend() {
 
 #[test]
 fn adamw_step_matches_the_composed_update() {
-    let _turn = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = crate::common::serial();
     let prim = |t: Tensor<Flex, 1>| t.into_primitive().tensor();
     let n = 40_000; // several parallel chunks and a ragged tail
     let (w, g) = (random::<Flex, 1>([n], 21, 1.0), random::<Flex, 1>([n], 22, 0.1));
@@ -200,14 +197,14 @@ where
 
 #[test]
 fn lm_cross_entropy_matches_the_composed_head() {
-    let _turn = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = crate::common::serial();
     lm_cross_entropy_matches::<Autodiff<Flex>>();
     lm_cross_entropy_matches::<Autodiff<NdArray>>();
 }
 
 #[test]
 fn gathered_rows_scatter_their_gradient_back() {
-    let _turn = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = crate::common::serial();
     fn check<B: TrainBackend>()
     where
         B::Device: Default,
@@ -229,14 +226,55 @@ fn gathered_rows_scatter_their_gradient_back() {
     check::<Autodiff<burn::backend::Wgpu>>();
 }
 
-/// The composed fallback on a cubecl backend: every kernel (dropout masks: `tests/dropout.rs`).
+/// The composed fallback on a cubecl backend: every kernel (dropout masks: `tests/suite/dropout.rs`).
 #[cfg(feature = "wgpu")]
 #[test]
 fn wgpu_fallback_matches_burn() {
     type G = Autodiff<burn::backend::Wgpu>;
-    let _turn = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = crate::common::serial();
     layer_norm_matches::<G>();
     softmax_and_gelu_match::<G>();
     cross_entropy_matches::<G>();
     lm_cross_entropy_matches::<G>();
+}
+
+/// The composed AdamW update on wgpu against flex, at the sizes a model holds: the temperature is
+/// one element, biases are short and ragged. Three chained steps, each handing its moments to the
+/// next as the optimizer does.
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_adamw_update_matches_flex_at_every_size() {
+    use burn::backend::Wgpu;
+    let _turn = crate::common::serial();
+    let step = qformer::kernels::AdamWStep { beta1: 0.9, beta2: 0.999, eps: 1e-8, step_size: 1e-4 / 0.1, bc2_sqrt: 0.0316, decay: 1.0 };
+    for n in [1usize, 2, 3, 5, 64, 1001] {
+        let host = |seed: u64, scale: f64| random::<Flex, 1>([n], seed, scale).into_data();
+        let (w, g, m, v) = (host(51, 1.0), host(52, 0.1), host(53, 0.01), random::<Flex, 1>([n], 54, 0.01).abs().into_data());
+        fn run<B: Backend + Kernels>(
+            w: &TensorData,
+            g: &TensorData,
+            m: &TensorData,
+            v: &TensorData,
+            step: &qformer::kernels::AdamWStep,
+        ) -> Vec<Vec<f32>>
+        where
+            B::Device: Default,
+        {
+            let t = |d: &TensorData| Tensor::<B, 1>::from_data(d.clone(), &Default::default()).into_primitive().tensor();
+            let (mut w, g, mut m, mut v) = (t(w), t(g), t(m), t(v));
+            for _ in 0..3 {
+                [w, m, v] = qformer::kernels::reference::adamw_step::<B>(w, g.clone(), m, v, step);
+            }
+            [w, m, v]
+                .into_iter()
+                .map(|p| Tensor::<B, 1>::from_primitive(burn::tensor::TensorPrimitive::Float(p)).into_data().to_vec::<f32>().unwrap())
+                .collect()
+        }
+        let (gpu, cpu) = (run::<Wgpu>(&w, &g, &m, &v, &step), run::<Flex>(&w, &g, &m, &v, &step));
+        for (what, (a, b)) in ["w", "m", "v"].iter().zip(gpu.iter().zip(&cpu)) {
+            let scale = b.iter().fold(1e-6f32, |s, x| s.max(x.abs()));
+            let worst = a.iter().zip(b).fold(0f32, |s, (x, y)| s.max((x - y).abs()));
+            assert!(worst <= TOL * scale, "{what}, {n} elements: wgpu {:?} vs flex {:?}", &a[..n.min(3)], &b[..n.min(3)]);
+        }
+    }
 }

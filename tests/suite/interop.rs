@@ -6,7 +6,7 @@
 //! Tolerances: tensor mappings are exact; outputs (ITM logits, ITC cosine similarities) within
 //! 1e-5 of the largest |value|.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 
@@ -53,6 +53,7 @@ fn max_rel_error(got: &[f32], want: &[f32]) -> f32 {
 
 #[test]
 fn lavis_checkpoint_maps_to_hf_names_exactly() {
+    let _rng = common::serial();
     let trained = lavis_model();
     let expected = SafetensorsFile::open(&fixture("lavis/expected_hf.safetensors")).unwrap();
     let mut checked = 0;
@@ -68,6 +69,7 @@ fn lavis_checkpoint_maps_to_hf_names_exactly() {
 
 #[test]
 fn export_is_the_one_hf_loaded_and_gives_hf_outputs() {
+    let _rng = common::serial();
     let trained = lavis_model();
     let out = common::workdir("export");
     let e = hf::export(&trained.model, &trained.cfg.model, &trained.vit, &trained.cfg.encoder, &out).unwrap();
@@ -111,6 +113,7 @@ fn export_is_the_one_hf_loaded_and_gives_hf_outputs() {
 
 #[test]
 fn hf_export_imports_back_to_the_same_model() {
+    let _rng = common::serial();
     let trained = lavis_model();
     let hf = fixture("hf_export/model.safetensors").display().to_string();
     let back = Trained::<B>::from_config(config(&[format!("init.weights=\"{hf}\"")]), &Default::default()).unwrap();
@@ -122,6 +125,7 @@ fn hf_export_imports_back_to_the_same_model() {
 
 #[test]
 fn lavis_checkpoint_continues_training() {
+    let _rng = common::serial();
     let dir = root().join("target/lavis-continue");
     let _ = std::fs::remove_dir_all(&dir);
     let cfg = config(&[]);

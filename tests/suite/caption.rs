@@ -1,6 +1,7 @@
 //! The ITG decoder: a small model trained to overfit three captions (ITG only, one image each)
 //! must reproduce each caption from its image by greedy decoding and by beam search.
 
+use crate::common;
 use std::path::Path;
 
 use burn::backend::{Autodiff, Flex};
@@ -23,6 +24,7 @@ const CAPTIONS: [&str; 3] =
 
 #[test]
 fn greedy_and_beam_decoding_reproduce_overfit_captions() {
+    let _rng = common::serial();
     let device = Default::default();
     let text = TextEncoder::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("data/bert-base-uncased-vocab.txt"), 16, 50).unwrap();
     let (ids, mask) = text.encode(&CAPTIONS.map(String::from)).unwrap();

@@ -4,7 +4,7 @@
 //! error naming the peer; and the run then resumes from its last checkpoint and ends as the
 //! uninterrupted run does.
 
-mod common;
+use crate::common;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

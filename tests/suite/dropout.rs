@@ -1,7 +1,7 @@
 //! Dropout acts in training only, and its masks are a function of the batch's sample keys: no
 //! process-wide RNG is read, so a seed set on the backend changes nothing.
 
-mod common;
+use crate::common;
 
 use common::{batch, small, B};
 use qformer::model::QFormer;
@@ -9,6 +9,7 @@ use qformer::objectives::{stage1_loss, NegativeMode, NegativeSampler, ObjectiveC
 
 #[test]
 fn dropout_only_in_training_and_keyed_by_sample() {
+    let _rng = common::serial();
     let device = Default::default();
     let model = QFormer::<B>::new(&small(), &device);
     let b = batch(4, None, 2);
@@ -29,6 +30,7 @@ fn dropout_only_in_training_and_keyed_by_sample() {
 /// Several keep rates, a 3-d shape whose rows are not a multiple of anything, and nested sites.
 #[test]
 fn masks_are_identical_on_every_backend() {
+    let _rng = common::serial();
     use burn::backend::{Flex, NdArray};
     use burn::tensor::Tensor;
     use qformer::kernels::{self, DropoutKeys};

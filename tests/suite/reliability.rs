@@ -3,7 +3,7 @@
 //! intact; a checkpoint write that fails (a file-size limit, as a full disk) stops the run with a
 //! clear error and leaves the previous checkpoint loadable.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;
