@@ -57,6 +57,8 @@ fn rows_per_task(d: usize) -> usize {
 }
 
 impl Kernels for Flex {
+    const ADAMW_IN_PLACE: bool = true;
+
     fn fused_layer_norm_backward(x: FlexTensor, gamma: FlexTensor, eps: f64, grad: FlexTensor) -> [FlexTensor; 3] {
         if !is_f32(&[&x, &gamma, &grad]) {
             return reference::layer_norm_backward::<Self>(x, gamma, eps, grad);

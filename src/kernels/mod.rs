@@ -21,6 +21,12 @@ use burn::tensor::{Shape, Tensor, TensorPrimitive};
 
 /// A backend with the fused kernels. Every model and objective function is generic over it.
 pub trait Kernels: Backend {
+    /// Whether [`Kernels::adamw_step`] updates moments in place when it holds their only
+    /// reference; the optimizer hands them over only then. Elsewhere it shares them: handing
+    /// cubecl's fusion the moments with zero-length placeholders left behind corrupted the
+    /// one-element temperature's update on wgpu (issue 24), and the composed update gains nothing.
+    const ADAMW_IN_PLACE: bool = false;
+
     /// LayerNorm over the last dimension, with affine `gamma` and `beta` (`[D]`).
     fn fused_layer_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
         <Self as burn::tensor::ops::ModuleOps<Self>>::layer_norm(x, gamma, Some(beta), eps)

@@ -175,9 +175,13 @@ impl<B: TrainBackend> AdamW<B> {
                 let value = p.val().inner();
                 let shape = value.shape();
                 let prim = |t: &Tensor<B::InnerBackend, 1>| t.clone().into_primitive().tensor();
-                // Hand over the moments (not a second reference), so a backend can update them in place.
-                let none = || Tensor::<B::InnerBackend, 1>::zeros([0], &g.device());
-                let (m, v) = (std::mem::replace(&mut st.m, none()), std::mem::replace(&mut st.v, none()));
+                // Hand over the moments (not a second reference) to a kernel that updates them in place.
+                let (m, v) = if B::InnerBackend::ADAMW_IN_PLACE {
+                    let none = || Tensor::<B::InnerBackend, 1>::zeros([0], &g.device());
+                    (std::mem::replace(&mut st.m, none()), std::mem::replace(&mut st.v, none()))
+                } else {
+                    (st.m.clone(), st.v.clone())
+                };
                 let [w, m, v] = B::InnerBackend::adamw_step(
                     prim(&flat(value)),
                     prim(g),

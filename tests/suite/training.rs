@@ -40,26 +40,20 @@ fn train_on(backend: BackendKind, cfg_path: &Path, overrides: &[String], resume:
 
 #[test]
 fn resumed_run_is_bit_identical_to_an_uninterrupted_one() {
-    resume_matches(BackendKind::Flex, "resume", true);
+    resume_matches(BackendKind::Flex, "resume");
 }
 
-/// Training steps, checkpoints, evaluation and a resume on a cubecl backend: every piece runs
-/// and every loss is finite. Not yet equal (issue 24, open): on lavapipe with
-/// `CUBECL_AUTOTUNE_LEVEL=minimal` every weight and every moment resumes to the bit except the
-/// temperature's moments, and the temperature itself leaves its range after the first step
-/// (-0.48 in `metrics.jsonl`, an impossible negative `exp_avg_sq`), which the AdamW op alone
-/// does not do (`kernels::wgpu_adamw_update_matches_flex_at_every_size`). The differences print
-/// with `--nocapture`; the test only asks that both runs finish.
+/// Training steps, checkpoints, evaluation and a resume on a cubecl backend, bit-identical to the
+/// uninterrupted run as on flex.
 #[cfg(feature = "wgpu")]
 #[test]
 fn wgpu_run_trains_checkpoints_and_resumes() {
-    resume_matches(BackendKind::Wgpu, "resume-wgpu", false);
+    resume_matches(BackendKind::Wgpu, "resume-wgpu");
 }
 
 /// Four steps with a checkpoint every two, against a copy cut at step 2 and resumed: weights,
-/// optimizer state and every metrics record equal to the bit when `exact`; otherwise each
-/// tensor's difference is printed and every loss must be finite.
-fn resume_matches(backend: BackendKind, name: &str, exact: bool) {
+/// optimizer state and every metrics record equal to the bit.
+fn resume_matches(backend: BackendKind, name: &str) {
     let _guard = serial();
     let dir = workdir(name);
     let cfg = config(&dir, "grad_accum = 2\nclip_grad_norm = 1.0");
@@ -94,25 +88,20 @@ fn resume_matches(backend: BackendKind, name: &str, exact: bool) {
         assert_eq!(a.names().unwrap().len(), b.names().unwrap().len());
         for name in a.names().unwrap() {
             let (x, y) = (a.f32(&name).unwrap().1, b.f32(&name).unwrap().1);
-            if exact {
-                assert!(x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()), "{f}: {name} differs after resume");
-            } else {
-                let scale = x.iter().fold(1e-12f32, |m, v| m.max(v.abs()));
-                let err = x.iter().zip(&y).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
-                eprintln!("resume {backend:?} {f} {name}: {:e}", err / scale);
-            }
+            assert!(x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()), "{backend:?} {f}: {name} differs after resume");
         }
     }
-    if exact {
-        let metrics = |p: &Path| std::fs::read_to_string(p.join("metrics.jsonl")).unwrap();
-        let strip = |s: String| s.lines().map(|l| l.split("\"pairs_per_s\"").next().unwrap().to_string()).collect::<Vec<_>>();
-        assert_eq!(strip(metrics(&run)), strip(metrics(&copy.join("mini"))), "per-step losses differ after resume");
-    } else {
-        let (a, b) = (losses(&run), losses(&copy.join("mini")));
-        assert_eq!(a.len(), b.len());
-        for (x, y) in a.iter().zip(b) {
-            assert!(x.is_finite() && y.is_finite(), "loss {x} vs {y} after resume");
-        }
+    let metrics = |p: &Path| std::fs::read_to_string(p.join("metrics.jsonl")).unwrap();
+    let strip = |s: String| s.lines().map(|l| l.split("\"pairs_per_s\"").next().unwrap().to_string()).collect::<Vec<_>>();
+    assert_eq!(strip(metrics(&run)), strip(metrics(&copy.join("mini"))), "{backend:?}: per-step losses differ after resume");
+    // AdamW moves the temperature (initially 0.07) by about the learning rate per step; on wgpu a
+    // broken update once sent it to -0.48 after one step, which an exact resume alone would not
+    // catch if it were deterministic.
+    let temps: Vec<f64> =
+        metrics(&run).lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["temp"].as_f64()).collect();
+    assert_eq!(temps.len(), 4);
+    for temp in temps {
+        assert!((temp - 0.07).abs() < 1e-2, "{backend:?}: temperature {temp} after at most 4 steps of lr <= 1e-3");
     }
 }
 
@@ -452,13 +441,13 @@ fn a_step_reads_back_a_fixed_number_of_values() {
             assert_eq!(sampled, 2 * micro as u64 + 1, "{micro} micro-batch(es)");
             assert_eq!(read_backs::<K>(4, micro, NegativeMode::Sample), sampled, "4 layers read back as often as 2");
         }
-        let explicit = NegativeMode::Explicit { images: vec![1, 2, 3, 0], texts: vec![3, 0, 1, 2] };
-        assert_eq!(read_backs::<K>(2, 1, explicit), 2, "explicit negatives read no similarities");
     }
     let _guard = serial();
     check::<common::B>(&[1, 2]);
-    // One micro-batch on wgpu: every step there takes seconds on the software driver, and the
-    // count per micro-batch is the same code on every backend.
+    let explicit = NegativeMode::Explicit { images: vec![1, 2, 3, 0], texts: vec![3, 0, 1, 2] };
+    assert_eq!(read_backs::<common::B>(2, 1, explicit), 2, "explicit negatives read no similarities");
+    // One micro-batch at two depths on wgpu: each new graph compiles its shaders there (minutes
+    // on the software driver), and the count per micro-batch is the same code on every backend.
     #[cfg(feature = "wgpu")]
     check::<burn::backend::Autodiff<burn::backend::Wgpu>>(&[1]);
 }
