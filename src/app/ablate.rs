@@ -3,11 +3,47 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
 
+use super::args::{BackendArg, ConfigArgs};
+use super::console::Console;
+use crate::kernels::backend::dispatch;
 use crate::train::config::TrainConfig;
+use crate::train::metrics::Progress;
+use crate::train::run::{TrainJob, TrainOutcome};
 use crate::util::error::{Error, Result};
 
-use crate::train::run::TrainOutcome;
+#[derive(clap::Args)]
+pub struct AblateArgs {
+    #[command(flatten)]
+    pub backend: BackendArg,
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Variants: all, no-itc, no-itm, no-itg, itc-only, itm-only, itg-only.
+    #[arg(long, value_delimiter = ',', default_value = "all,no-itc,no-itm,no-itg")]
+    pub variants: Vec<String>,
+    /// Seeds to train each variant with (train.seed), comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    pub seeds: Vec<u64>,
+    /// Replace variants' runs left in their folders by an earlier sweep.
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+pub fn run(args: AblateArgs) -> Result<ExitCode> {
+    let c = &args.config;
+    let (dir, table) = ablate(&c.config, &c.overrides, &args.variants, &args.seeds, |mut cfg, name| {
+        let backend = args.backend.apply(&mut cfg);
+        let console = Arc::new(Console::new(cfg.log.every));
+        let outcome = dispatch(backend, TrainJob::new(cfg, name, None).reporting(console.clone()).overwriting(args.overwrite));
+        console.finish();
+        outcome
+    })?;
+    println!("{table}");
+    println!("written to {0}/ablation.md, ablation.csv, report.png and report.md", dir.display());
+    Ok(ExitCode::SUCCESS)
+}
 
 /// `--set` overrides of a named variant.
 pub fn variant_overrides(name: &str) -> Result<Vec<String>> {

@@ -3,16 +3,42 @@
 
 use burn::tensor::{Tensor, TensorData};
 
+use std::process::ExitCode;
+
+use super::args::{BackendArg, ConfigArgs};
 use super::console::Console;
 use crate::data::feature_cache::{build, BuildSummary};
 use crate::data::loader::Dataset;
 use crate::interop::vit::build_encoder;
-use crate::kernels::backend::BackendJob;
+use crate::kernels::backend::{dispatch, BackendJob};
 use crate::kernels::TrainBackend;
 use crate::train::config::TrainConfig;
 use crate::train::run::ensure_data;
 use crate::util::error::{Error, Result};
 use crate::util::host::to_f32;
+
+#[derive(clap::Args)]
+pub struct CacheFeaturesArgs {
+    #[command(flatten)]
+    pub backend: BackendArg,
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Images per encoder forward.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+}
+
+/// Builds the cache of every split and prints one line per split.
+pub fn run(args: CacheFeaturesArgs) -> Result<ExitCode> {
+    let mut cfg = args.config.load()?;
+    let backend = args.backend.apply(&mut cfg);
+    for s in dispatch(backend, CacheFeatures { cfg, batch: args.batch })? {
+        let failed =
+            if s.failed > 0 { format!(", {} images failed (their records are skipped in training)", s.failed) } else { String::new() };
+        println!("{}: {} images, {} rows, {:.1} MB{failed}", s.split, s.images, s.rows, s.bytes as f64 / 1e6);
+    }
+    Ok(ExitCode::SUCCESS)
+}
 
 pub struct CacheFeatures {
     pub cfg: TrainConfig,

@@ -3,31 +3,60 @@
 //! against LAVIS on their own weights, and it is how parity with the reference is checked.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use burn::tensor::Tensor;
 use serde_json::{json, Value};
 
+use super::args::BackendArg;
 use crate::interop::batch_file::read_batch;
 use crate::interop::hf_config::model_config_file;
 use crate::interop::weights::{load_weights, save_gradients};
-use crate::kernels::backend::BackendJob;
+use crate::kernels::backend::{dispatch, BackendJob};
 use crate::kernels::{Kernels, TrainBackend};
 use crate::objectives::{stage1_loss, ItcGradient, NegativeMode, NegativeSampler, Objective, ObjectiveConfig};
 use crate::util::error::Result;
 use crate::util::host::scalar;
 use crate::util::host::to_f64;
 
+#[derive(clap::Args)]
+pub struct CheckLossArgs {
+    #[command(flatten)]
+    pub backend: BackendArg,
+    #[command(flatten)]
+    pub job: CheckLoss,
+}
+
+#[derive(clap::Args)]
 pub struct CheckLoss {
+    /// Q-Former weights (safetensors, HF names; shapes from the `config` metadata).
+    #[arg(long)]
     pub weights: PathBuf,
+    /// Batch safetensors: image_feats, input_ids, attention_mask [, neg_image_idx, neg_text_idx, image_ids].
+    #[arg(long)]
     pub batch: PathBuf,
-    /// The model shape when the weights carry no `config` metadata: a TOML `[model]` table or a
-    /// JSON config (an HF `config.json` included).
+    /// The model shape for weights without config metadata: a TOML [model] table or a JSON config (HF config.json too).
+    #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Also write d(loss)/d(parameter) for every parameter here.
+    #[arg(long)]
     pub grads: Option<PathBuf>,
+    /// Objectives to include, comma separated.
+    #[arg(long, value_enum, default_value = "itc,itm,itg", value_delimiter = ',')]
     pub objectives: Vec<Objective>,
+    /// ITC gradient variant: detached (LAVIS) or full.
+    #[arg(long, value_enum, default_value = "detached", hide_possible_values = true)]
     pub itc_gradient: ItcGradient,
-    /// Seed of the negative sampler when the batch has no explicit negatives and `argmax` is off.
+    /// Sample negatives with this seed when the batch has no explicit negatives (default: hardest negative).
+    #[arg(long)]
     pub sample_seed: Option<u64>,
+}
+
+/// Prints the loss report as JSON.
+pub fn run(args: CheckLossArgs) -> Result<ExitCode> {
+    let report = dispatch(args.backend.or_flex(), args.job)?;
+    println!("{report:#}");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn optional<B: Kernels>(t: &Option<Tensor<B, 1>>) -> Value {

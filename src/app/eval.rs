@@ -1,32 +1,63 @@
 //! `qformer eval` and `qformer caption` on a trained checkpoint.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use serde::Serialize;
 
+use super::args::{at_least_one, BackendArg};
 use crate::data::images::{decode, eval_transform};
 use crate::data::loader::{Dataset, EvalSet, Transform};
 use crate::data::text::TextEncoder;
 use crate::eval::caption::{generate, DecodeOptions};
-use crate::eval::evaluate::{evaluate, EvalOptions, EvalReport};
+use crate::eval::evaluate::{self, evaluate, EvalOptions, EvalReport};
 use crate::eval::retrieval::Recall;
 use crate::eval::scoring::image_side;
-use crate::kernels::backend::BackendJob;
+use crate::kernels::backend::{dispatch, BackendJob};
 use crate::kernels::TrainBackend;
 use crate::model::frozen::Frozen;
 use crate::train::trained::Trained;
 use crate::util::error::{Error, Result};
 
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub backend: BackendArg,
+    #[command(flatten)]
+    pub job: EvalJob,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args)]
 pub struct EvalJob {
+    /// A run folder (its latest checkpoint), a step folder, or `<run>/best`.
+    #[arg(long)]
     pub checkpoint: PathBuf,
-    /// Annotations to evaluate on (default: the run's `data.eval`).
+    /// Annotations (default: the run's data.eval).
+    #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Candidates ITM re-ranks per query (default: the run's `eval.k_test`); at least 1.
+    /// Candidates ITM re-ranks per query (default: the run's eval.k_test).
+    #[arg(long, value_parser = at_least_one)]
     pub k_test: Option<usize>,
     /// Images used (all when 0).
+    #[arg(long, default_value_t = 0)]
     pub max_images: usize,
-    /// Images per forward (default: the run's `eval.chunk`); bounds device memory.
+    /// Images per forward (default: the run's eval.chunk); lower it when the device runs out of memory.
+    #[arg(long, value_parser = at_least_one)]
     pub chunk: Option<usize>,
+}
+
+pub fn run_eval(args: EvalArgs) -> Result<ExitCode> {
+    let report = dispatch(args.backend.or_flex(), args.job)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report).map_err(|e| Error::input("eval", e.to_string()))?);
+    } else {
+        println!("checkpoint {} (step {})", report.checkpoint.display(), report.step);
+        println!("{}", evaluate::table(&report.report));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// What `qformer eval` reports: which checkpoint (folder and step), the evaluation, and the means
@@ -96,6 +127,50 @@ impl BackendJob for EvalJob {
         let means = Means { itc: (&report.itc).into(), itm: (&report.itm).into() };
         Ok(EvalOutcome { checkpoint, step, report, means })
     }
+}
+
+#[derive(clap::Args)]
+pub struct CaptionArgs {
+    #[command(flatten)]
+    pub backend: BackendArg,
+    /// A run folder (its latest checkpoint), a step folder, or `<run>/best`.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Image files.
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+    /// Beam width; 1 is greedy decoding.
+    #[arg(long, default_value_t = 3)]
+    pub beams: usize,
+    /// Longest caption, in tokens.
+    #[arg(long, default_value_t = 30)]
+    pub max_len: usize,
+    /// Shortest caption, in tokens.
+    #[arg(long, default_value_t = 10)]
+    pub min_len: usize,
+}
+
+/// Prints one tab-separated line per captioned image; fails naming how many could not be.
+pub fn run_caption(args: CaptionArgs) -> Result<ExitCode> {
+    let options = DecodeOptions { beams: args.beams, max_len: args.max_len, min_len: args.min_len, ..DecodeOptions::default() };
+    let captions = dispatch(args.backend.or_flex(), CaptionJob { checkpoint: args.checkpoint, images: args.images, options })?;
+    let mut failed = 0;
+    for c in &captions {
+        match &c.caption {
+            Ok(caption) => println!("{}\t{caption}", c.image.display()),
+            Err(reason) => {
+                eprintln!("{}: cannot caption: {reason}", c.image.display());
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        return Err(Error::input(
+            "images",
+            format!("{failed} of {} images could not be captioned (named above); the others were", captions.len()),
+        ));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub struct CaptionJob {

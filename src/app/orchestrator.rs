@@ -3,7 +3,22 @@
 //! nodes directly); it holds one run's registrations, so it is started with the run and restarted
 //! with it after a failure.
 
+use std::process::ExitCode;
+
 use crate::util::error::{Error, Result};
+
+#[derive(clap::Args)]
+pub struct OrchestratorArgs {
+    /// Port to listen on.
+    #[arg(long, default_value_t = 3000)]
+    pub port: u16,
+}
+
+pub fn run(args: OrchestratorArgs) -> Result<ExitCode> {
+    eprintln!("orchestrator listening on port {}; Ctrl-C stops it", args.port);
+    serve(args.port)?;
+    Ok(ExitCode::SUCCESS)
+}
 
 /// Serves on `port` until the process receives Ctrl-C or SIGTERM.
 pub fn serve(port: u16) -> Result<()> {

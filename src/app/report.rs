@@ -5,6 +5,7 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use plotters::prelude::*;
 use plotters::style::{register_font, FontStyle};
@@ -336,6 +337,22 @@ fn seed_table(runs: &[Run]) -> Option<String> {
         let _ = writeln!(md, "| {name} | {} | {} |", members.len(), cells.join(" | "));
     }
     Some(md + "\nAcross seeds: mean ± sample standard deviation of each run's final figure (losses: mean of its last steps).\n")
+}
+
+#[derive(clap::Args)]
+pub struct ReportArgs {
+    /// Run folders (each with its metrics.jsonl).
+    #[arg(required = true)]
+    pub runs: Vec<PathBuf>,
+    /// Folder for report.png and report.md.
+    #[arg(long, default_value = "report")]
+    pub out: PathBuf,
+}
+
+pub fn run(args: ReportArgs) -> Result<ExitCode> {
+    let (png, md) = write(&args.runs, &args.out)?;
+    println!("wrote {} and {}", png.display(), md.display());
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Writes `report.png` and `report.md` for `run_dirs` into `out`.

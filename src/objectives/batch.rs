@@ -50,19 +50,4 @@ impl<B: Kernels> Stage1Batch<B> {
     pub fn batch_size(&self) -> usize {
         self.text.batch_size()
     }
-
-    /// `positives[i][j]`: caption `j` describes image `i` (the diagonal, or equal image ids).
-    pub fn positives(&self) -> Vec<Vec<bool>> {
-        let n = self.batch_size();
-        (0..n)
-            .map(|i| {
-                (0..n)
-                    .map(|j| match &self.image_ids {
-                        Some(ids) => ids[i] == ids[j],
-                        None => i == j,
-                    })
-                    .collect()
-            })
-            .collect()
-    }
 }

@@ -7,7 +7,7 @@ use super::soft_cross_entropy;
 use crate::kernels::Kernels;
 
 /// Which side of each similarity carries gradient.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum ItcGradient {
     /// LAVIS: each direction compares the local features with *detached* copies of the other

@@ -43,11 +43,8 @@ pub struct Split {
 impl Split {
     /// Exchanges the local row counts (one small sum).
     pub fn exchange(peers: &dyn Peers, local_rows: usize) -> Result<Self> {
-        let (rank, count) = (peers.rank(), peers.count());
-        if count == 1 {
-            return Ok(Self { rows: vec![local_rows], rank: 0 });
-        }
-        let mut slots = vec![0.0f32; count];
+        let rank = peers.rank();
+        let mut slots = vec![0.0f32; peers.count()];
         slots[rank] = local_rows as f32;
         let rows = peers.all_sum(slots)?.into_iter().map(|v| v as usize).collect();
         Ok(Self { rows, rank })
@@ -70,9 +67,6 @@ impl Split {
     pub fn gather(&self, peers: &dyn Peers, local: &[f32], width: usize) -> Result<Vec<f32>> {
         if local.len() != self.local() * width {
             return Err(Error::input("peers", format!("{} values for {} rows of {width}", local.len(), self.local())));
-        }
-        if self.rows.len() == 1 {
-            return Ok(local.to_vec());
         }
         let mut padded = vec![0.0f32; self.total() * width];
         let start = self.offset() * width;

@@ -36,7 +36,7 @@ impl Default for Switch {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Objective {
     Itc,
     Itm,
@@ -79,8 +79,24 @@ impl ObjectiveConfig {
         self
     }
 
-    fn any_enabled(&self) -> bool {
-        self.itc.enabled || self.itm.enabled || self.itg.enabled
+    /// The rules of `[objectives]` for a run over `peers` peers, in the words of the config.
+    pub fn validate(&self, peers: usize, source: &str) -> Result<()> {
+        let err = |key: &str, msg: &str| Err(Error::config(key, msg, source));
+        if !(self.itc.enabled || self.itm.enabled || self.itg.enabled) {
+            return err("objectives", "enable at least one of itc, itm, itg");
+        }
+        for (key, sw) in [("objectives.itc.weight", self.itc), ("objectives.itm.weight", self.itm), ("objectives.itg.weight", self.itg)] {
+            if !(sw.weight >= 0.0 && sw.weight.is_finite()) {
+                return err(key, "must be >= 0");
+            }
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return err("objectives.label_smoothing", "must be in [0, 1)");
+        }
+        if peers > 1 && self.itc_gradient == ItcGradient::Full {
+            return err("objectives.itc_gradient", "\"full\" needs one peer; across peers ITC is \"detached\" (LAVIS)");
+        }
+        Ok(())
     }
 }
 
@@ -210,17 +226,8 @@ pub fn stage1_loss_across<B: Kernels>(
     train: bool,
     peers: &dyn Peers,
 ) -> Result<Stage1Output<B>> {
-    if !cfg.any_enabled() {
-        return Err(Error::config("objectives", "at least one objective must be enabled", "objectives"));
-    }
+    cfg.validate(peers.count(), "objectives")?;
     let several = peers.count() > 1;
-    if several && cfg.itc_gradient == ItcGradient::Full {
-        return Err(Error::config(
-            "objectives.itc_gradient",
-            "\"full\" needs one device; across peers ITC is \"detached\" (LAVIS)",
-            "objectives",
-        ));
-    }
     if several && matches!(cfg.negatives, NegativeMode::Explicit { .. }) {
         return Err(Error::input("neg_image_idx", "explicit negatives index one device's batch"));
     }

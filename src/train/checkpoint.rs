@@ -10,7 +10,12 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::interop::safetensors_io::{write_safetensors, SafetensorsFile};
+use crate::interop::weights::{load_weights, save_weights};
+use crate::kernels::{Kernels, TrainBackend};
+use crate::model::QFormer;
 use crate::train::config::TrainConfig;
+use crate::train::optim::AdamW;
 use crate::util::error::{Error, Result};
 use crate::util::fs::{sync_dir, temp_path, write_atomic};
 
@@ -67,6 +72,58 @@ pub fn save(
     write_atomic(&run_dir.join(LATEST), step_dir_name(state.step).as_bytes())?;
     prune(run_dir, keep)?;
     Ok(dir)
+}
+
+/// The files a trainer's checkpoint holds besides the config and state: the trainable weights
+/// (HF names) and the optimizer's moments with its step count, for [`save`] and [`save_best`].
+pub fn trainer_files<'a, B: TrainBackend>(
+    model: &'a QFormer<B>,
+    cfg: &'a TrainConfig,
+    optim: &'a AdamW<B>,
+) -> impl Fn(&Path) -> Result<()> + 'a {
+    move |dir| {
+        save_weights(model, &cfg.model, &dir.join(MODEL_FILE))?;
+        let meta = std::collections::HashMap::from([("step".to_string(), optim.step.to_string())]);
+        write_safetensors(&dir.join(OPTIMIZER_FILE), optim.state_tensors(), meta)
+    }
+}
+
+/// A verified checkpoint's model, config and state.
+pub struct Loaded<B: Kernels> {
+    /// The step folder.
+    pub dir: PathBuf,
+    pub cfg: TrainConfig,
+    pub state: TrainState,
+    pub model: QFormer<B>,
+}
+
+/// Loads the checkpoint `path` names ([`resolve`]) after verifying it ([`verify`]) against `cfg`,
+/// or against its own config when `cfg` is `None` (evaluation, export).
+pub fn load<B: Kernels>(path: &Path, cfg: Option<&TrainConfig>, device: &B::Device) -> Result<Loaded<B>> {
+    let dir = resolve(path)?;
+    let cfg = match cfg {
+        Some(cfg) => cfg.clone(),
+        None => TrainConfig::load(&dir.join(CONFIG_FILE), &[])?,
+    };
+    let state = verify(&dir, &cfg)?;
+    let (model, _) = load_weights::<B>(&dir.join(MODEL_FILE), Some(&cfg.model), device)?;
+    Ok(Loaded { dir, cfg, state, model })
+}
+
+/// The optimizer of a loaded checkpoint (what a resume needs beyond the model).
+pub fn load_optimizer<B: TrainBackend>(loaded: &Loaded<B>) -> Result<AdamW<B>> {
+    let mut optim = AdamW::new(&loaded.cfg.optim, &loaded.model);
+    let file = SafetensorsFile::open(&loaded.dir.join(OPTIMIZER_FILE))?;
+    let steps =
+        file.metadata()?.get("step").and_then(|s| s.parse().ok()).ok_or_else(|| Error::file(&file.path, "no `step` in the metadata"))?;
+    optim.load_state(steps, |name, n| {
+        let (shape, v) = file.f32(name)?;
+        if shape != [n] {
+            return Err(Error::file(&file.path, format!("`{name}` has shape {shape:?}, expected [{n}]")));
+        }
+        Ok(v)
+    })?;
+    Ok(optim)
 }
 
 /// Writes the best checkpoint so far to `<run>/best/` (a full, resumable checkpoint).

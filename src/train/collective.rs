@@ -26,16 +26,11 @@ use crate::util::host::to_f32;
 pub trait Exchange<K: Backend>: Peers {
     /// The element-wise sum of `t` over every peer.
     fn all_sum_tensor(&self, t: Tensor<K, 1>) -> Result<Tensor<K, 1>>;
-    fn as_peers(&self) -> &dyn Peers;
 }
 
 impl<K: Backend> Exchange<K> for Alone {
     fn all_sum_tensor(&self, t: Tensor<K, 1>) -> Result<Tensor<K, 1>> {
         Ok(t)
-    }
-
-    fn as_peers(&self) -> &dyn Peers {
-        self
     }
 }
 
@@ -109,10 +104,6 @@ impl<K: Backend> Exchange<K> for Peer<K> {
             .map_err(|e| collective_error(&self.name, "all-reduce", e))?;
         Ok(Tensor::from_primitive(TensorPrimitive::Float(out)))
     }
-
-    fn as_peers(&self) -> &dyn Peers {
-        self
-    }
 }
 
 impl<K: Backend> Drop for Peer<K> {
@@ -120,21 +111,6 @@ impl<K: Backend> Drop for Peer<K> {
         // Leaves the collective; errors here (a run already failing) add nothing.
         let _ = burn_collective::finish_collective::<K>(self.id());
     }
-}
-
-/// The burn-collective settings of this node.
-fn collective_config(cfg: &DistributedConfig) -> Result<CollectiveConfig> {
-    let config = CollectiveConfig::default().with_num_devices(cfg.peers);
-    if cfg.nodes == 1 {
-        return Ok(config);
-    }
-    let parse = |key: &str, v: &str| v.parse().map_err(|e: String| Error::config(key, e, "config"));
-    let port = cfg.data_port().ok_or_else(|| Error::config("distributed.address", "needs a port", "config"))?;
-    Ok(config
-        .with_num_nodes(cfg.nodes as u32)
-        .with_global_address(parse("distributed.orchestrator", &cfg.orchestrator)?)
-        .with_node_address(parse("distributed.address", &cfg.address)?)
-        .with_data_service_port(port))
 }
 
 /// Runs `body` on each local peer (a thread each) and returns local peer 0's result, or the first
@@ -150,7 +126,7 @@ where
     if cfg.world() == 1 {
         return body(Box::new(Alone), device(0));
     }
-    let config = collective_config(cfg)?;
+    let config = cfg.collective("config")?;
     burn_collective::reset_collective::<K>();
     let body = Arc::new(body);
     let started = Instant::now();

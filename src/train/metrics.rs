@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::eval::evaluate::EvalReport;
 use crate::eval::retrieval::Recall;
 use crate::train::checkpoint::METRICS_FILE;
+use crate::train::trainer::StepReport;
 use crate::util::error::{Error, Result};
 use crate::util::fs::write_atomic;
 use crate::util::report::{Reporter, Silent};
@@ -56,6 +57,28 @@ fn null_is_nan_term<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Resu
 }
 
 impl StepMetrics {
+    /// The record of step `step` from its report; evaluation fields are filled by the leader.
+    pub fn of_step(step: u64, report: &StepReport, lr: f64, temp: f64, pairs_per_s: f64, skipped_total: u64) -> Self {
+        let t = &report.totals;
+        Self {
+            step,
+            loss: t.loss,
+            loss_itc: t.terms[0],
+            loss_itm: t.terms[1],
+            loss_itg: t.terms[2],
+            itm_constant: t.itm_constant,
+            lr,
+            temp,
+            grad_norm: report.grad_norm,
+            pairs_per_s,
+            sampler_fallbacks: t.sampler_fallbacks,
+            skipped_total,
+            skipped_update: report.skipped_update,
+            retrieval: None,
+            evaluation: None,
+        }
+    }
+
     pub fn summary(&self) -> String {
         let term = |name: &str, v: Option<f64>| v.map_or(String::new(), |v| format!(" {name} {v:.3}"));
         // ITM beside the loss of a constant answer: the gap says whether it tells pairs apart.

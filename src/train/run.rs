@@ -1,7 +1,7 @@
 //! A training run, readable top to bottom: set up what every peer shares (data, model and
-//! optimizer, fresh or resumed), start the peers, and on each: batch → frozen encoder →
-//! [`Trainer::step`] → log → evaluate → checkpoint. Only the run's leader (peer 0 of node 0)
-//! writes files and reports progress.
+//! optimizer, fresh or resumed), start the peers, and on each: batches → [`Trainer::step`] →
+//! bad-step count → the leader's duties ([`Leader::after_step`]: evaluate, log, checkpoint) →
+//! stop. Only the run's leader (peer 0 of node 0) writes files and reports progress.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,28 +13,26 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use serde::Serialize;
 
-use super::checkpoint::{self, TrainState, MODEL_FILE, OPTIMIZER_FILE};
+use super::checkpoint::{self, TrainState};
 use super::collective::{launch, Exchange};
-use super::diagnostics::ItmStall;
+use super::leader::{load_eval_set, Leader, StepEnd};
 use super::metrics::{MetricsLog, Progress, StepMetrics};
 use super::optim::AdamW;
-use super::run_lock::RunLock;
+use super::run_folder::RunFolder;
 use super::schedule::lr_at;
-use super::trainer::Trainer;
+use super::trainer::{StepOptions, Trainer};
 use crate::data::feature_cache::{FeatureCache, FeatureSource};
 use crate::data::loader::{Dataset, EvalSet, Prefetcher, Transform};
 use crate::data::skip_limit::SkipLimit;
 use crate::data::synth;
 use crate::data::text::TextEncoder;
-use crate::eval::evaluate::{evaluate, EvalOptions};
-use crate::eval::retrieval::{itc_recall, Recall};
-use crate::interop::safetensors_io::{write_safetensors, SafetensorsFile};
+use crate::eval::retrieval::Recall;
 use crate::interop::vit::build_encoder;
-use crate::interop::weights::{load_weights, save_weights};
 use crate::kernels::backend::BackendJob;
 use crate::kernels::{Kernels, TrainBackend};
 use crate::model::frozen::Frozen;
 use crate::model::QFormer;
+use crate::objectives::Stage1Batch;
 use crate::train::config::TrainConfig;
 use crate::train::trained::fresh_model;
 use crate::util::error::{Error, Result};
@@ -130,7 +128,7 @@ fn frozen_source<B: Kernels>(cfg: &TrainConfig, device: &B::Device, reporter: &d
 }
 
 /// What every peer of this node starts from: checked inputs, the model and optimizer (fresh or
-/// resumed), and the run folder's state.
+/// resumed), and the run folder (held by the writing node).
 struct Shared<B: TrainBackend> {
     cfg: TrainConfig,
     progress: Arc<dyn Progress>,
@@ -142,107 +140,116 @@ struct Shared<B: TrainBackend> {
     optim: AdamW<B>,
     /// Built once: a random encoder draws its weights from burn's process-wide RNG.
     frozen: Frozen<B::InnerBackend>,
-    transforms: (Transform, Transform),
+    transform: Transform,
+    /// The held-out set, loaded by the writing node (its leader evaluates).
+    eval_set: Option<Arc<EvalSet>>,
     state: TrainState,
     total: u64,
     steps_per_epoch: u64,
-    /// Held by the writing node until the run ends: no other process writes into the folder.
-    _lock: Option<RunLock>,
+    _folder: Option<RunFolder>,
+}
+
+/// A prepared run: ready for its peers, or already at its last step.
+enum Prepared<B: TrainBackend> {
+    Ready(Shared<B>),
+    AlreadyDone(TrainOutcome),
+}
+
+/// The model, optimizer and state a run starts from: a verified checkpoint, or fresh weights.
+fn starting_point<B: TrainBackend>(
+    cfg: &TrainConfig,
+    resume: Option<&Path>,
+    device: &B::Device,
+    progress: &dyn Progress,
+) -> Result<(QFormer<B>, AdamW<B>, TrainState)> {
+    match resume {
+        Some(path) => {
+            let loaded = checkpoint::load::<B>(path, Some(cfg), device)?;
+            let optim = checkpoint::load_optimizer(&loaded)?;
+            progress.note(&format!("resumed from {} at step {}", loaded.dir.display(), loaded.state.step));
+            Ok((loaded.model, optim, loaded.state))
+        }
+        None => {
+            // Drawn here, once, before any peer runs: every peer starts from these weights.
+            let (model, lines) = fresh_model::<B>(cfg, device)?;
+            for line in lines {
+                progress.note(&line);
+            }
+            let optim = AdamW::new(&cfg.optim, &model);
+            Ok((model, optim, TrainState { seed: cfg.train.seed, ..Default::default() }))
+        }
+    }
+}
+
+/// The tokenizer, checked against the model's vocabulary.
+fn load_text(cfg: &TrainConfig) -> Result<TextEncoder> {
+    let text = TextEncoder::load(&cfg.text.tokenizer, cfg.text.max_len, cfg.text.max_words)?;
+    if text.vocab_size != cfg.model.vocab_size || text.dec_id as usize != cfg.model.bos_token_id {
+        return Err(Error::config(
+            "model.vocab_size",
+            format!(
+                "the tokenizer has {} tokens with [DEC] = {}; the model expects {} and bos_token_id {}",
+                text.vocab_size, text.dec_id, cfg.model.vocab_size, cfg.model.bos_token_id
+            ),
+            "config",
+        ));
+    }
+    Ok(text)
+}
+
+/// The training annotations, with their skips reported and the skip limit checked.
+fn load_train_data(cfg: &TrainConfig, progress: &dyn Progress) -> Result<Dataset> {
+    let data = Dataset::load(&cfg.data.train, cfg.data.image_root.as_deref())?;
+    for s in &data.skipped {
+        progress.note(&format!("skipped {s}"));
+    }
+    let skip_limit = SkipLimit { max_fraction: cfg.data.max_skip_fraction };
+    skip_limit.check_complete(data.skipped.len() as u64, (data.records.len() + data.skipped.len()) as u64)?;
+    Ok(data)
+}
+
+/// Notes a run's shape that a user may not have meant: all warm-up, or split over peers.
+fn note_run_shape(cfg: &TrainConfig, total: u64, progress: &dyn Progress) {
+    if total <= cfg.schedule.warmup_steps {
+        progress.note(&format!(
+            "warning: train.steps ({total}) is not above schedule.warmup_steps ({}): the whole run is warm-up and never reaches optim.lr ({:e})",
+            cfg.schedule.warmup_steps, cfg.optim.lr
+        ));
+    }
+    let d = &cfg.distributed;
+    if d.world() > 1 {
+        let batch = cfg.train.batch_size;
+        progress.note(&format!(
+            "data parallel: {} peers ({} nodes × {}), {} pairs each of the global batch of {batch}",
+            d.world(),
+            d.nodes,
+            d.peers,
+            batch / d.world()
+        ));
+    }
 }
 
 impl TrainJob {
-    /// Checks the inputs, prepares the run folder (on the writing node) and builds or loads the
-    /// model and optimizer, once for all local peers.
-    fn prepare<B: TrainBackend>(self, device: &B::Device) -> Result<std::result::Result<Shared<B>, TrainOutcome>> {
-        let cfg = self.cfg;
-        let progress = self.progress;
-        let t = &cfg.train;
-        let writer = cfg.distributed.node == 0;
+    /// Checks the inputs, claims the run folder (on the writing node) and builds or loads the
+    /// model and optimizer, once for all local peers. A previous run that `--overwrite`
+    /// replaces is removed only after all of that has succeeded.
+    fn prepare<B: TrainBackend>(self, device: &B::Device) -> Result<Prepared<B>> {
+        let (cfg, progress) = (self.cfg, self.progress);
         ensure_data(&cfg, progress.as_ref())?;
-        let text = Arc::new(TextEncoder::load(&cfg.text.tokenizer, cfg.text.max_len, cfg.text.max_words)?);
-        if text.vocab_size != cfg.model.vocab_size || text.dec_id as usize != cfg.model.bos_token_id {
-            return Err(Error::config(
-                "model.vocab_size",
-                format!(
-                    "the tokenizer has {} tokens with [DEC] = {}; the model expects {} and bos_token_id {}",
-                    text.vocab_size, text.dec_id, cfg.model.vocab_size, cfg.model.bos_token_id
-                ),
-                "config",
-            ));
-        }
-        let train_data = Arc::new(Dataset::load(&cfg.data.train, cfg.data.image_root.as_deref())?);
-        for s in &train_data.skipped {
-            progress.note(&format!("skipped {s}"));
-        }
-        let n_records = train_data.records.len() as u64;
-        let skip_limit = SkipLimit { max_fraction: cfg.data.max_skip_fraction };
-        skip_limit.check_complete(train_data.skipped.len() as u64, n_records + train_data.skipped.len() as u64)?;
-
+        let text = Arc::new(load_text(&cfg)?);
+        let train_data = Arc::new(load_train_data(&cfg, progress.as_ref())?);
         let (frozen, transform, eval_transform) = frozen_source::<B::InnerBackend>(&cfg, device, progress.as_ref())?;
+        let writer = cfg.distributed.node == 0;
+        let eval_set = if writer { load_eval_set(&cfg, &text, &eval_transform, progress.as_ref())?.map(Arc::new) } else { None };
         let run_dir = cfg.checkpoint.dir.join(&self.run_name);
-        let lock = if writer {
-            std::fs::create_dir_all(&run_dir).map_err(|e| Error::io(&run_dir, e))?;
-            let lock = RunLock::acquire(&run_dir)?;
-            let stale = checkpoint::clean_stale(&run_dir)?;
-            if stale > 0 {
-                progress.note(&format!("removed {stale} partial checkpoint write(s) left by an interrupted run"));
-            }
-            if self.resume.is_none() {
-                let held = checkpoint::run_contents(&run_dir)?;
-                if !held.is_empty() {
-                    if !self.overwrite {
-                        return Err(Error::file(
-                            &run_dir,
-                            format!("holds a run ({}): continue it with --resume latest, or replace it with --overwrite", held.join(", ")),
-                        ));
-                    }
-                    checkpoint::clear_run(&run_dir)?;
-                    progress.note(&format!("--overwrite: removed the previous run in {} ({})", run_dir.display(), held.join(", ")));
-                }
-            }
-            Some(lock)
-        } else {
-            None
-        };
-
-        let per_step = (t.batch_size * t.grad_accum) as u64;
-        let steps_per_epoch = (n_records / per_step).max(1);
-        let total = t.steps.unwrap_or_else(|| t.epochs.unwrap_or(1) * steps_per_epoch);
-
-        let (model, optim, state) = match &self.resume {
-            Some(path) => {
-                let dir = checkpoint::resolve(path)?;
-                let state = checkpoint::verify(&dir, &cfg)?;
-                let (model, _) = load_weights::<B>(&dir.join(MODEL_FILE), Some(&cfg.model), device)?;
-                let mut optim = AdamW::new(&cfg.optim, &model);
-                let file = SafetensorsFile::open(&dir.join(OPTIMIZER_FILE))?;
-                let opt_steps = file
-                    .metadata()?
-                    .get("step")
-                    .and_then(|s| s.parse().ok())
-                    .ok_or_else(|| Error::file(&file.path, "no `step` in the metadata"))?;
-                optim.load_state(opt_steps, |name, n| {
-                    let (shape, v) = file.f32(name)?;
-                    if shape != [n] {
-                        return Err(Error::file(&file.path, format!("`{name}` has shape {shape:?}, expected [{n}]")));
-                    }
-                    Ok(v)
-                })?;
-                progress.note(&format!("resumed from {} at step {}", dir.display(), state.step));
-                (model, optim, state)
-            }
-            None => {
-                // Drawn here, once, before any peer runs: every peer starts from these weights.
-                let (model, lines) = fresh_model::<B>(&cfg, device)?;
-                for line in lines {
-                    progress.note(&line);
-                }
-                let optim = AdamW::new(&cfg.optim, &model);
-                (model, optim, TrainState { seed: t.seed, ..Default::default() })
-            }
-        };
-
-        if writer {
+        let mut folder =
+            writer.then(|| RunFolder::claim(&run_dir, self.resume.is_some(), self.overwrite, progress.as_ref())).transpose()?;
+        let per_step = (cfg.train.batch_size * cfg.train.grad_accum) as u64;
+        let steps_per_epoch = (train_data.records.len() as u64 / per_step).max(1);
+        let total = cfg.train.steps.unwrap_or_else(|| cfg.train.epochs.unwrap_or(1) * steps_per_epoch);
+        let (model, optim, state) = starting_point::<B>(&cfg, self.resume.as_deref(), device, progress.as_ref())?;
+        if let Some(folder) = &mut folder {
+            folder.replace_previous(progress.as_ref())?;
             // Only now, with the config and any resume checked, does the run write into its folder.
             write_atomic(&run_dir.join(checkpoint::CONFIG_FILE), cfg.to_toml().as_bytes())?;
         }
@@ -253,26 +260,10 @@ impl TrainJob {
                 state.step
             ));
             let last = MetricsLog::read(&run_dir).ok().and_then(|mut m| m.pop()).unwrap_or_default();
-            return Ok(Err(TrainOutcome { run_dir, steps: state.step, recall: last.retrieval, last, stopped: false }));
+            return Ok(Prepared::AlreadyDone(TrainOutcome { run_dir, steps: state.step, recall: last.retrieval, last, stopped: false }));
         }
-        if total <= cfg.schedule.warmup_steps {
-            progress.note(&format!(
-                "warning: train.steps ({total}) is not above schedule.warmup_steps ({}): the whole run is warm-up and never reaches optim.lr ({:e})",
-                cfg.schedule.warmup_steps, cfg.optim.lr
-            ));
-        }
-        if cfg.distributed.world() > 1 {
-            let d = &cfg.distributed;
-            progress.note(&format!(
-                "data parallel: {} peers ({} nodes × {}), {} pairs each of the global batch of {}",
-                d.world(),
-                d.nodes,
-                d.peers,
-                t.batch_size / d.world(),
-                t.batch_size
-            ));
-        }
-        Ok(Ok(Shared {
+        note_run_shape(&cfg, total, progress.as_ref());
+        Ok(Prepared::Ready(Shared {
             cfg,
             progress,
             stop: self.stop,
@@ -282,11 +273,12 @@ impl TrainJob {
             model,
             optim,
             frozen,
-            transforms: (transform, eval_transform),
+            transform,
+            eval_set,
             state,
             total,
             steps_per_epoch,
-            _lock: lock,
+            _folder: folder,
         }))
     }
 }
@@ -317,8 +309,8 @@ impl BackendJob for TrainJob {
     fn run<B: TrainBackend>(self, device: B::Device) -> Result<TrainOutcome> {
         let cfg = self.cfg.clone();
         let shared = match self.prepare::<B>(&device)? {
-            Ok(shared) => Arc::new(shared),
-            Err(done) => return Ok(done),
+            Prepared::Ready(shared) => Arc::new(shared),
+            Prepared::AlreadyDone(outcome) => return Ok(outcome),
         };
         launch::<B::InnerBackend, _, _>(
             &cfg.distributed,
@@ -328,187 +320,138 @@ impl BackendJob for TrainJob {
     }
 }
 
-/// One peer's loop.
-fn run_peer<B: TrainBackend>(shared: &Shared<B>, peers: Box<dyn Exchange<B::InnerBackend>>, device: B::Device) -> Result<TrainOutcome> {
-    let cfg = &shared.cfg;
-    let t = &cfg.train;
-    let leader = peers.rank() == 0;
-    let silent: Arc<dyn Progress> = Arc::new(Silent);
-    let progress = if leader { shared.progress.clone() } else { silent };
-    let (world, rank) = (peers.count(), peers.rank());
-    let per_peer = t.batch_size / world;
-    let skip_limit = SkipLimit { max_fraction: cfg.data.max_skip_fraction };
-    let frozen = shared.frozen.to_device(&device);
-    let (transform, eval_transform) = shared.transforms.clone();
-    let eval_set = match (&cfg.data.eval, leader) {
-        (Some(path), true) => {
-            let data = Dataset::load(path, cfg.data.image_root.as_deref())?;
-            let set = EvalSet::load(&data, &shared.text, &eval_transform, cfg.eval.max_images)?;
-            for s in data.skipped.iter().chain(&set.skipped) {
-                progress.note(&format!("skipped (held-out) {s}"));
-            }
-            Some(set)
-        }
-        _ => None,
-    };
-    let mut state = shared.state.clone();
-    let mut trainer = Trainer::new(
-        shared.model.clone().fork(&device),
-        shared.optim.to_device(&device),
-        cfg.objectives.clone(),
-        (t.clip_grad_norm, t.seed),
-        peers,
-    );
-    let metrics = if leader { Some(MetricsLog::open(&shared.run_dir, state.step)?) } else { None };
-    let slice = rank * per_peer..(rank + 1) * per_peer;
-    let mut loader = Prefetcher::start(
-        shared.train_data.clone(),
-        shared.text.clone(),
-        transform,
-        t.seed,
-        state.data_position,
-        (t.batch_size, slice),
-        cfg.data.prefetch,
-    );
-    let total = shared.total;
-    progress.start(state.step, total);
-    let per_step = (t.batch_size * t.grad_accum) as u64;
-    let mut consecutive_bad = 0usize;
-    let mut itm_stall = ItmStall::new(cfg.log.itm_stall_steps, cfg.log.itm_stall_margin);
-    let mut last = StepMetrics::default();
-    let mut recall = None;
-    let run_dir = &shared.run_dir;
+/// Counts non-finite steps (each one's update is skipped) and stops the run after
+/// `train.max_bad_steps` in a row.
+struct BadSteps {
+    in_a_row: usize,
+    limit: usize,
+}
 
-    while state.step < total {
-        let started = Instant::now();
-        let lr = lr_at(&cfg.schedule, cfg.optim.lr, state.step, total, shared.steps_per_epoch);
-        let mut micro = Vec::with_capacity(t.grad_accum);
-        for _ in 0..t.grad_accum {
-            let hb = loader.next_batch()?;
+impl BadSteps {
+    /// Records whether the step just taken was skipped; returns the error that stops the run.
+    fn observe(&mut self, skipped: bool, state: &mut TrainState, run_dir: &Path, progress: &dyn Progress) -> Option<Error> {
+        if !skipped {
+            self.in_a_row = 0;
+            return None;
+        }
+        self.in_a_row += 1;
+        state.bad_steps_total += 1;
+        progress.note(&format!("step {}: non-finite loss or gradient, update skipped ({} in a row)", state.step + 1, self.in_a_row));
+        (self.in_a_row >= self.limit).then(|| {
+            Error::input(
+                "train.max_bad_steps",
+                format!("{} consecutive non-finite steps; stopping. The last checkpoint in {} is intact", self.in_a_row, run_dir.display()),
+            )
+        })
+    }
+}
+
+/// One peer's view of the run: its trainer, its slice of the data stream, and (on the leader)
+/// the leader's duties.
+struct PeerRun<'a, B: TrainBackend> {
+    shared: &'a Shared<B>,
+    trainer: Trainer<B>,
+    loader: Prefetcher,
+    frozen: Frozen<B::InnerBackend>,
+    device: B::Device,
+    progress: Arc<dyn Progress>,
+    leader: Option<Leader>,
+    world: usize,
+}
+
+impl<'a, B: TrainBackend> PeerRun<'a, B> {
+    fn start(shared: &'a Shared<B>, peers: Box<dyn Exchange<B::InnerBackend>>, device: B::Device) -> Result<Self> {
+        let (cfg, t) = (&shared.cfg, &shared.cfg.train);
+        let (world, rank) = (peers.count(), peers.rank());
+        let progress: Arc<dyn Progress> = if rank == 0 { shared.progress.clone() } else { Arc::new(Silent) };
+        let leader = (rank == 0)
+            .then(|| {
+                Leader::open(cfg, shared.run_dir.clone(), progress.clone(), shared.text.clone(), shared.eval_set.clone(), shared.state.step)
+            })
+            .transpose()?;
+        let trainer = Trainer::new(
+            shared.model.clone().fork(&device),
+            shared.optim.to_device(&device),
+            cfg.objectives.clone(),
+            StepOptions { clip: t.clip_grad_norm, seed: t.seed },
+            peers,
+        );
+        let per_peer = t.batch_size / world;
+        let loader = Prefetcher::start(
+            shared.train_data.clone(),
+            shared.text.clone(),
+            shared.transform.clone(),
+            t.seed,
+            shared.state.data_position,
+            (t.batch_size, rank * per_peer..(rank + 1) * per_peer),
+            cfg.data.prefetch,
+        );
+        let frozen = shared.frozen.to_device(&device);
+        Ok(Self { shared, trainer, loader, frozen, device, progress, leader, world })
+    }
+
+    /// The step's micro-batches of this peer's slice, with the data position and skip counts
+    /// advanced in `state`.
+    fn batches(&mut self, state: &mut TrainState) -> Result<Vec<Stage1Batch<B>>> {
+        let cfg = &self.shared.cfg;
+        let skip_limit = SkipLimit { max_fraction: cfg.data.max_skip_fraction };
+        let mut micro = Vec::with_capacity(cfg.train.grad_accum);
+        for _ in 0..cfg.train.grad_accum {
+            let hb = self.loader.next_batch()?;
             for s in &hb.skipped {
-                progress.note(&format!("skipped {s}"));
+                self.progress.note(&format!("skipped {s}"));
             }
             // Every peer counts the whole window's positions; skips are this peer's own.
-            state.samples_seen += hb.seen * world as u64;
+            state.samples_seen += hb.seen * self.world as u64;
             state.samples_skipped += hb.skipped.len() as u64;
             state.data_position = hb.end;
             skip_limit.check_running(state.samples_skipped, state.samples_seen)?;
-            let feats = Tensor::<B, 3>::from_inner(frozen.features(hb.inputs, &device));
-            micro.push(trainer.batch(feats, hb.text, hb.image_ids, &hb.positions)?);
+            let feats = Tensor::<B, 3>::from_inner(self.frozen.features(hb.inputs, &self.device));
+            micro.push(self.trainer.batch(feats, hb.text, hb.image_ids, &hb.positions)?);
         }
-        let stop_requested = shared.stop.load(Ordering::SeqCst);
-        let report = trainer.step(&micro, lr, stop_requested)?;
-        let mut stop = None;
-        if report.skipped_update {
-            consecutive_bad += 1;
-            state.bad_steps_total += 1;
-            progress.note(&format!("step {}: non-finite loss or gradient, update skipped ({consecutive_bad} in a row)", state.step + 1));
-            if consecutive_bad >= t.max_bad_steps {
-                stop = Some(Error::input(
-                    "train.max_bad_steps",
-                    format!(
-                        "{consecutive_bad} consecutive non-finite steps; stopping. The last checkpoint in {} is intact",
-                        run_dir.display()
-                    ),
-                ));
-            }
-        } else {
-            consecutive_bad = 0;
-        }
+        Ok(micro)
+    }
+
+    fn outcome(&self, state: &TrainState, last: StepMetrics, stopped: bool) -> TrainOutcome {
+        let recall = self.leader.as_ref().and_then(|l| l.recall);
+        TrainOutcome { run_dir: self.shared.run_dir.clone(), steps: state.step, last, recall, stopped }
+    }
+}
+
+/// One peer's loop: batches, the step, the bad-step count, the leader's duties, stopping.
+fn run_peer<B: TrainBackend>(shared: &Shared<B>, peers: Box<dyn Exchange<B::InnerBackend>>, device: B::Device) -> Result<TrainOutcome> {
+    let (cfg, total) = (&shared.cfg, shared.total);
+    let mut run = PeerRun::start(shared, peers, device)?;
+    let mut state = shared.state.clone();
+    let mut bad = BadSteps { in_a_row: 0, limit: cfg.train.max_bad_steps };
+    let per_step = (cfg.train.batch_size * cfg.train.grad_accum) as u64;
+    let mut last = StepMetrics::default();
+    run.progress.start(state.step, total);
+    while state.step < total {
+        let started = Instant::now();
+        let lr = lr_at(&cfg.schedule, cfg.optim.lr, state.step, total, shared.steps_per_epoch);
+        let micro = run.batches(&mut state)?;
+        let report = run.trainer.step(&micro, lr, shared.stop.load(Ordering::SeqCst))?;
+        let failure = bad.observe(report.skipped_update, &mut state, &shared.run_dir, run.progress.as_ref());
         state.step += 1;
-        let model = &trainer.model;
-        last = StepMetrics {
-            step: state.step,
-            loss: report.loss,
-            loss_itc: report.terms[0],
-            loss_itm: report.terms[1],
-            loss_itg: report.terms[2],
-            itm_constant: report.itm_constant,
-            lr,
-            temp: scalar(model.temp.val().inner()),
-            grad_norm: report.grad_norm,
-            pairs_per_s: per_step as f64 / started.elapsed().as_secs_f64(),
-            sampler_fallbacks: report.sampler_fallbacks,
-            skipped_total: state.samples_skipped,
-            skipped_update: report.skipped_update,
-            retrieval: None,
-            evaluation: None,
-        };
-        let Some(metrics) = &metrics else {
-            // Other peers only follow: the leader logs, evaluates and checkpoints.
-            if let Some(e) = stop {
-                return Err(e);
-            }
-            if report.stop && state.step < total {
-                return Ok(TrainOutcome { run_dir: run_dir.clone(), steps: state.step, last, recall, stopped: true });
-            }
-            continue;
-        };
-        let eval_due = (cfg.eval.every > 0 && state.step.is_multiple_of(cfg.eval.every)) || state.step == total;
-        let rerank_due = cfg.eval.rerank_every > 0 && (state.step.is_multiple_of(cfg.eval.rerank_every) || state.step == total);
-        let mut best_candidate = None;
-        if let (true, Some(set)) = (eval_due, &eval_set) {
-            let valid = trainer.valid();
-            let r = itc_recall(&valid, &frozen, set, cfg.eval.chunk);
-            progress.note(&format!(
-                "step {} held-out retrieval: i2t R@1 {:.1} R@5 {:.1} | t2i R@1 {:.1} R@5 {:.1} ({} images)",
-                state.step, r.i2t_r1, r.i2t_r5, r.t2i_r1, r.t2i_r5, set.images
-            ));
-            last.retrieval = Some(r);
-            recall = Some(r);
-            if rerank_due {
-                let opts =
-                    EvalOptions { k_test: cfg.eval.k_test, chunk: cfg.eval.chunk, seed: cfg.eval.seed, captions: Some(&shared.text) };
-                let report = evaluate(&valid, &frozen, set, &opts)?;
-                let (gain_i2t, gain_t2i) = report.rerank_gain();
-                progress.note(&format!(
-                    "step {} re-ranked (top {}): i2t R@1 {:.1} ({gain_i2t:+.1}) | t2i R@1 {:.1} ({gain_t2i:+.1}); ITM accuracy {:.1}/{:.1}; ITG perplexity {:.2}, grounding gap {:.3}{}",
-                    state.step,
-                    report.k_test,
-                    report.itm.i2t_r1,
-                    report.itm.t2i_r1,
-                    report.itm_acc_positive,
-                    report.itm_acc_negative,
-                    report.itg_perplexity,
-                    report.itg_grounding_gap,
-                    report.caption_accuracy.map_or(String::new(), |a| format!("; captions naming both objects {a:.1}%"))
-                ));
-                last.evaluation = Some(report);
-            }
-            if let Some((rerank, field)) = cfg.eval.best() {
-                let source = if rerank { last.evaluation.as_ref().map(|e| e.itm) } else { Some(r) };
-                best_candidate = source.and_then(|x| x.get(field)).filter(|v| state.best.is_none_or(|(_, b)| *v > b));
-            }
+        let temp = scalar(run.trainer.model.temp.val().inner());
+        last =
+            StepMetrics::of_step(state.step, &report, lr, temp, per_step as f64 / started.elapsed().as_secs_f64(), state.samples_skipped);
+        let stopping = report.totals.stop && state.step < total;
+        if let Some(leader) = &mut run.leader {
+            let end = StepEnd { failing: failure.is_some(), stopping, total };
+            leader.after_step(&run.trainer, &run.frozen, &mut state, &mut last, &end)?;
         }
-        metrics.append(&last)?;
-        progress.step(&last, total);
-        if let Some(warning) = itm_stall.observe(last.loss_itm, last.itm_constant) {
-            progress.note(&format!("step {}: {warning}", state.step));
-        }
-        // The step that trips the limit is recorded, and no checkpoint is written after it.
-        if let Some(e) = stop {
-            progress.finish();
+        // The step that trips the bad-step limit is recorded, and no checkpoint is written after it.
+        if let Some(e) = failure {
+            run.progress.finish();
             return Err(e);
         }
-        let write_files = |dir: &Path| {
-            save_weights(&trainer.model, &cfg.model, &dir.join(MODEL_FILE))?;
-            let meta = std::collections::HashMap::from([("step".to_string(), trainer.optim.step.to_string())]);
-            write_safetensors(&dir.join(OPTIMIZER_FILE), trainer.optim.state_tensors(), meta)
-        };
-        if let Some(value) = best_candidate {
-            state.best = Some((state.step, value));
-            let dir = checkpoint::save_best(run_dir, cfg, &state, write_files)?;
-            progress.note(&format!("step {}: best {} so far ({value:.2}), saved to {}", state.step, cfg.eval.best_metric, dir.display()));
-        }
-        let stop_now = report.stop && state.step < total;
-        if state.step.is_multiple_of(cfg.checkpoint.every) || state.step == total || stop_now {
-            checkpoint::save(run_dir, cfg, &state, cfg.checkpoint.keep, write_files)?;
-        }
-        if stop_now {
-            progress.finish();
-            return Ok(TrainOutcome { run_dir: run_dir.clone(), steps: state.step, last, recall, stopped: true });
+        if stopping {
+            run.progress.finish();
+            return Ok(run.outcome(&state, last, true));
         }
     }
-    progress.finish();
-    Ok(TrainOutcome { run_dir: run_dir.clone(), steps: state.step, last, recall, stopped: false })
+    run.progress.finish();
+    Ok(run.outcome(&state, last, false))
 }

@@ -5,11 +5,10 @@ use std::path::{Path, PathBuf};
 
 use crate::interop::pretrained;
 use crate::interop::vit::build_encoder;
-use crate::interop::weights::load_weights;
 use crate::kernels::Kernels;
 use crate::model::vit::Vit;
 use crate::model::QFormer;
-use crate::train::checkpoint::{self, CONFIG_FILE, MODEL_FILE};
+use crate::train::checkpoint;
 use crate::train::config::TrainConfig;
 use crate::util::error::{Error, Result};
 use crate::util::seed::mix;
@@ -37,14 +36,11 @@ pub struct Trained<B: Kernels> {
 impl<B: Kernels> Trained<B> {
     /// From a run folder (its latest checkpoint) or a step folder; checksums are verified.
     pub fn from_checkpoint(path: &Path, device: &B::Device) -> Result<Self> {
-        let dir = checkpoint::resolve(path)?;
-        let cfg = TrainConfig::load(&dir.join(CONFIG_FILE), &[])?;
-        let state = checkpoint::verify(&dir, &cfg)?;
-        let (model, _) = load_weights::<B>(&dir.join(MODEL_FILE), Some(&cfg.model), device)?;
-        let mut messages = vec![format!("checkpoint {} (step {})", dir.display(), state.step)];
-        let (vit, report) = build_encoder(&cfg.encoder, device)?;
+        let loaded = checkpoint::load::<B>(path, None, device)?;
+        let mut messages = vec![format!("checkpoint {} (step {})", loaded.dir.display(), loaded.state.step)];
+        let (vit, report) = build_encoder(&loaded.cfg.encoder, device)?;
         messages.extend(report.map(|r| r.summary()));
-        Ok(Self { cfg, model, vit, messages, checkpoint: Some((dir, state.step)) })
+        Ok(Self { cfg: loaded.cfg, model: loaded.model, vit, messages, checkpoint: Some((loaded.dir, loaded.state.step)) })
     }
 
     /// A model as a fresh run of `cfg` would start it.

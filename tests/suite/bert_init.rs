@@ -71,11 +71,6 @@ fn tiny_bert(hidden: usize) -> QFormerConfig {
     }
 }
 
-fn max_rel_error(got: &[f32], want: &[f32]) -> f32 {
-    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-    got.iter().zip(want).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale
-}
-
 #[test]
 fn text_pass_of_minilm_initialised_qformer_equals_bert() {
     let _rng = common::serial();
@@ -89,7 +84,7 @@ fn text_pass_of_minilm_initialised_qformer_equals_bert() {
         let (model, report) = init_from_bert(QFormer::<B>::new(&cfg, &device), &cfg, &src, mode, &device).unwrap();
         let got = text_pass(&model, &ids, &mask, &shape);
         let (_, want) = expected.f32(key).unwrap();
-        let err = max_rel_error(&got, &want);
+        let err = common::max_rel_error(&got, &want);
         eprintln!("{key}: max error {err:.2e} of the largest value");
         assert!(err < 1e-5, "{key}: max error {err:e}");
         // Everything BERT has was used, except the token types (dropped or folded) and the pooler.

@@ -15,7 +15,8 @@ use qformer::model::QFormer;
 use qformer::model::QFormerConfig;
 use qformer::objectives::{stage1_loss, NegativeSampler, Objective, ObjectiveConfig, Stage1Batch};
 use qformer::train::config::OptimConfig;
-use qformer::train::optim::{AdamW, GradAccumulator};
+use qformer::train::gradients::GradAccumulator;
+use qformer::train::optim::AdamW;
 
 type B = Autodiff<Flex>;
 

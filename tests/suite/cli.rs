@@ -1,15 +1,11 @@
 //! The command line tells the truth about itself: every option of every subcommand has a
 //! description in `--help`, and options are offered only where they act.
 
-use std::process::Command;
-
 const SUBCOMMANDS: [&str; 11] =
     ["train", "ablate", "bench-data", "synth", "check-loss", "cache-features", "eval", "caption", "report", "export", "bench"];
 
 fn help(sub: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_qformer")).args([sub, "--help"]).output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap()
+    String::from_utf8(crate::common::qformer(sub).arg("--help").succeed().stdout).unwrap()
 }
 
 #[test]

@@ -1,4 +1,5 @@
-//! Helpers shared by the integration tests: a small model shape and a deterministic batch.
+//! Helpers shared by the integration tests: a small model shape, a deterministic batch, run
+//! configs and folders, records and tensors read back, tolerances, and the binary as a command.
 
 use std::path::{Path, PathBuf};
 
@@ -272,4 +273,85 @@ pub fn tensors(path: &Path) -> Vec<(String, Vec<f32>)> {
     let mut names = f.names().unwrap();
     names.sort();
     names.into_iter().map(|n| (n.clone(), f.f32(&n).unwrap().1)).collect()
+}
+
+/// Each step's total loss in a run's `metrics.jsonl`.
+pub fn losses(run: &Path) -> Vec<f64> {
+    qformer::train::metrics::MetricsLog::read(run).unwrap().iter().map(|m| m.loss).collect()
+}
+
+/// The largest element-wise difference against the largest reference magnitude.
+pub fn max_rel_error(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    got.iter().zip(want).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale
+}
+
+/// The `qformer` binary as a command under construction: `qformer("train").config(cfg)
+/// .set("train.steps=2").succeed()`.
+pub struct Qformer(std::process::Command);
+
+/// `qformer <subcommand>`.
+pub fn qformer(subcommand: &str) -> Qformer {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_qformer"));
+    c.arg(subcommand);
+    Qformer(c)
+}
+
+impl Qformer {
+    pub fn arg(mut self, a: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.0.arg(a);
+        self
+    }
+
+    pub fn args<S: AsRef<std::ffi::OsStr>>(mut self, a: impl IntoIterator<Item = S>) -> Self {
+        self.0.args(a);
+        self
+    }
+
+    /// `--config PATH`.
+    pub fn config(self, path: &Path) -> Self {
+        self.arg("--config").arg(path)
+    }
+
+    /// `--set ASSIGNMENT` for each one.
+    pub fn sets<S: AsRef<str>>(self, assignments: impl IntoIterator<Item = S>) -> Self {
+        assignments.into_iter().fold(self, |c, s| c.arg("--set").arg(s.as_ref()))
+    }
+
+    /// `--set train.run_name="NAME"`.
+    pub fn run_name(self, name: &str) -> Self {
+        self.sets([format!("train.run_name=\"{name}\"")])
+    }
+
+    pub fn env(mut self, key: &str, value: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.0.env(key, value);
+        self
+    }
+
+    /// Stdout discarded and stderr into `log` (a file: a pipe nobody reads could fill).
+    pub fn log_to(mut self, log: &Path) -> Self {
+        self.0.stdout(std::process::Stdio::null()).stderr(std::fs::File::create(log).unwrap());
+        self
+    }
+
+    pub fn output(mut self) -> std::process::Output {
+        self.0.output().unwrap()
+    }
+
+    /// Runs to the end and asserts it succeeded (its stderr in the message otherwise).
+    pub fn succeed(self) -> std::process::Output {
+        let out = self.output();
+        assert!(out.status.success(), "qformer failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        out
+    }
+
+    pub fn spawn(mut self) -> std::process::Child {
+        self.0.spawn().unwrap()
+    }
+
+    /// The command itself, for what the builder does not cover (other stdio, `status()`).
+    pub fn command(self) -> std::process::Command {
+        self.0
+    }
 }

@@ -8,7 +8,6 @@
 use crate::common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::{tensors, workdir, RunConfig};
 
@@ -19,13 +18,12 @@ fn records(run: &Path) -> Vec<String> {
 const STEPS: u64 = 24;
 
 fn train(cfg: &Path, run: &str, threads: usize) {
-    let out = Command::new(env!("CARGO_BIN_EXE_qformer"))
-        .args(["train", "--config"])
-        .arg(cfg)
-        .args(["--set", &format!("train.run_name=\"{run}\""), "--set", &format!("checkpoint.every={STEPS}")])
+    let out = common::qformer("train")
+        .config(cfg)
+        .run_name(run)
+        .sets([format!("checkpoint.every={STEPS}")])
         .env("RAYON_NUM_THREADS", threads.to_string())
-        .output()
-        .unwrap();
+        .output();
     assert!(out.status.success(), "{run} ({threads} threads) failed:\n{}", String::from_utf8_lossy(&out.stderr));
 }
 

@@ -45,12 +45,6 @@ fn as_f32(t: &qformer::interop::safetensors_io::OwnedTensor) -> Vec<f32> {
     t.bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
-fn max_rel_error(got: &[f32], want: &[f32]) -> f32 {
-    assert_eq!(got.len(), want.len());
-    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-    got.iter().zip(want).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale
-}
-
 #[test]
 fn lavis_checkpoint_maps_to_hf_names_exactly() {
     let _rng = common::serial();
@@ -105,7 +99,7 @@ fn export_is_the_one_hf_loaded_and_gives_hf_outputs() {
     let itm = itm_logits(&trained.model, &side.image_kv, &text).into_data().to_vec::<f32>().unwrap();
     let hf_out = SafetensorsFile::open(&fixture("hf_export/hf_outputs.safetensors")).unwrap();
     for (name, ours) in [("itc_similarities", sims), ("itm_logits", itm)] {
-        let err = max_rel_error(&ours, &hf_out.f32(name).unwrap().1);
+        let err = common::max_rel_error(&ours, &hf_out.f32(name).unwrap().1);
         eprintln!("{name}: max error {err:.2e} of the largest value");
         assert!(err < 1e-5, "{name}: {err:e}");
     }

@@ -31,27 +31,13 @@ impl Drop for Proc {
 }
 
 fn orchestrator(port: u16) -> Proc {
-    Proc(
-        Command::new(env!("CARGO_BIN_EXE_qformer"))
-            .args(["orchestrator", "--port", &port.to_string()])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
+    Proc(common::qformer("orchestrator").args(["--port", &port.to_string()]).command().stderr(Stdio::null()).spawn().unwrap())
 }
 
 /// A training process whose stderr goes to `log` (a file: a pipe nobody reads could fill).
 fn train(cfg: &Path, sets: &[String], resume: bool, log: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_qformer"));
-    c.args(["train", "--config"]).arg(cfg);
-    for s in sets {
-        c.args(["--set", s]);
-    }
-    if resume {
-        c.args(["--resume", "latest"]);
-    }
-    c.stdout(Stdio::null()).stderr(std::fs::File::create(log).unwrap());
-    c
+    let resume: &[&str] = if resume { &["--resume", "latest"] } else { &[] };
+    common::qformer("train").config(cfg).sets(sets).args(resume).log_to(log).command()
 }
 
 fn read(log: &Path) -> String {

@@ -210,14 +210,12 @@ fn check_loss_cli_prints_reference_losses() {
     }
     for (backend, name) in runs {
         let d = dir(name);
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_qformer"))
-            .args(["check-loss", "--backend", backend, "--weights"])
+        let out = crate::common::qformer("check-loss")
+            .args(["--backend", backend, "--weights"])
             .arg(d.join("weights.safetensors"))
             .arg("--batch")
             .arg(d.join("batch.safetensors"))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            .succeed();
         let got: Value = serde_json::from_slice(&out.stdout).unwrap();
         let exp = &expected(name)["detached"];
         for key in ["loss", "loss_itc", "loss_itm", "loss_itg"] {

@@ -13,12 +13,7 @@ use qformer::train::checkpoint;
 use qformer::train::metrics::MetricsLog;
 
 fn qformer(args: &[&str], cfg: &Path, extra_sets: &[String]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_qformer"));
-    cmd.args(args).arg("--config").arg(cfg);
-    for s in extra_sets {
-        cmd.args(["--set", s]);
-    }
-    cmd
+    common::qformer(args[0]).args(&args[1..]).config(cfg).sets(extra_sets).command()
 }
 
 fn workdir(name: &str) -> std::path::PathBuf {

@@ -12,9 +12,7 @@ use std::time::{Duration, Instant};
 use common::{workdir, RunConfig};
 
 fn qformer(cfg: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_qformer"));
-    cmd.args(["train", "--config"]).arg(cfg).args(["--set", "train.run_name=\"run\""]).args(args);
-    cmd
+    common::qformer("train").config(cfg).run_name("run").args(args).command()
 }
 
 fn run(cfg: &Path, args: &[&str]) -> Output {
@@ -75,6 +73,30 @@ fn a_fresh_training_into_a_run_is_refused_unless_overwrite() {
     let steps: Vec<u64> = qformer::train::metrics::MetricsLog::read(&run_dir).unwrap().iter().map(|m| m.step).collect();
     assert_eq!(steps, [1, 2]);
     assert!(!run_dir.join("step-00000003").exists(), "the replaced run's checkpoints are gone");
+}
+
+/// `--overwrite` removes the previous run only once the new start has passed every check: a
+/// start that fails on a missing held-out file or on starting weights of another shape leaves
+/// the previous run byte for byte.
+#[test]
+fn a_failed_overwrite_start_keeps_the_previous_run() {
+    let dir = workdir("overwrite-fails");
+    let cfg = RunConfig::miniature(2).write(&dir, "run");
+    let run_dir = dir.join("checkpoints/run");
+    assert!(run(&cfg, &[]).status.success());
+    let before = snapshot(&run_dir);
+    let step = qformer::train::checkpoint::resolve(&run_dir).unwrap();
+    let weights = format!("init.weights=\"{}\"", step.join("model.safetensors").display());
+    for (sets, named) in [
+        (vec!["data.eval=\"/missing/eval.json\"".to_string()], "eval.json"),
+        (vec![weights, "model.num_query_tokens=6".into()], "query_tokens"),
+    ] {
+        let out = common::qformer("train").config(&cfg).run_name("run").arg("--overwrite").sets(&sets).output();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(named), "{sets:?}: {err}");
+        assert!(!err.contains("removed the previous run"), "{err}");
+        assert_eq!(snapshot(&run_dir), before, "{sets:?}: the previous run must survive a failed start");
+    }
 }
 
 #[test]

@@ -9,7 +9,6 @@
 use crate::common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{tensors, workdir, RunConfig};
@@ -17,16 +16,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 fn train(cfg: &Path, run: &str, resume: bool, log: &Path) -> std::process::Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_qformer"));
-    cmd.args(["train", "--config"]).arg(cfg).args(["--set", &format!("train.run_name=\"{run}\"")]);
     // A run killed before its first checkpoint left only its log: nothing to resume, start again.
-    cmd.arg(if resume { "--resume=latest" } else { "--overwrite" });
-    let log = std::fs::File::create(log).unwrap();
-    cmd.stdout(Stdio::null()).stderr(log).spawn().unwrap()
-}
-
-fn losses(run: &Path) -> Vec<f64> {
-    qformer::train::metrics::MetricsLog::read(run).unwrap().iter().map(|m| m.loss).collect()
+    common::qformer("train").config(cfg).run_name(run).arg(if resume { "--resume=latest" } else { "--overwrite" }).log_to(log).spawn()
 }
 
 #[test]
@@ -87,6 +78,6 @@ fn killed_and_resumed_run_equals_an_uninterrupted_one() {
     for file in ["model.safetensors", "optimizer.safetensors"] {
         assert!(tensors(&last(&reference).join(file)) == tensors(&last(&run).join(file)), "{file} differs after {kills} kills");
     }
-    assert_eq!(losses(&reference), losses(&run), "per-step losses differ");
+    assert_eq!(common::losses(&reference), common::losses(&run), "per-step losses differ");
     let _ = std::fs::remove_dir_all(&dir);
 }

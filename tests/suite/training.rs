@@ -15,7 +15,7 @@ use qformer::train::checkpoint::{self, MODEL_FILE, OPTIMIZER_FILE};
 use qformer::train::config::{OptimConfig, TrainConfig};
 use qformer::train::optim::AdamW;
 use qformer::train::run::{TrainJob, TrainOutcome};
-use qformer::train::trainer::Trainer;
+use qformer::train::trainer::{StepOptions, Trainer};
 
 fn workdir(name: &str) -> PathBuf {
     common::workdir(&format!("train-{name}"))
@@ -191,37 +191,6 @@ fn ablation_writes_its_table() {
     assert_eq!(trained, 0);
 }
 
-#[test]
-fn config_errors_name_key_and_file() {
-    let dir = workdir("config");
-    let cfg = config(&dir, "");
-    let e = |o: &str| TrainConfig::load(&cfg, &[o.to_string()]).unwrap_err().to_string();
-    // A key the command line set is blamed on the command line, not on the file.
-    let unknown = e("train.batch_sise=3");
-    assert!(unknown.contains("batch_sise") && unknown.contains("command line: --set train.batch_sise=3"), "{unknown}");
-    assert!(!unknown.contains("mini.toml"), "{unknown}");
-    let wrong_type = e("train.batch_size=\"big\"");
-    assert!(wrong_type.contains("batch_size"), "{wrong_type}");
-    let range = e("optim.lr=-1");
-    assert!(range.contains("optim.lr must be > 0") || (range.contains("optim.lr") && range.contains("> 0")), "{range}");
-    assert!(range.contains("--set optim.lr=-1") && !range.contains("mini.toml"), "{range}");
-    let width = e("encoder.width=30");
-    assert!(width.contains("encoder.width"), "{width}");
-    assert!(e("bad").contains("section.key=value"));
-    // A key from the file is still blamed on the file.
-    std::fs::write(&cfg, std::fs::read_to_string(&cfg).unwrap().replace("[train]\n", "[train]\nbatch_sise = 3\n")).unwrap();
-    let from_file = TrainConfig::load(&cfg, &[]).unwrap_err().to_string();
-    assert!(from_file.contains("batch_sise") && from_file.contains("mini.toml"), "{from_file}");
-}
-
-fn losses(run: &Path) -> Vec<f64> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap())
-        .collect()
-}
-
 fn cache_features(cfg_path: &Path, overrides: &[String]) -> qformer::Result<Vec<qformer::data::feature_cache::BuildSummary>> {
     let cfg = TrainConfig::load(cfg_path, overrides)?;
     dispatch(BackendKind::Flex, qformer::app::cache_features::CacheFeatures { cfg, batch: 7 })
@@ -251,7 +220,7 @@ fn training_from_the_feature_cache_equals_training_from_images() {
         &["data.features=\"cache\"".to_string(), format!("checkpoint.dir=\"{}/b\"", dir.display())],
     );
     let cached = train(&cfg, &cached_overrides, None).unwrap();
-    let (a, b) = (losses(&images.run_dir), losses(&cached.run_dir));
+    let (a, b) = (common::losses(&images.run_dir), common::losses(&cached.run_dir));
     assert_eq!(a.len(), 4);
     for (x, y) in a.iter().zip(&b) {
         assert!((x - y).abs() <= 1e-6 * x.abs(), "from images {a:?}, from the cache {b:?}");
@@ -269,7 +238,7 @@ fn training_from_the_feature_cache_equals_training_from_images() {
         None,
     )
     .unwrap();
-    for (x, y) in a.iter().zip(&losses(&half.run_dir)) {
+    for (x, y) in a.iter().zip(&common::losses(&half.run_dir)) {
         assert!((x - y).abs() <= 1e-2 * x.abs(), "f16 cache: {x} vs {y}");
     }
     let views = cache_features(&cfg, &cache("f16", 3)).unwrap();
@@ -358,12 +327,11 @@ fn evaluation_during_training_keeps_the_best_checkpoint_and_reports() {
     let good = dir.join("shapes/images/000000.png");
     let bad = dir.join("broken.png");
     std::fs::write(&bad, b"not an image").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qformer"))
-        .args(["caption", "--beams", "1", "--max-len", "5", "--min-len", "1", "--checkpoint"])
+    let out = common::qformer("caption")
+        .args(["--beams", "1", "--max-len", "5", "--min-len", "1", "--checkpoint"])
         .arg(&run.run_dir)
         .args([&good, &bad, &good])
-        .output()
-        .unwrap();
+        .output();
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(!out.status.success(), "a failed image makes the exit status non-zero");
     assert_eq!(stdout.lines().filter(|l| l.starts_with(&good.display().to_string())).count(), 2, "{stdout}");
@@ -390,14 +358,7 @@ fn a_stalled_itm_is_reported_once() {
     let dir = common::workdir("itm_stall");
     let cfg = common::RunConfig::miniature(4).write(&dir, "run");
     let run = |sets: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_qformer"))
-            .args(["train", "--config"])
-            .arg(&cfg)
-            .args(["--overwrite", "--set", "log.itm_stall_margin=0.1"])
-            .args(sets.iter().flat_map(|s| ["--set", s]))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = common::qformer("train").config(&cfg).arg("--overwrite").sets(["log.itm_stall_margin=0.1"]).sets(sets).succeed();
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
     let stderr = run(&["log.itm_stall_steps=2"]);
@@ -422,7 +383,7 @@ fn a_step_reads_back_a_fixed_number_of_values() {
         let model = QFormer::<K>::new(&cfg, &device);
         let optim = AdamW::new(&OptimConfig::default(), &model);
         let objectives = ObjectiveConfig { negatives, ..Default::default() };
-        let mut trainer = Trainer::new(model, optim, objectives, (Some(1.0), 3), Box::new(Alone));
+        let mut trainer = Trainer::new(model, optim, objectives, StepOptions { clip: Some(1.0), seed: 3 }, Box::new(Alone));
         let micro: Vec<_> = (0..micro_batches)
             .map(|m| {
                 let b = common::batch(4, Some(vec![0, 1, 2, 3]), m as u64);

@@ -1,6 +1,8 @@
 //! `qformer bench`: times full training steps (stage-one loss, backward, AdamW) on random
 //! features at a preset's shapes, for each objective set. Prints median milliseconds and pairs/s.
 
+pub mod command;
+
 use std::time::Instant;
 
 use std::sync::Arc;
@@ -22,7 +24,7 @@ use crate::objectives::{Objective, ObjectiveConfig};
 use crate::train::collective::{launch, Exchange};
 use crate::train::config::{DistributedConfig, OptimConfig};
 use crate::train::optim::AdamW;
-use crate::train::trainer::Trainer;
+use crate::train::trainer::{StepOptions, Trainer};
 use crate::util::error::{Error, Result};
 use crate::util::seed::mix;
 
@@ -285,7 +287,8 @@ fn time_set<B: TrainBackend>(
     let batch = bench.batch / world;
     let mut rng = ChaCha8Rng::seed_from_u64(mix(bench.seed, rank as u64));
     let optim = AdamW::new(&OptimConfig::default(), &model);
-    let mut trainer = Trainer::new(model.fork(&device), optim, ObjectiveConfig::default().only(set), (None, bench.seed), peers);
+    let mut trainer =
+        Trainer::new(model.fork(&device), optim, ObjectiveConfig::default().only(set), StepOptions { clip: None, seed: bench.seed }, peers);
     let mut times = Vec::with_capacity(bench.steps);
     let mut phases: Vec<[f64; 3]> = Vec::with_capacity(bench.steps);
     let mut bytes = 0;

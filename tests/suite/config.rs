@@ -1,5 +1,6 @@
-//! Model shapes from TOML and from weights metadata: presets agree with the shipped files, and a
-//! bad file is refused with the key and file named.
+//! Configs: training configs name the key and where it was set (file or command line) in every
+//! error; model shapes from TOML and from weights metadata agree with the presets, and a bad file
+//! is refused with the key and file named; distributed settings are checked at load.
 
 use crate::common;
 
@@ -168,10 +169,43 @@ fn distributed_settings_are_validated_with_the_key_named() {
     assert!(e.starts_with("distributed.orchestrator:"), "{e}");
     let e = error(&["distributed.nodes=2", "distributed.orchestrator=\"ws://10.0.0.1:3000\"", "distributed.address=\"ws://10.0.0.2\""]);
     assert!(e.starts_with("distributed.address:"), "{e}");
+    // Addresses are parsed when the config loads, not when the nodes meet.
+    let two_nodes = ["distributed.nodes=2", "distributed.address=\"ws://10.0.0.2:3001\""];
+    for bad in ["10.0.0.1:3000", "ws://10.0.0.1", "ws://:3000", "ws://10.0.0.1:0", "ws://10.0.0.1:70000", "http://10.0.0.1:3000"] {
+        let e = error(&[&two_nodes[..], &[&format!("distributed.orchestrator=\"{bad}\"")]].concat());
+        assert!(e.starts_with("distributed.orchestrator:") && e.contains(bad), "{bad}: {e}");
+    }
+    let ok = qformer::train::config::TrainConfig::load(
+        &cfg,
+        &[&two_nodes[..], &["distributed.orchestrator=\"wss://head:3000/\""]].concat().iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+    );
+    assert!(ok.is_ok(), "{:?}", ok.err());
     let e = error(&["distributed.peers=2", "distributed.devices=[0]"]);
     assert!(e.starts_with("distributed.devices:"), "{e}");
     let e = error(&["distributed.peers=2", "objectives.itc_gradient=\"full\""]);
     assert!(e.starts_with("objectives.itc_gradient:"), "{e}");
     let e = error(&["distributed.timeout_s=0"]);
     assert!(e.contains("distributed.timeout_s"), "{e}");
+}
+
+#[test]
+fn config_errors_name_key_and_file() {
+    let cfg = common::RunConfig::miniature_bert().write(&common::workdir("config"), "mini");
+    let e = |o: &str| qformer::train::config::TrainConfig::load(&cfg, &[o.to_string()]).unwrap_err().to_string();
+    // A key the command line set is blamed on the command line, not on the file.
+    let unknown = e("train.batch_sise=3");
+    assert!(unknown.contains("batch_sise") && unknown.contains("command line: --set train.batch_sise=3"), "{unknown}");
+    assert!(!unknown.contains("mini.toml"), "{unknown}");
+    let wrong_type = e("train.batch_size=\"big\"");
+    assert!(wrong_type.contains("batch_size"), "{wrong_type}");
+    let range = e("optim.lr=-1");
+    assert!(range.contains("optim.lr must be > 0") || (range.contains("optim.lr") && range.contains("> 0")), "{range}");
+    assert!(range.contains("--set optim.lr=-1") && !range.contains("mini.toml"), "{range}");
+    let width = e("encoder.width=30");
+    assert!(width.contains("encoder.width"), "{width}");
+    assert!(e("bad").contains("section.key=value"));
+    // A key from the file is still blamed on the file.
+    std::fs::write(&cfg, std::fs::read_to_string(&cfg).unwrap().replace("[train]\n", "[train]\nbatch_sise = 3\n")).unwrap();
+    let from_file = qformer::train::config::TrainConfig::load(&cfg, &[]).unwrap_err().to_string();
+    assert!(from_file.contains("batch_sise") && from_file.contains("mini.toml"), "{from_file}");
 }
