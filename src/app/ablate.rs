@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use super::args::{BackendArg, ConfigArgs};
 use super::console::Console;
+use super::train::resume_rule;
 use crate::kernels::backend::dispatch;
+use crate::train::checkpoint;
 use crate::train::config::TrainConfig;
 use crate::train::metrics::Progress;
 use crate::train::run::{TrainJob, TrainOutcome};
@@ -26,17 +28,52 @@ pub struct AblateArgs {
     /// Seeds to train each variant with (train.seed), comma separated.
     #[arg(long, value_delimiter = ',', default_value = "0")]
     pub seeds: Vec<u64>,
+    /// Continue an interrupted sweep: every variant's run from its latest checkpoint (`latest`),
+    /// or from its newest intact one, starting the variants that have none (`auto`).
+    #[arg(long, value_enum)]
+    pub resume: Option<SweepResume>,
     /// Replace variants' runs left in their folders by an earlier sweep.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SweepResume {
+    Latest,
+    Auto,
+}
+
+/// A sweep: variants × seeds of one config, and how each variant's run starts.
+pub struct Sweep {
+    pub config: PathBuf,
+    pub overrides: Vec<String>,
+    pub variants: Vec<String>,
+    pub seeds: Vec<u64>,
+    pub resume: Option<SweepResume>,
+    pub overwrite: bool,
+}
+
+/// Where one variant's run starts (as `train --resume` / `--overwrite` would).
+#[derive(Clone, Debug)]
+pub struct Start {
+    pub resume: Option<PathBuf>,
     pub overwrite: bool,
 }
 
 pub fn run(args: AblateArgs) -> Result<ExitCode> {
-    let c = &args.config;
-    let (dir, table) = ablate(&c.config, &c.overrides, &args.variants, &args.seeds, |mut cfg, name| {
+    let sweep = Sweep {
+        config: args.config.config,
+        overrides: args.config.overrides,
+        variants: args.variants,
+        seeds: args.seeds,
+        resume: args.resume,
+        overwrite: args.overwrite,
+    };
+    let (dir, table) = ablate(&sweep, |mut cfg, name, start| {
         let backend = args.backend.apply(&mut cfg);
         let console = Arc::new(Console::new(cfg.log.every));
-        let outcome = dispatch(backend, TrainJob::new(cfg, name, None).reporting(console.clone()).overwriting(args.overwrite));
+        let job = TrainJob::new(cfg, name, start.resume).reporting(console.clone()).overwriting(start.overwrite);
+        let outcome = dispatch(backend, job);
         console.finish();
         outcome
     })?;
@@ -120,32 +157,61 @@ pub fn write_table(dir: &Path, rows: &[AblationRow]) -> Result<String> {
     Ok(md)
 }
 
+/// How every planned variant starts, checked for all of them before the first one trains: a
+/// fresh sweep is refused while any variant's folder holds a run, `latest` while any has no
+/// checkpoint.
+fn starts(sweep: &Sweep, planned: &[(&String, u64, TrainConfig, String)]) -> Result<Vec<Start>> {
+    let mut starts = Vec::new();
+    let mut refused = Vec::new();
+    for (_, _, cfg, name) in planned {
+        let dir = cfg.checkpoint.dir.join(name);
+        let rule = sweep.resume.map(|r| PathBuf::from(if r == SweepResume::Latest { "latest" } else { "auto" }));
+        let (resume, overwrite) = resume_rule(rule, sweep.overwrite, dir.clone())?;
+        match &resume {
+            Some(path) if checkpoint::resolve(path).is_err() => refused.push(format!("{} (no checkpoint to resume)", dir.display())),
+            None if !overwrite && dir.exists() => {
+                let held = checkpoint::run_contents(&dir)?;
+                if !held.is_empty() {
+                    refused.push(format!("{} ({})", dir.display(), held.join(", ")));
+                }
+            }
+            _ => {}
+        }
+        starts.push(Start { resume, overwrite });
+    }
+    if !refused.is_empty() {
+        return Err(Error::input(
+            "ablate",
+            format!(
+                "no variant was trained: {}; continue the sweep with --resume auto, or replace its runs with --overwrite",
+                refused.join("; ")
+            ),
+        ));
+    }
+    Ok(starts)
+}
+
 /// Runs every variant and seed with `run` and writes the table under the config's checkpoint dir.
-pub fn ablate(
-    config: &Path,
-    base_overrides: &[String],
-    variants: &[String],
-    seeds: &[u64],
-    mut run: impl FnMut(TrainConfig, String) -> Result<TrainOutcome>,
-) -> Result<(PathBuf, String)> {
-    let stem = config.file_stem().and_then(|s| s.to_str()).unwrap_or("run").to_string();
-    // Every variant's config is built and checked before the first one trains.
+pub fn ablate(sweep: &Sweep, mut run: impl FnMut(TrainConfig, String, Start) -> Result<TrainOutcome>) -> Result<(PathBuf, String)> {
+    let stem = sweep.config.file_stem().and_then(|s| s.to_str()).unwrap_or("run").to_string();
+    // Every variant's config and folder is checked before the first one trains.
     let mut planned = Vec::new();
-    for variant in variants {
-        for &seed in seeds {
-            let mut overrides = base_overrides.to_vec();
+    for variant in &sweep.variants {
+        for &seed in &sweep.seeds {
+            let mut overrides = sweep.overrides.clone();
             overrides.extend(variant_overrides(variant)?);
             overrides.push(format!("train.seed={seed}"));
-            planned.push((variant, seed, TrainConfig::load(config, &overrides)?));
+            let name = format!("{stem}-ablate/{variant}-seed{seed}");
+            planned.push((variant, seed, TrainConfig::load(&sweep.config, &overrides)?, name));
         }
     }
+    let starts = starts(sweep, &planned)?;
     let mut rows = Vec::new();
-    for (variant, seed, cfg) in planned {
-        let name = format!("{stem}-ablate/{variant}-seed{seed}");
+    for ((variant, seed, cfg, name), start) in planned.into_iter().zip(starts) {
         eprintln!("== ablation {variant}, seed {seed}");
-        rows.push(AblationRow { variant: variant.clone(), seed, outcome: run(cfg, name)? });
+        rows.push(AblationRow { variant: variant.clone(), seed, outcome: run(cfg, name, start)? });
     }
-    let base = TrainConfig::load(config, base_overrides)?;
+    let base = TrainConfig::load(&sweep.config, &sweep.overrides)?;
     let dir = base.checkpoint.dir.join(format!("{stem}-ablate"));
     let md = write_table(&dir, &rows)?;
     let runs: Vec<PathBuf> = rows.iter().map(|r| r.outcome.run_dir.clone()).collect();

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::data::synth;
-use crate::util::error::Result;
+use crate::util::error::{Error, Result};
 
 #[derive(clap::Args)]
 pub struct SynthArgs {
@@ -23,9 +23,24 @@ pub struct SynthArgs {
     /// Seed of the scenes (the same seed gives the same set).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Replace a set already in the folder (its annotations and every image).
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
+/// Refuses to write over a set unless `--overwrite`, which removes the old set first so that no
+/// stale image remains.
 pub fn run(args: SynthArgs) -> Result<ExitCode> {
+    let present = synth::set_files(&args.out);
+    if !present.is_empty() {
+        if !args.overwrite {
+            return Err(Error::file(
+                &args.out,
+                format!("already holds a data set ({}): pass --overwrite to replace it", present.join(", ")),
+            ));
+        }
+        synth::remove_set(&args.out)?;
+    }
     let (train, eval) = synth::generate(&args.out, args.n, args.n_eval, args.size, args.seed)?;
     println!("wrote {} and {}", train.display(), eval.display());
     Ok(ExitCode::SUCCESS)

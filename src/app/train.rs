@@ -41,17 +41,37 @@ pub fn run_name(cfg: &TrainConfig, config: &Path) -> String {
     cfg.train.run_name.clone().unwrap_or_else(|| config.file_stem().and_then(|s| s.to_str()).unwrap_or("run").to_string())
 }
 
-/// Where a run starts from: `(resume, overwrite)` after the `latest` and `auto` rules.
-fn resume_rule(resume: Option<PathBuf>, overwrite: bool, run_dir: PathBuf) -> (Option<PathBuf>, bool) {
+/// Where a run starts from: `(resume, overwrite)` after the `latest` and `auto` rules. `latest`
+/// refuses a damaged checkpoint, naming the newest intact one; `auto` falls back to it, saying
+/// which it passed over and why.
+pub(super) fn resume_rule(resume: Option<PathBuf>, overwrite: bool, run_dir: PathBuf) -> Result<(Option<PathBuf>, bool)> {
+    let (intact, skipped) = checkpoint::newest_intact(&run_dir);
     match resume {
-        Some(r) if r.as_os_str() == "latest" => (Some(run_dir), overwrite),
-        // Resume when a checkpoint exists; otherwise start fresh, replacing what an attempt that
-        // never reached its first checkpoint left.
-        Some(r) if r.as_os_str() == "auto" => match checkpoint::resolve(&run_dir) {
-            Ok(_) => (Some(run_dir), false),
-            Err(_) => (None, true),
+        Some(r) if r.as_os_str() == "latest" => {
+            if let (Some(good), Some(first)) = (&intact, skipped.first()) {
+                return Err(Error::file(
+                    &run_dir,
+                    format!("its latest checkpoint is damaged ({first}); the newest intact one is {0}: resume it with --resume {0} or --resume auto", good.display()),
+                ));
+            }
+            Ok((Some(run_dir), overwrite))
+        }
+        Some(r) if r.as_os_str() == "auto" => match intact {
+            Some(good) => {
+                for s in &skipped {
+                    eprintln!("--resume auto: passed over a damaged checkpoint: {s}");
+                }
+                Ok((Some(good), false))
+            }
+            // A run whose every checkpoint is damaged is kept for a person to look at.
+            None if !skipped.is_empty() => {
+                Err(Error::file(&run_dir, format!("no checkpoint of this run verifies: {}", skipped.join("; "))))
+            }
+            // No checkpoint: start fresh, replacing what an attempt that never reached its first
+            // checkpoint left.
+            None => Ok((None, true)),
         },
-        other => (other, overwrite),
+        other => Ok((other, overwrite)),
     }
 }
 
@@ -73,7 +93,7 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
     let mut cfg = args.config.load()?;
     let backend = args.backend.apply(&mut cfg);
     let name = run_name(&cfg, &args.config.config);
-    let (resume, overwrite) = resume_rule(args.resume, args.overwrite, cfg.checkpoint.dir.join(&name));
+    let (resume, overwrite) = resume_rule(args.resume, args.overwrite, cfg.checkpoint.dir.join(&name))?;
     let console = Arc::new(Console::new(cfg.log.every));
     let job = TrainJob::new(cfg, name, resume).reporting(console.clone()).overwriting(overwrite).stopping_on(stop_on_signals()?);
     let outcome = dispatch(backend, job);

@@ -127,6 +127,28 @@ fn scene(size: u32, rng: &mut ChaCha8Rng) -> (RgbImage, [String; 2]) {
     (img, [first, second])
 }
 
+/// The files of a generated set.
+const SET_FILES: [&str; 3] = ["train.json", "eval.json", "images"];
+
+/// What of a generated set `out` holds, named (empty when none).
+pub fn set_files(out: &Path) -> Vec<&'static str> {
+    SET_FILES.into_iter().filter(|f| out.join(f).exists()).collect()
+}
+
+/// Removes a generated set from `out` (annotations first, so a half-removed set reads as
+/// incomplete); anything else in the folder is left alone.
+pub fn remove_set(out: &Path) -> Result<()> {
+    for f in SET_FILES {
+        let path = out.join(f);
+        let result = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        match result {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&path, e)),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Writes `n_train` + `n_eval` scenes of `size` px under `out`: `images/`, `eval.json`, then
 /// `train.json`, each atomically: `train.json` existing means the set is complete, so a run
 /// killed while generating regenerates it.

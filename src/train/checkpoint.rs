@@ -2,7 +2,8 @@
 //! optimizer moments, the resolved config and `state.json` (step, data position, counters and a
 //! SHA-256 of every other file). A checkpoint is built in a temporary folder and renamed into
 //! place, then `latest` is replaced atomically, so an interrupted write leaves the previous one
-//! intact. Loading verifies every checksum and that the config matches before anything is used.
+//! intact. Loading verifies the checksum of every file it reads and that the config matches before
+//! anything is used.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -47,6 +48,42 @@ pub struct TrainState {
     /// Best value so far of `eval.best_metric`, and its step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub best: Option<(u64, f64)>,
+    /// The training annotations the run reads, by content: a resume checks these, not the path,
+    /// so a data set that moved still resumes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<DataIdentity>,
+}
+
+/// An annotation file by content: its SHA-256 and the number of pairs read from it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataIdentity {
+    pub sha256: String,
+    pub samples: u64,
+}
+
+impl DataIdentity {
+    pub fn of(path: &Path, samples: u64) -> Result<Self> {
+        Ok(Self { sha256: sha256(path)?, samples })
+    }
+
+    /// Refuses to resume a run on other data than it was trained on (`data.train` names the file).
+    pub fn check_resume(&self, saved: Option<&DataIdentity>, path: &Path) -> Result<()> {
+        match saved {
+            Some(saved) if saved != self => Err(Error::config(
+                "data.train",
+                format!(
+                    "{} is not the data this run was trained on ({} pairs, sha256 {}; the checkpoint's: {} pairs, sha256 {})",
+                    path.display(),
+                    self.samples,
+                    self.sha256,
+                    saved.samples,
+                    saved.sha256
+                ),
+                "config",
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 fn sha256(path: &Path) -> Result<String> {
@@ -97,21 +134,24 @@ pub struct Loaded<B: Kernels> {
     pub model: QFormer<B>,
 }
 
-/// Loads the checkpoint `path` names ([`resolve`]) after verifying it ([`verify`]) against `cfg`,
-/// or against its own config when `cfg` is `None` (evaluation, export).
+/// Loads the checkpoint `path` names ([`resolve`]) after verifying the files it reads (the model
+/// and config; the optimizer is checked by [`load_optimizer`]) and that its config matches `cfg`,
+/// or its own config when `cfg` is `None` (evaluation, export).
 pub fn load<B: Kernels>(path: &Path, cfg: Option<&TrainConfig>, device: &B::Device) -> Result<Loaded<B>> {
     let dir = resolve(path)?;
+    let state = verify_files(&dir, &[MODEL_FILE, CONFIG_FILE])?;
     let cfg = match cfg {
         Some(cfg) => cfg.clone(),
         None => TrainConfig::load(&dir.join(CONFIG_FILE), &[])?,
     };
-    let state = verify(&dir, &cfg)?;
+    check_config(&dir, &cfg)?;
     let (model, _) = load_weights::<B>(&dir.join(MODEL_FILE), Some(&cfg.model), device)?;
     Ok(Loaded { dir, cfg, state, model })
 }
 
-/// The optimizer of a loaded checkpoint (what a resume needs beyond the model).
+/// The optimizer of a loaded checkpoint (what a resume needs beyond the model), verified first.
 pub fn load_optimizer<B: TrainBackend>(loaded: &Loaded<B>) -> Result<AdamW<B>> {
+    check_sums(&loaded.dir, &loaded.state, &[OPTIMIZER_FILE])?;
     let mut optim = AdamW::new(&loaded.cfg.optim, &loaded.model);
     let file = SafetensorsFile::open(&loaded.dir.join(OPTIMIZER_FILE))?;
     let steps =
@@ -124,6 +164,28 @@ pub fn load_optimizer<B: TrainBackend>(loaded: &Loaded<B>) -> Result<AdamW<B>> {
         Ok(v)
     })?;
     Ok(optim)
+}
+
+/// The Q-Former weights file that `path` names for `[init] weights` and friends: a weights file
+/// (one inside a checkpoint folder is verified against its checksum), a run or step folder (its
+/// verified `model.safetensors`), or a folder holding a `model.safetensors` (an export).
+pub fn weights_file(path: &Path) -> Result<PathBuf> {
+    if path.is_dir() {
+        if let Ok(dir) = resolve(path) {
+            verify_files(&dir, &[MODEL_FILE])?;
+            return Ok(dir.join(MODEL_FILE));
+        }
+        let file = path.join(MODEL_FILE);
+        if !file.exists() {
+            return Err(Error::file(path, "holds no checkpoint (state.json or latest) and no model.safetensors"));
+        }
+        return Ok(file);
+    }
+    let parent = path.parent().unwrap_or(Path::new("."));
+    if path.file_name().is_some_and(|n| n == MODEL_FILE) && parent.join(STATE_FILE).exists() {
+        verify_files(parent, &[MODEL_FILE])?;
+    }
+    Ok(path.to_path_buf())
 }
 
 /// Writes the best checkpoint so far to `<run>/best/` (a full, resumable checkpoint).
@@ -256,12 +318,24 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// Config keys that may change when a run resumes (extending it, changing how often it logs;
-/// starting weights only matter to a fresh run).
-/// Keys a resumed run may change. `distributed`: the same global batch on another number of
-/// peers continues the same run.
-const RESUMABLE_CHANGES: [&str; 9] =
-    ["train.steps", "train.epochs", "train.run_name", "checkpoint", "log", "eval", "data.prefetch", "init", "distributed"];
+/// Config keys that may change when a run resumes: extending it, how often it logs, starting
+/// weights (they only matter to a fresh run), `distributed` (the same global batch on another
+/// number of peers continues the same run), and where the data lies (the training data is judged
+/// by content, [`DataIdentity`]).
+const RESUMABLE_CHANGES: [&str; 12] = [
+    "train.steps",
+    "train.epochs",
+    "train.run_name",
+    "checkpoint",
+    "log",
+    "eval",
+    "data.prefetch",
+    "init",
+    "distributed",
+    "data.train",
+    "data.eval",
+    "data.image_root",
+];
 
 fn flatten(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, String>) {
     match v {
@@ -277,14 +351,18 @@ fn flatten(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, String>) {
     }
 }
 
-/// Verifies a checkpoint folder and returns its state. Refuses, naming the reason, a missing or
-/// altered file and a config that differs from `cfg` in anything but [`RESUMABLE_CHANGES`].
-pub fn verify(dir: &Path, cfg: &TrainConfig) -> Result<TrainState> {
+/// Reads a checkpoint's state and checks `files` against the checksums it records.
+pub fn verify_files(dir: &Path, files: &[&str]) -> Result<TrainState> {
     let state_path = dir.join(STATE_FILE);
     let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
     let state: TrainState = serde_json::from_str(&text).map_err(|e| Error::file(&state_path, format!("corrupt state: {e}")))?;
-    for f in [MODEL_FILE, OPTIMIZER_FILE, CONFIG_FILE] {
-        let want = state.checksums.get(f).ok_or_else(|| Error::file(&state_path, format!("no checksum for {f}")))?;
+    check_sums(dir, &state, files)?;
+    Ok(state)
+}
+
+fn check_sums(dir: &Path, state: &TrainState, files: &[&str]) -> Result<()> {
+    for f in files {
+        let want = state.checksums.get(*f).ok_or_else(|| Error::file(dir.join(STATE_FILE), format!("no checksum for {f}")))?;
         let path = dir.join(f);
         if !path.exists() {
             return Err(Error::file(&path, "missing from the checkpoint"));
@@ -293,6 +371,32 @@ pub fn verify(dir: &Path, cfg: &TrainConfig) -> Result<TrainState> {
             return Err(Error::file(&path, "checksum mismatch: the file was altered or damaged"));
         }
     }
+    Ok(())
+}
+
+/// The newest checkpoint of a run whose every file verifies, and each newer one passed over with
+/// the reason (for `--resume auto`, and to point a refused `--resume latest` at it).
+pub fn newest_intact(run_dir: &Path) -> (Option<PathBuf>, Vec<String>) {
+    let mut skipped = Vec::new();
+    for (_, dir) in list(run_dir).into_iter().rev() {
+        match verify_files(&dir, &[MODEL_FILE, OPTIMIZER_FILE, CONFIG_FILE]) {
+            Ok(_) => return (Some(dir), skipped),
+            Err(e) => skipped.push(e.to_string()),
+        }
+    }
+    (None, skipped)
+}
+
+/// Verifies every file of a checkpoint folder and its config against `cfg`; returns its state.
+pub fn verify(dir: &Path, cfg: &TrainConfig) -> Result<TrainState> {
+    let state = verify_files(dir, &[MODEL_FILE, OPTIMIZER_FILE, CONFIG_FILE])?;
+    check_config(dir, cfg)?;
+    Ok(state)
+}
+
+/// Refuses, naming each key, a checkpoint whose config differs from `cfg` in anything but
+/// [`RESUMABLE_CHANGES`].
+fn check_config(dir: &Path, cfg: &TrainConfig) -> Result<()> {
     let saved_text = std::fs::read_to_string(dir.join(CONFIG_FILE)).map_err(|e| Error::io(dir.join(CONFIG_FILE), e))?;
     let saved: toml::Value = toml::from_str(&saved_text).map_err(|e| Error::file(dir.join(CONFIG_FILE), e.to_string()))?;
     let current: toml::Value = toml::from_str(&cfg.to_toml()).expect("config round-trips");
@@ -311,5 +415,5 @@ pub fn verify(dir: &Path, cfg: &TrainConfig) -> Result<TrainState> {
     if !differing.is_empty() {
         return Err(Error::file(dir, format!("checkpoint was made with a different config: {}", differing.join("; "))));
     }
-    Ok(state)
+    Ok(())
 }

@@ -13,7 +13,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use serde::Serialize;
 
-use super::checkpoint::{self, TrainState};
+use super::checkpoint::{self, DataIdentity, TrainState};
 use super::collective::{launch, Exchange};
 use super::leader::{load_eval_set, Leader, StepEnd};
 use super::metrics::{MetricsLog, Progress, StepMetrics};
@@ -159,12 +159,15 @@ enum Prepared<B: TrainBackend> {
 fn starting_point<B: TrainBackend>(
     cfg: &TrainConfig,
     resume: Option<&Path>,
+    data: DataIdentity,
     device: &B::Device,
     progress: &dyn Progress,
 ) -> Result<(QFormer<B>, AdamW<B>, TrainState)> {
     match resume {
         Some(path) => {
-            let loaded = checkpoint::load::<B>(path, Some(cfg), device)?;
+            let mut loaded = checkpoint::load::<B>(path, Some(cfg), device)?;
+            data.check_resume(loaded.state.data.as_ref(), &cfg.data.train)?;
+            loaded.state.data = Some(data);
             let optim = checkpoint::load_optimizer(&loaded)?;
             progress.note(&format!("resumed from {} at step {}", loaded.dir.display(), loaded.state.step));
             Ok((loaded.model, optim, loaded.state))
@@ -176,7 +179,7 @@ fn starting_point<B: TrainBackend>(
                 progress.note(&line);
             }
             let optim = AdamW::new(&cfg.optim, &model);
-            Ok((model, optim, TrainState { seed: cfg.train.seed, ..Default::default() }))
+            Ok((model, optim, TrainState { seed: cfg.train.seed, data: Some(data), ..Default::default() }))
         }
     }
 }
@@ -247,11 +250,13 @@ impl TrainJob {
         let per_step = (cfg.train.batch_size * cfg.train.grad_accum) as u64;
         let steps_per_epoch = (train_data.records.len() as u64 / per_step).max(1);
         let total = cfg.train.steps.unwrap_or_else(|| cfg.train.epochs.unwrap_or(1) * steps_per_epoch);
-        let (model, optim, state) = starting_point::<B>(&cfg, self.resume.as_deref(), device, progress.as_ref())?;
+        let data = DataIdentity::of(&cfg.data.train, train_data.records.len() as u64)?;
+        let (model, optim, state) = starting_point::<B>(&cfg, self.resume.as_deref(), data, device, progress.as_ref())?;
         if let Some(folder) = &mut folder {
             folder.replace_previous(progress.as_ref())?;
             // Only now, with the config and any resume checked, does the run write into its folder.
             write_atomic(&run_dir.join(checkpoint::CONFIG_FILE), cfg.to_toml().as_bytes())?;
+            folder.started();
         }
         if state.step >= total {
             progress.note(&format!(
@@ -373,7 +378,7 @@ impl<'a, B: TrainBackend> PeerRun<'a, B> {
             shared.model.clone().fork(&device),
             shared.optim.to_device(&device),
             cfg.objectives.clone(),
-            StepOptions { clip: t.clip_grad_norm, seed: t.seed },
+            StepOptions { clip: t.clip(), seed: t.seed },
             peers,
         );
         let per_peer = t.batch_size / world;

@@ -17,10 +17,13 @@ use crate::util::seed::mix;
 const INIT_STREAM: u64 = 0x1417;
 
 /// A fresh model for `cfg`: random from (`train.seed`, init stream), then `[init]` applied.
-/// Returns log lines about what was loaded.
+/// `init.weights` may name a run, step or export folder ([`checkpoint::weights_file`]). Returns
+/// log lines about what was loaded.
 pub fn fresh_model<B: Kernels>(cfg: &TrainConfig, device: &B::Device) -> Result<(QFormer<B>, Vec<String>)> {
+    let mut init = cfg.init.clone();
+    init.weights = init.weights.as_deref().map(checkpoint::weights_file).transpose()?;
     B::seed(device, mix(cfg.train.seed, INIT_STREAM));
-    pretrained::apply(QFormer::new(&cfg.model, device), &cfg.model, &cfg.init, device)
+    pretrained::apply(QFormer::new(&cfg.model, device), &cfg.model, &init, device)
 }
 
 pub struct Trained<B: Kernels> {

@@ -26,3 +26,22 @@ fn backend_is_offered_only_where_it_computes() {
         assert_eq!(offered, computes, "`qformer {sub}`: --backend offered {offered}");
     }
 }
+
+/// `synth --out` into a folder that holds a set is refused; `--overwrite` writes the new set
+/// whole, with no image of the old one left.
+#[test]
+fn synth_refuses_an_existing_set_and_overwrite_leaves_no_stale_image() {
+    let out = crate::common::workdir("synth-out").join("set");
+    let synth = |n: &str, extra: &[&str]| {
+        crate::common::qformer("synth").arg("--out").arg(&out).args(["--n", n, "--n-eval", "2", "--size", "16"]).args(extra).output()
+    };
+    assert!(synth("6", &[]).status.success());
+    let images = || std::fs::read_dir(out.join("images")).unwrap().count();
+    assert_eq!(images(), 8);
+    let refused = synth("2", &[]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && err.contains("--overwrite") && err.contains("train.json"), "{err}");
+    assert_eq!(images(), 8, "a refused synth writes nothing");
+    assert!(synth("2", &["--overwrite"]).status.success());
+    assert_eq!(images(), 4, "no image of the old set is left");
+}

@@ -209,3 +209,30 @@ fn config_errors_name_key_and_file() {
     let from_file = qformer::train::config::TrainConfig::load(&cfg, &[]).unwrap_err().to_string();
     assert!(from_file.contains("batch_sise") && from_file.contains("mini.toml"), "{from_file}");
 }
+
+/// Settings a file sets can be changed from the command line: a run length given there replaces
+/// the file's (steps for epochs and back), `clip_grad_norm = 0` switches clipping off, and an
+/// error names the key that is wrong.
+#[test]
+fn command_line_settings_replace_what_a_file_sets() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let load = |sets: &[&str]| {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        qformer::train::config::TrainConfig::load(&root.join("configs/lavis_stage1.toml"), &sets)
+    };
+    let by_epochs = load(&[]).unwrap();
+    assert_eq!((by_epochs.train.steps, by_epochs.train.epochs), (None, Some(10)));
+    let by_steps = load(&["train.steps=50"]).unwrap();
+    assert_eq!((by_steps.train.steps, by_steps.train.epochs), (Some(50), None));
+    let e = load(&["train.epochs=0"]).unwrap_err().to_string();
+    assert!(e.contains("train.epochs") && !e.contains("train.steps"), "{e}");
+    let e = load(&["train.steps=5", "train.epochs=2"]).unwrap_err().to_string();
+    assert!(e.contains("exactly one"), "{e}");
+    let mini = common::RunConfig::miniature(2).write(&common::workdir("config-clip"), "mini");
+    let clipped = qformer::train::config::TrainConfig::load(&mini, &[]).unwrap();
+    assert_eq!(clipped.train.clip(), Some(1.0));
+    let off = qformer::train::config::TrainConfig::load(&mini, &["train.clip_grad_norm=0".into()]).unwrap();
+    assert_eq!(off.train.clip(), None);
+    let e = qformer::train::config::TrainConfig::load(&mini, &["train.clip_grad_norm=-1".into()]).unwrap_err().to_string();
+    assert!(e.contains("train.clip_grad_norm"), "{e}");
+}

@@ -205,3 +205,93 @@ fn resume_auto_starts_fresh_without_a_checkpoint_and_continues_with_one() {
     assert_eq!(resumed.len(), 6);
     assert_eq!(resumed, records(&dir.join("checkpoints/straight")));
 }
+
+/// A refused start leaves the disk as it found it: no empty run folder (nor its parents) after
+/// a resume of a run that does not exist or a fresh start whose starting weights do not fit.
+#[test]
+fn a_refused_start_leaves_no_folder_behind() {
+    let dir = workdir("refused-start");
+    let cfg = RunConfig::miniature(2).write(&dir, "run");
+    assert!(run(&cfg, &[]).status.success());
+    let step = qformer::train::checkpoint::resolve(&dir.join("checkpoints/run")).unwrap();
+    let weights = format!("init.weights=\"{}\"", step.display());
+    let nested = format!("checkpoint.dir=\"{}\"", dir.join("elsewhere/checkpoints").display());
+    for (name, args, sets) in [
+        ("new", vec!["--resume", "latest"], vec![]),
+        ("new", vec![], vec![weights.clone(), "model.num_query_tokens=6".into()]),
+        ("new", vec![], vec![weights, "model.num_query_tokens=6".into(), nested]),
+    ] {
+        let out = common::qformer("train").config(&cfg).run_name(name).args(&args).sets(&sets).output();
+        assert!(!out.status.success(), "{args:?} {sets:?}");
+        assert!(!dir.join("checkpoints/new").exists(), "{args:?} {sets:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(!dir.join("elsewhere").exists(), "{sets:?}: created parents are removed too");
+    }
+}
+
+/// A damaged newest checkpoint: `--resume latest` refuses it and names the newest intact one,
+/// `--resume auto` continues from that one; evaluation reads a run whose optimizer file is
+/// damaged (it does not read it); starting weights in a damaged step folder are refused, and a
+/// run folder works as starting weights.
+#[test]
+fn a_damaged_checkpoint_is_passed_over_by_resume_auto_and_refused_as_weights() {
+    let dir = workdir("damaged");
+    let cfg = RunConfig::miniature(3).write(&dir, "run");
+    let run_dir = dir.join("checkpoints/run");
+    assert!(run(&cfg, &[]).status.success());
+    std::fs::write(run_dir.join("step-00000003/model.safetensors"), b"torn").unwrap();
+
+    let latest = run(&cfg, &["--resume", "latest", "--set", "train.steps=4"]);
+    let err = String::from_utf8_lossy(&latest.stderr);
+    assert!(!latest.status.success() && err.contains("step-00000002") && err.contains("--resume auto"), "{err}");
+
+    let damaged_weights = format!("init.weights=\"{}\"", run_dir.join("step-00000003").display());
+    let out = common::qformer("train").config(&cfg).run_name("other").sets([damaged_weights]).output();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("checksum mismatch"), "{err}");
+
+    let auto = run(&cfg, &["--resume", "auto", "--set", "train.steps=4"]);
+    let err = String::from_utf8_lossy(&auto.stderr);
+    assert!(auto.status.success(), "{err}");
+    assert!(err.contains("passed over") && err.contains("step-00000003") && err.contains("resumed from"), "{err}");
+    assert!(run_dir.join("step-00000004").exists());
+
+    std::fs::write(run_dir.join("step-00000004/optimizer.safetensors"), b"torn").unwrap();
+    let eval = common::qformer("eval").arg("--checkpoint").arg(&run_dir).args(["--max-images", "4"]).output();
+    assert!(eval.status.success(), "{}", String::from_utf8_lossy(&eval.stderr));
+
+    let from_run = format!("init.weights=\"{}\"", run_dir.display());
+    let out = common::qformer("train").config(&cfg).run_name("from-run").sets([from_run, "train.steps=1".into()]).output();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains("step-00000004/model.safetensors"), "{err}");
+}
+
+/// A resume judges the training data by content: the same annotations moved elsewhere resume;
+/// other annotations at the same path are refused, naming `data.train`.
+#[test]
+fn a_moved_data_set_resumes_and_changed_data_is_refused() {
+    let dir = workdir("moved-data");
+    let cfg = RunConfig::miniature(2).write(&dir, "run");
+    assert!(run(&cfg, &[]).status.success());
+    std::fs::rename(dir.join("shapes"), dir.join("moved")).unwrap();
+    let moved = |file: &str| format!("data.{file}=\"{}\"", dir.join(format!("moved/{file}.json")).display());
+    let resumed = common::qformer("train")
+        .config(&cfg)
+        .run_name("run")
+        .args(["--resume", "latest"])
+        .sets([moved("train"), moved("eval"), "train.steps=3".into()])
+        .output();
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+
+    let train = dir.join("moved/train.json");
+    let mut records: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(&train).unwrap()).unwrap();
+    records.pop();
+    std::fs::write(&train, serde_json::to_string(&records).unwrap()).unwrap();
+    let refused = common::qformer("train")
+        .config(&cfg)
+        .run_name("run")
+        .args(["--resume", "latest"])
+        .sets([moved("train"), moved("eval"), "train.steps=4".into()])
+        .output();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && err.contains("data.train") && err.contains("not the data this run was trained on"), "{err}");
+}

@@ -6,7 +6,7 @@ use crate::common;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Tensor;
-use qformer::app::ablate::ablate;
+use qformer::app::ablate::{ablate, Start, Sweep, SweepResume};
 use qformer::interop::safetensors_io::SafetensorsFile;
 use qformer::kernels::backend::{dispatch, BackendKind};
 use qformer::model::QFormer;
@@ -162,15 +162,24 @@ fn checkpoints_are_verified_and_writes_are_atomic() {
     checkpoint::verify(&step, &longer).unwrap();
 }
 
+fn sweep(cfg: &Path, variants: &[&str]) -> Sweep {
+    Sweep {
+        config: cfg.to_path_buf(),
+        overrides: vec!["train.steps=2".into()],
+        variants: variants.iter().map(|v| v.to_string()).collect(),
+        seeds: vec![0],
+        resume: None,
+        overwrite: false,
+    }
+}
+
 #[test]
 fn ablation_writes_its_table() {
     let _guard = serial();
     let dir = workdir("ablate");
     let cfg = config(&dir, "");
-    let variants: Vec<String> = ["all", "no-itc", "no-itm", "no-itg"].map(String::from).to_vec();
-    let (out, md) =
-        ablate(&cfg, &["train.steps=2".into()], &variants, &[0], |cfg, name| dispatch(BackendKind::Flex, TrainJob::new(cfg, name, None)))
-            .unwrap();
+    let train = |cfg, name, start: Start| dispatch(BackendKind::Flex, TrainJob::new(cfg, name, start.resume).overwriting(start.overwrite));
+    let (out, md) = ablate(&sweep(&cfg, &["all", "no-itc", "no-itm", "no-itg"]), train).unwrap();
     let csv = std::fs::read_to_string(out.join("ablation.csv")).unwrap();
     assert_eq!(csv.lines().count(), 5, "{csv}");
     assert!(md.contains("| no-itc | 0 | 2 |"), "{md}");
@@ -179,16 +188,33 @@ fn ablation_writes_its_table() {
     assert_eq!(no_itm.split(',').nth(5), Some(""), "{no_itm}");
 
     // An unknown variant is refused before any variant trains.
-    let mut trained = 0;
-    let bad: Vec<String> = ["all", "no-xyz"].map(String::from).to_vec();
-    let e = ablate(&cfg, &["train.steps=2".into()], &bad, &[0], |_, _| {
-        trained += 1;
-        unreachable!("no variant may train")
-    })
-    .unwrap_err()
-    .to_string();
+    let e = ablate(&sweep(&cfg, &["all", "no-xyz"]), |_, _, _| unreachable!("no variant may train")).unwrap_err().to_string();
     assert!(e.contains("no-xyz"), "{e}");
-    assert_eq!(trained, 0);
+
+    // One variant of a new sweep already has a run: refused before the first variant trains,
+    // naming that folder.
+    let e =
+        ablate(&sweep(&cfg, &["itc-only", "itm-only", "no-itg"]), |_, _, _| unreachable!("no variant may train")).unwrap_err().to_string();
+    assert!(e.contains("no-itg-seed0") && e.contains("--resume auto"), "{e}");
+    assert!(!out.join("itc-only-seed0").exists(), "a refused sweep leaves no folder");
+
+    // `--resume auto` continues the sweep: the finished variant is not trained again, a new
+    // one starts fresh, and a damaged checkpoint is passed over for the newest intact one.
+    let mut resumed = sweep(&cfg, &["no-itg", "itc-only"]);
+    resumed.resume = Some(SweepResume::Auto);
+    resumed.overrides = vec!["train.steps=4".into(), "checkpoint.every=1".into()];
+    let (_, md) = ablate(&resumed, train).unwrap();
+    assert!(md.contains("| no-itg | 0 | 4 |") && md.contains("| itc-only | 0 | 4 |"), "{md}");
+    let damaged = out.join("itc-only-seed0/step-00000004/optimizer.safetensors");
+    std::fs::write(&damaged, b"torn").unwrap();
+    resumed.overrides[0] = "train.steps=5".into();
+    let mut starts = Vec::new();
+    ablate(&resumed, |cfg, name, start: Start| {
+        starts.push(start.resume.clone());
+        train(cfg, name, start)
+    })
+    .unwrap();
+    assert_eq!(starts[1].as_deref(), Some(out.join("itc-only-seed0/step-00000003").as_path()), "{starts:?}");
 }
 
 fn cache_features(cfg_path: &Path, overrides: &[String]) -> qformer::Result<Vec<qformer::data::feature_cache::BuildSummary>> {

@@ -174,7 +174,8 @@ pub struct TrainSection {
     /// Micro-batches summed into one optimizer step. It does not enlarge the negative pool.
     #[serde(default = "one")]
     pub grad_accum: usize,
-    /// Global-norm gradient clipping; off when absent.
+    /// Global-norm gradient clipping; off when absent or 0 (so a command line can switch off
+    /// what a file sets).
     #[serde(default)]
     pub clip_grad_norm: Option<f64>,
     #[serde(default)]
@@ -190,21 +191,27 @@ pub struct TrainSection {
 }
 
 impl TrainSection {
+    /// The clipping threshold, if clipping is on.
+    pub fn clip(&self) -> Option<f64> {
+        self.clip_grad_norm.filter(|c| *c > 0.0)
+    }
+
     pub fn validate(&self, source: &str) -> Result<()> {
         let err = |key: &str, msg: &str| Err(invalid(key, msg, source));
         if self.batch_size == 0 {
             return err("train.batch_size", "must be > 0");
         }
         match (self.steps, self.epochs) {
-            (Some(0), _) | (_, Some(0)) => return err("train.steps", "must be > 0"),
+            (Some(0), _) => return err("train.steps", "must be > 0"),
+            (_, Some(0)) => return err("train.epochs", "must be > 0"),
             (None, None) | (Some(_), Some(_)) => return err("train.steps", "give exactly one of train.steps and train.epochs"),
             _ => {}
         }
         if self.grad_accum == 0 {
             return err("train.grad_accum", "must be > 0");
         }
-        if self.clip_grad_norm.is_some_and(|c| !(c > 0.0)) {
-            return err("train.clip_grad_norm", "must be > 0");
+        if self.clip_grad_norm.is_some_and(|c| !(c >= 0.0 && c.is_finite())) {
+            return err("train.clip_grad_norm", "must be >= 0 (0 switches clipping off)");
         }
         Ok(())
     }

@@ -54,6 +54,19 @@ pub(super) fn apply_override(table: &mut toml::Table, assignment: &str) -> Resul
     Ok(())
 }
 
+/// A run length given by `--set` replaces the files' one: `train.steps` clears `train.epochs`
+/// and the other way round (unless the command line sets both, which validation refuses).
+pub(super) fn replace_run_length(table: &mut toml::Table, overrides: &[String]) {
+    let set = |key: &str| overrides.iter().any(|o| o.split_once('=').is_some_and(|(k, _)| k.trim() == key));
+    for (given, cleared) in [("steps", "epochs"), ("epochs", "steps")] {
+        if set(&format!("train.{given}")) && !set(&format!("train.{cleared}")) {
+            if let Some(train) = table.get_mut("train").and_then(toml::Value::as_table_mut) {
+                train.remove(cleared);
+            }
+        }
+    }
+}
+
 /// An error about a key that a `--set` gave names the command line, not the config file.
 pub(super) fn blame_override(e: Error, overrides: &[String]) -> Error {
     if let Error::Config { key, message, .. } = &e {
