@@ -295,3 +295,30 @@ fn a_moved_data_set_resumes_and_changed_data_is_refused() {
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && err.contains("data.train") && err.contains("not the data this run was trained on"), "{err}");
 }
+
+/// Relative paths work from any directory: in a config file relative to that file, on the
+/// command line relative to the current directory; the run saves them absolute.
+#[test]
+fn a_config_runs_from_another_directory() {
+    let dir = workdir("relative");
+    RunConfig::miniature(1).write(&dir, "run");
+    std::fs::create_dir_all(dir.join("conf")).unwrap();
+    std::fs::create_dir_all(dir.join("elsewhere")).unwrap();
+    let cfg = dir.join("conf/relative.toml");
+    std::fs::write(&cfg, "base = \"../run.toml\"\n\n[data]\ntrain = \"../shapes/train.json\"\n\n[checkpoint]\ndir = \"../runs\"\n")
+        .unwrap();
+    let out = common::qformer("train")
+        .config(&cfg)
+        .run_name("run")
+        .sets(["data.eval=\"../shapes/eval.json\""])
+        .command()
+        .current_dir(dir.join("elsewhere"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let saved = std::fs::read_to_string(dir.join("runs/run/config.toml")).unwrap();
+    let shapes = dir.join("shapes");
+    for file in ["train.json", "eval.json"] {
+        assert!(saved.contains(&format!("\"{}\"", shapes.join(file).display())), "{file}: {saved}");
+    }
+}

@@ -21,7 +21,7 @@ use crate::model::vit::{Precision, VitConfig};
 use crate::model::QFormerConfig;
 use crate::objectives::ObjectiveConfig;
 use crate::util::error::{Error, Result};
-use toml_layers::{apply_override, blame_override, key_at, read_table, replace_run_length};
+use toml_layers::{apply_override, blame_override, key_at, read_table, replace_run_length, resolve_override_paths};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -60,6 +60,7 @@ impl TrainConfig {
             apply_override(&mut table, o)?;
         }
         replace_run_length(&mut table, overrides);
+        resolve_override_paths(&mut table, overrides)?;
         // Parsed back from text so that an error carries a position, which names the key.
         let merged = toml::to_string(&table).map_err(|e| Error::config("toml", e.to_string(), &name))?;
         let blame = |e: Error| blame_override(e, overrides);

@@ -1,7 +1,10 @@
 //! Reading a config: TOML files layered through `base`, `--set` overrides on top, and errors
-//! that name the key and where it was set.
+//! that name the key and where it was set. A relative path means the same file from any working
+//! directory: in a config file it is relative to that file (as `base` is), on the command line
+//! relative to the current directory. Paths are stored absolute, so the config a run saves
+//! beside its checkpoints names the same files wherever it is read from.
 
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 
 use crate::util::error::{Error, Result};
 
@@ -10,14 +13,66 @@ pub(super) fn read_table(path: &Path, depth: usize) -> Result<toml::Table> {
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let mut table: toml::Table = toml::from_str(&text).map_err(|e| Error::config("toml", e.to_string(), &name))?;
+    let folder = path.parent().unwrap_or(Path::new("."));
+    resolve_paths(&mut table, folder, &|_| true, &name)?;
     let Some(base) = table.remove("base") else { return Ok(table) };
     let base = base.as_str().ok_or_else(|| Error::config("base", "must be a path string", &name))?;
     if depth > 8 {
         return Err(Error::config("base", "too many nested base files", &name));
     }
-    let mut merged = read_table(&path.parent().unwrap_or(Path::new(".")).join(base), depth + 1)?;
+    let mut merged = read_table(&folder.join(base), depth + 1)?;
     merge(&mut merged, table);
     Ok(merged)
+}
+
+/// The config keys that hold paths.
+const PATH_KEYS: [&str; 9] = [
+    "data.train",
+    "data.eval",
+    "data.image_root",
+    "data.cache.dir",
+    "text.tokenizer",
+    "init.bert",
+    "init.weights",
+    "encoder.weights",
+    "checkpoint.dir",
+];
+
+/// `path` joined to `folder` when relative, made absolute and with `.`/`..` taken out lexically.
+fn absolute_in(folder: &Path, path: &Path) -> Result<PathBuf> {
+    let joined = std::path::absolute(folder.join(path)).map_err(|e| Error::io(path, e))?;
+    let mut out = PathBuf::new();
+    for c in joined.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    Ok(out)
+}
+
+/// Makes the path keys of `table` (those `selected` picks) absolute against `folder`.
+pub(super) fn resolve_paths(table: &mut toml::Table, folder: &Path, selected: &dyn Fn(&str) -> bool, source: &str) -> Result<()> {
+    for key in PATH_KEYS.into_iter().filter(|k| selected(k)) {
+        let (parents, last) = key.rsplit_once('.').expect("section.key");
+        let mut node = Some(&mut *table);
+        for part in parents.split('.') {
+            node = node.and_then(|n| n.get_mut(part)).and_then(toml::Value::as_table_mut);
+        }
+        let Some(value) = node.and_then(|n| n.get_mut(last)) else { continue };
+        let text = value.as_str().ok_or_else(|| Error::config(key, "must be a path string", source))?;
+        *value = toml::Value::String(absolute_in(folder, Path::new(text))?.display().to_string());
+    }
+    Ok(())
+}
+
+/// The path keys the command line set: they are relative to the current directory.
+pub(super) fn resolve_override_paths(table: &mut toml::Table, overrides: &[String]) -> Result<()> {
+    let set = |key: &str| overrides.iter().any(|o| o.split_once('=').is_some_and(|(k, _)| k.trim() == key));
+    resolve_paths(table, Path::new("."), &set, "command line")
 }
 
 fn merge(into: &mut toml::Table, from: toml::Table) {
