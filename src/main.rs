@@ -46,7 +46,9 @@ enum Command {
 }
 
 fn main() -> Result<ExitCode> {
-    let status = match Cli::parse().command {
+    let cli = Cli::parse();
+    qformer::app::console::init_logging();
+    let status = match cli.command {
         Command::Train(args) => train::run(args).context("training failed")?,
         Command::Orchestrator(args) => orchestrator::run(args).context("orchestrator failed")?,
         Command::Ablate(args) => ablate::run(args).context("ablation failed")?,

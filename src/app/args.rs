@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 
 use crate::kernels::backend::BackendKind;
+use crate::kernels::Kernels;
 use crate::train::config::TrainConfig;
+use crate::train::trained::Trained;
 use crate::util::error::Result;
 
 /// `--backend`, on the subcommands that compute.
@@ -42,6 +44,30 @@ pub struct ConfigArgs {
 impl ConfigArgs {
     pub fn load(&self) -> Result<TrainConfig> {
         TrainConfig::load(&self.config, &self.overrides)
+    }
+}
+
+/// The model an inference subcommand (`eval`, `caption`) runs: a qformer checkpoint, or weights
+/// from elsewhere with a config that supplies the rest (encoder, tokenizer, data).
+#[derive(clap::Args, Clone, Debug)]
+pub struct ModelArgs {
+    /// A run folder (its latest checkpoint), a step folder or `<run>/best`; or weights with
+    /// --config: a `qformer export` folder, a LAVIS `.pth`, an HF or qformer `model.safetensors`.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// For weights that are not a qformer checkpoint: the config of the model, encoder,
+    /// tokenizer and data (its `[init]` is replaced by the weights).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Override a value of --config: --set section.key=value (repeatable).
+    #[arg(long = "set", requires = "config")]
+    pub overrides: Vec<String>,
+}
+
+impl ModelArgs {
+    pub fn load<B: Kernels>(&self, device: &B::Device) -> Result<Trained<B>> {
+        let config = self.config.as_ref().map(|c| TrainConfig::load(c, &self.overrides)).transpose()?;
+        Trained::load(&self.checkpoint, config, device)
     }
 }
 

@@ -9,6 +9,19 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::train::metrics::{Progress, StepMetrics};
 use crate::util::report::Reporter;
 
+/// Library logging (burn's collective, wgpu) goes to stderr through one filter: warnings and
+/// errors unless `RUST_LOG` says otherwise, coloured only on a terminal. Installed first, so that
+/// the INFO-level logger burn-communication installs when none exists never is.
+pub fn init_logging() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{fmt, EnvFilter, Layer};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let layer = fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal()).with_filter(filter);
+    // An error means a logger is in place already (a library caller's): keep it.
+    let _ = tracing_subscriber::registry().with(layer).try_init();
+}
+
 pub struct Console {
     bar: Mutex<Option<ProgressBar>>,
     /// Steps between plain progress lines when stderr is not a terminal.

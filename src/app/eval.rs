@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use serde::Serialize;
 
-use super::args::{at_least_one, BackendArg};
+use super::args::{at_least_one, BackendArg, ModelArgs};
 use crate::data::images::{decode, eval_transform};
 use crate::data::loader::{Dataset, EvalSet, Transform};
 use crate::data::text::TextEncoder;
@@ -16,7 +16,6 @@ use crate::eval::scoring::image_side;
 use crate::kernels::backend::{dispatch, BackendJob};
 use crate::kernels::TrainBackend;
 use crate::model::frozen::Frozen;
-use crate::train::trained::Trained;
 use crate::util::error::{Error, Result};
 
 #[derive(clap::Args)]
@@ -32,9 +31,8 @@ pub struct EvalArgs {
 
 #[derive(clap::Args)]
 pub struct EvalJob {
-    /// A run folder (its latest checkpoint), a step folder, or `<run>/best`.
-    #[arg(long)]
-    pub checkpoint: PathBuf,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Annotations (default: the run's data.eval).
     #[arg(long)]
     pub data: Option<PathBuf>,
@@ -94,8 +92,8 @@ impl BackendJob for EvalJob {
     type Output = EvalOutcome;
 
     fn run<B: TrainBackend>(self, device: B::Device) -> Result<EvalOutcome> {
-        let trained = Trained::<B::InnerBackend>::from_checkpoint(&self.checkpoint, &device)?;
-        let (checkpoint, step) = trained.checkpoint.clone().expect("loaded from a checkpoint");
+        let trained = self.model.load::<B::InnerBackend>(&device)?;
+        let (checkpoint, step) = trained.checkpoint.clone().unwrap_or_else(|| (self.model.checkpoint.clone(), 0));
         for m in &trained.messages {
             eprintln!("{m}");
         }
@@ -133,14 +131,13 @@ impl BackendJob for EvalJob {
 pub struct CaptionArgs {
     #[command(flatten)]
     pub backend: BackendArg,
-    /// A run folder (its latest checkpoint), a step folder, or `<run>/best`.
-    #[arg(long)]
-    pub checkpoint: PathBuf,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Image files.
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
     /// Beam width; 1 is greedy decoding.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = at_least_one)]
     pub beams: usize,
     /// Longest caption, in tokens.
     #[arg(long, default_value_t = 30)]
@@ -152,8 +149,11 @@ pub struct CaptionArgs {
 
 /// Prints one tab-separated line per captioned image; fails naming how many could not be.
 pub fn run_caption(args: CaptionArgs) -> Result<ExitCode> {
+    if args.min_len > args.max_len {
+        return Err(Error::input("--min-len", format!("{} is above --max-len ({})", args.min_len, args.max_len)));
+    }
     let options = DecodeOptions { beams: args.beams, max_len: args.max_len, min_len: args.min_len, ..DecodeOptions::default() };
-    let captions = dispatch(args.backend.or_flex(), CaptionJob { checkpoint: args.checkpoint, images: args.images, options })?;
+    let captions = dispatch(args.backend.or_flex(), CaptionJob { model: args.model, images: args.images, options })?;
     let mut failed = 0;
     for c in &captions {
         match &c.caption {
@@ -174,7 +174,7 @@ pub fn run_caption(args: CaptionArgs) -> Result<ExitCode> {
 }
 
 pub struct CaptionJob {
-    pub checkpoint: PathBuf,
+    pub model: ModelArgs,
     pub images: Vec<PathBuf>,
     pub options: DecodeOptions,
 }
@@ -190,7 +190,7 @@ impl BackendJob for CaptionJob {
     type Output = Vec<Caption>;
 
     fn run<B: TrainBackend>(self, device: B::Device) -> Result<Vec<Caption>> {
-        let trained = Trained::<B::InnerBackend>::from_checkpoint(&self.checkpoint, &device)?;
+        let trained = self.model.load::<B::InnerBackend>(&device)?;
         let cfg = &trained.cfg;
         let text = TextEncoder::load(&cfg.text.tokenizer, cfg.text.max_len, cfg.text.max_words)?;
         let eos = text.token_id("[SEP]").ok_or_else(|| Error::file(&cfg.text.tokenizer, "vocabulary lacks [SEP]"))?;

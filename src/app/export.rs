@@ -69,6 +69,9 @@ pub fn write(source: ExportSource, out: &Path, reporter: &dyn Reporter) -> Resul
         ExportSource::Checkpoint(dir) => Trained::<Flex>::from_checkpoint(&dir, &device)?,
         ExportSource::Config(cfg) => Trained::<Flex>::from_config(cfg, &device)?,
     };
+    if let Some((dir, step)) = &trained.checkpoint {
+        reporter.note(&format!("checkpoint {} (step {step})", dir.display()));
+    }
     for m in &trained.messages {
         reporter.note(m);
     }

@@ -93,6 +93,7 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
     let mut cfg = args.config.load()?;
     let backend = args.backend.apply(&mut cfg);
     let name = run_name(&cfg, &args.config.config);
+    let node = cfg.distributed.node;
     let (resume, overwrite) = resume_rule(args.resume, args.overwrite, cfg.checkpoint.dir.join(&name))?;
     let console = Arc::new(Console::new(cfg.log.every));
     let job = TrainJob::new(cfg, name, resume).reporting(console.clone()).overwriting(overwrite).stopping_on(stop_on_signals()?);
@@ -103,7 +104,11 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         eprintln!("stopped at step {}; resume with --resume latest", outcome.steps);
         return Ok(ExitCode::from(STOPPED_STATUS));
     }
-    println!("finished {} steps; run folder {}", outcome.steps, outcome.run_dir.display());
+    if node == 0 {
+        println!("finished {} steps; run folder {}", outcome.steps, outcome.run_dir.display());
+    } else {
+        println!("finished {} steps on node {node}; node 0 writes the run folder", outcome.steps);
+    }
     println!("final: {}", outcome.last.summary());
     if let Some(r) = outcome.recall {
         println!(

@@ -17,7 +17,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use super::annotations::{Record, Skip};
+use super::annotations::{ImageSource, Record, Skip};
 pub use super::dataset::Dataset;
 use super::feature_cache::FeatureCache;
 use super::images::{decode, eval_transform, train_transform, AugmentConfig};
@@ -82,7 +82,12 @@ impl Order {
 
 /// Decodes and transforms one record; picks its caption.
 fn prepare_sample(record: &Record, transform: &Transform, seed: u64, position: u64) -> std::result::Result<(Vec<f32>, String), Skip> {
-    let skip = |reason: String| Skip { origin: record.origin.clone(), reason };
+    // The annotation line, and the image file it names (a tar member's origin names it already).
+    let origin = match &record.image {
+        ImageSource::File(path) => format!("{} ({})", record.origin, path.display()),
+        ImageSource::TarMember { .. } => record.origin.clone(),
+    };
+    let skip = |reason: String| Skip { origin: origin.clone(), reason };
     let mut rng = ChaCha8Rng::seed_from_u64(mix(seed, position));
     let caption = record.captions[rng.random_range(0..record.captions.len())].clone();
     if let Some(cache) = &transform.cache {

@@ -51,6 +51,8 @@ pub struct Peer<K: Backend> {
     watch: Arc<Watch>,
     started: Instant,
     name: String,
+    /// What joining the run means here (with several nodes: through which orchestrator).
+    joining: String,
 }
 
 impl<K: Backend> Peer<K> {
@@ -93,7 +95,7 @@ impl<K: Backend> Peer<K> {
     /// node that never comes must not leave the others waiting forever).
     fn register(&self, config: CollectiveConfig) -> Result<()> {
         self.watched(|| burn_collective::register::<K>(self.id(), self.device.clone(), config))
-            .map_err(|e| collective_error(&self.name, "joining the run", e))
+            .map_err(|e| collective_error(&self.name, &self.joining, e))
     }
 }
 
@@ -137,12 +139,17 @@ where
         let watch = Arc::new(Watch::default());
         watches.push(watch.clone());
         let (tx, body, config, dev) = (tx.clone(), body.clone(), config.clone(), device(local));
-        let name = format!("peer {rank} (node {}, local peer {local})", cfg.node);
         let (world, nodes) = (cfg.world(), cfg.nodes);
+        let name = peer_name(cfg, local);
+        let joining = if nodes > 1 {
+            format!("joining the run through the orchestrator at {}", cfg.orchestrator)
+        } else {
+            "joining the run".to_string()
+        };
         std::thread::Builder::new()
             .name(format!("peer-{rank}"))
             .spawn(move || {
-                let peer = Peer::<K> { rank, world, device: dev.clone(), watch, started, name: name.clone() };
+                let peer = Peer::<K> { rank, world, device: dev.clone(), watch, started, name: name.clone(), joining };
                 // A panic (burn-collective panics when a connection to another node breaks)
                 // becomes this peer's error instead of leaving the launcher waiting.
                 let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -152,14 +159,14 @@ where
                     Ok(Ok(out)) => Ok(out),
                     Ok(Err(e @ Error::Peer { .. })) => Err(e),
                     Ok(Err(other)) => Err(Error::peer(&name, other.to_string())),
-                    Err(panic) => Err(Error::peer(
+                    Err(panic) if nodes > 1 => Err(Error::peer(
                         &name,
                         format!(
-                            "stopped unexpectedly ({}){}",
-                            panic_message(panic.as_ref()),
-                            if nodes > 1 { "; with several nodes this usually means that another node stopped" } else { "" }
+                            "lost its connection to another node of the run: a node stopped or disconnected (burn-collective: {})",
+                            panic_message(panic.as_ref())
                         ),
                     )),
+                    Err(panic) => Err(Error::peer(&name, format!("stopped unexpectedly ({})", panic_message(panic.as_ref())))),
                 };
                 let _ = tx.send((local, result));
             })
@@ -183,6 +190,16 @@ where
         }
     }
     first.ok_or_else(|| Error::peer("launcher", "local peer 0 gave no result"))
+}
+
+/// A local peer as errors name it: its rank and, with several nodes, its node and address.
+fn peer_name(cfg: &DistributedConfig, local: usize) -> String {
+    let rank = cfg.node * cfg.peers + local;
+    if cfg.nodes > 1 {
+        format!("peer {rank} (node {} at {}, local peer {local})", cfg.node, cfg.address)
+    } else {
+        format!("peer {rank} (local peer {local})")
+    }
 }
 
 /// The text of a panic's payload.
@@ -210,7 +227,7 @@ fn stalled(cfg: &DistributedConfig, watches: &[Arc<Watch>], started: Instant, ti
                 .collect();
             let missing = if behind.is_empty() { "a peer of another node".to_string() } else { behind.join(", ") };
             return Err(Error::peer(
-                format!("peer {}", cfg.node * cfg.peers + local),
+                peer_name(cfg, local),
                 format!(
                     "waited {} s {} for {missing}, which did not arrive (distributed.timeout_s = {})",
                     now.saturating_sub(since) / 1000,

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::interop::pretrained;
+use crate::interop::pretrained::{self, InitConfig};
 use crate::interop::vit::build_encoder;
 use crate::kernels::Kernels;
 use crate::model::vit::Vit;
@@ -30,7 +30,7 @@ pub struct Trained<B: Kernels> {
     pub cfg: TrainConfig,
     pub model: QFormer<B>,
     pub vit: Vit<B>,
-    /// What was loaded from where, for the log.
+    /// What was loaded from where besides the checkpoint itself ([`Trained::checkpoint`]), for the log.
     pub messages: Vec<String>,
     /// The checkpoint folder and its step, when loaded from one.
     pub checkpoint: Option<(PathBuf, u64)>,
@@ -40,10 +40,27 @@ impl<B: Kernels> Trained<B> {
     /// From a run folder (its latest checkpoint) or a step folder; checksums are verified.
     pub fn from_checkpoint(path: &Path, device: &B::Device) -> Result<Self> {
         let loaded = checkpoint::load::<B>(path, None, device)?;
-        let mut messages = vec![format!("checkpoint {} (step {})", loaded.dir.display(), loaded.state.step)];
+        let mut messages = Vec::new();
         let (vit, report) = build_encoder(&loaded.cfg.encoder, device)?;
         messages.extend(report.map(|r| r.summary()));
         Ok(Self { cfg: loaded.cfg, model: loaded.model, vit, messages, checkpoint: Some((loaded.dir, loaded.state.step)) })
+    }
+
+    /// A checkpoint (its own config; `config` must be `None`), or weights of any kind
+    /// `[init] weights` takes with `config` for the rest.
+    pub fn load(path: &Path, config: Option<TrainConfig>, device: &B::Device) -> Result<Self> {
+        match (checkpoint::resolve(path).is_ok(), config) {
+            (true, None) => Self::from_checkpoint(path, device),
+            (true, Some(_)) => Err(Error::input("--config", format!("{} is a checkpoint with a config of its own", path.display()))),
+            (false, Some(mut cfg)) => {
+                cfg.init = InitConfig { weights: Some(path.to_path_buf()), ..InitConfig::default() };
+                Self::from_config(cfg, device)
+            }
+            (false, None) => Err(Error::file(
+                path,
+                "not a qformer checkpoint: for other weights (an export folder, a LAVIS .pth) pass --config with the model, encoder, tokenizer and data",
+            )),
+        }
     }
 
     /// A model as a fresh run of `cfg` would start it.

@@ -45,3 +45,13 @@ fn synth_refuses_an_existing_set_and_overwrite_leaves_no_stale_image() {
     assert!(synth("2", &["--overwrite"]).status.success());
     assert_eq!(images(), 4, "no image of the old set is left");
 }
+
+/// `caption` refuses settings that cannot decode: no beam, or a shortest caption above the longest.
+#[test]
+fn caption_refuses_impossible_lengths_and_beams() {
+    for args in [["--beams", "0"], ["--min-len", "12"]] {
+        let out = crate::common::qformer("caption").args(["--checkpoint", "nowhere", "--max-len", "8"]).args(args).arg("x.png").output();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && (err.contains("at least 1") || err.contains("above --max-len")), "{args:?}: {err}");
+    }
+}

@@ -331,7 +331,8 @@ impl Qformer {
 
     /// Stdout discarded and stderr into `log` (a file: a pipe nobody reads could fill).
     pub fn log_to(mut self, log: &Path) -> Self {
-        self.0.stdout(std::process::Stdio::null()).stderr(std::fs::File::create(log).unwrap());
+        let file = std::fs::File::create(log).unwrap();
+        self.0.stdout(file.try_clone().unwrap()).stderr(file);
         self
     }
 

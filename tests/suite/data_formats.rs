@@ -155,7 +155,10 @@ fn loader_skips_bad_images_and_counts_them() {
     skipped.extend(loader.next_batch().unwrap().skipped);
     let reasons: Vec<String> = skipped.iter().map(ToString::to_string).collect();
     assert!(reasons.iter().any(|r| r.contains("ann.json:4") && r.contains("decode")), "{reasons:?}");
-    assert!(reasons.iter().any(|r| r.contains("ann.json:6") && r.contains("cannot read image")), "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r.contains("ann.json:6") && r.contains("missing.png") && r.contains("cannot read image")),
+        "{reasons:?}"
+    );
 }
 
 /// A 24×16 scene in four colours (a GIF palette holds it exactly).

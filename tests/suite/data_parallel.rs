@@ -14,6 +14,7 @@ use crate::common;
 
 use std::sync::Arc;
 
+use burn::module::Module;
 use burn::tensor::Tensor;
 use common::{batch, serial, small, workdir, B};
 use qformer::interop::weights::save_weights;
@@ -55,13 +56,17 @@ fn run(peers: usize, image_ids: Vec<i64>, name: &str) -> Outcome {
     launch::<<B as burn::tensor::backend::AutodiffBackend>::InnerBackend, _, _>(
         &dist,
         |_| device,
-        move |exchange, _| {
+        move |exchange, device| {
             let (model, data, cfg, dir) = &*shared;
+            // Each peer its own parameters (fresh autodiff leaves), as a run's peers have: peers
+            // that share leaves share one autodiff graph, and burn 0.21 can deadlock when two
+            // threads build and back-propagate it at once.
+            let model = model.clone().fork(&device);
             let (rank, count) = (exchange.rank(), exchange.count());
             let rows: Vec<usize> = (rank * GLOBAL / count..(rank + 1) * GLOBAL / count).collect();
             let options = StepOptions { clip: Some(1.0), seed: 3 };
             let mut trainer =
-                Trainer::new(model.clone(), AdamW::new(&OptimConfig::default(), model), ObjectiveConfig::default(), options, exchange);
+                Trainer::new(model.clone(), AdamW::new(&OptimConfig::default(), &model), ObjectiveConfig::default(), options, exchange);
             let slice = |trainer: &Trainer<B>, step: usize| -> Stage1Batch<B> {
                 let feats = Tensor::cat(rows.iter().map(|&r| data.image_feats.clone().narrow(0, r, 1)).collect(), 0);
                 let ids = rows.iter().map(|&r| data.image_ids.as_ref().unwrap()[r]).collect();

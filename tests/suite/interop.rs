@@ -135,3 +135,35 @@ fn lavis_checkpoint_continues_training() {
     let resumed = dispatch(BackendKind::Flex, TrainJob::new(more, "continue", Some(outcome.run_dir.clone()))).unwrap();
     assert_eq!(resumed.steps, 4);
 }
+
+/// `eval` takes the weights a user has: a `qformer export` folder or a LAVIS `.pth`, with a config
+/// for the encoder, tokenizer and data. Both are the same model, so they score the same; weights
+/// without a config are refused, saying what to pass.
+#[test]
+fn eval_takes_an_export_folder_or_a_lavis_file_with_a_config() {
+    let _rng = common::serial();
+    let cfg = config(&[]);
+    let shapes = root().join("target/lavis-continue/shapes");
+    if !shapes.join("train.json").exists() {
+        qformer::data::synth::generate(&shapes, 24, 8, cfg.encoder.image_size as u32, 1).unwrap();
+    }
+    let eval = |weights: &Path, with_config: bool| {
+        let mut cmd = common::qformer("eval").arg("--checkpoint").arg(weights).args(["--max-images", "6", "--json"]);
+        if with_config {
+            cmd = cmd.arg("--config").arg(fixture("lavis/continue.toml"));
+        }
+        cmd.output()
+    };
+    let recalls = |weights: &Path| {
+        let out = eval(weights, true);
+        assert!(out.status.success(), "{}: {}", weights.display(), String::from_utf8_lossy(&out.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (report["itc"].clone(), report["itm"].clone())
+    };
+    let exported = recalls(&fixture("hf_export"));
+    assert_eq!(exported, recalls(&fixture("lavis/blip2_tiny.pth")));
+    assert!(exported.0["i2t_r10"].as_f64().is_some(), "{exported:?}");
+    let refused = eval(&fixture("hf_export"), false);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && err.contains("--config"), "{err}");
+}

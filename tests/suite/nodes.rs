@@ -63,8 +63,16 @@ fn two_nodes(cfg: &Path, resume: bool) {
     let children: Vec<Child> = (0..2).map(|n| train(cfg, &node_sets(n, port, free_port()), resume, &log(n)).spawn().unwrap()).collect();
     for (n, mut child) in children.into_iter().enumerate() {
         let status = child.wait().unwrap();
-        assert!(status.success(), "node {n} failed:\n{}", read(&log(n)));
+        let output = read(&log(n));
+        assert!(status.success(), "node {n} failed:\n{output}");
+        // Library logging is filtered to warnings, and nothing is coloured in a file.
+        assert!(!output.contains(" INFO ") && !output.contains('\x1b'), "node {n}:\n{output}");
     }
+    let node1 = read(&log(1));
+    assert!(
+        !node1.contains("; run folder ") && node1.contains("node 0 writes the run folder"),
+        "node 1 names no folder of its own:\n{node1}"
+    );
 }
 
 fn records(run: &Path) -> Vec<String> {
@@ -114,7 +122,7 @@ fn a_dead_node_stops_the_other_and_the_run_resumes() {
     let waited = killed.elapsed();
     let stderr = read(&log(0));
     assert!(!status.success(), "node 0 finished although node 1 died:\n{stderr}");
-    assert!(stderr.contains("peer 0"), "the error names the waiting peer:\n{stderr}");
+    assert!(stderr.contains("peer 0 (node 0 at ws://127.0.0.1:"), "the error names the waiting peer and its node:\n{stderr}");
     assert!(waited < Duration::from_secs(TIMEOUT_S + 20), "node 0 took {waited:?} to stop");
     drop(orch);
     // The last checkpoint is intact: both nodes resume from it (a fresh orchestrator) and finish.

@@ -374,7 +374,8 @@ fn evaluation_during_training_keeps_the_best_checkpoint_and_reports() {
 }
 
 fn eval_job(checkpoint: &Path, k_test: usize) -> qformer::app::eval::EvalJob {
-    qformer::app::eval::EvalJob { checkpoint: checkpoint.to_path_buf(), data: None, k_test: Some(k_test), max_images: 0, chunk: None }
+    let model = qformer::app::args::ModelArgs { checkpoint: checkpoint.to_path_buf(), config: None, overrides: Vec::new() };
+    qformer::app::eval::EvalJob { model, data: None, k_test: Some(k_test), max_images: 0, chunk: None }
 }
 
 /// A run whose ITM sits at the loss of a constant answer warns once, naming the figure; with the
