@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use super::args::{BackendArg, ConfigArgs};
 use super::console::Console;
+use super::report::mean_sd;
 use super::train::resume_rule;
 use crate::kernels::backend::dispatch;
 use crate::train::checkpoint;
@@ -111,45 +112,54 @@ pub struct AblationRow {
     pub outcome: TrainOutcome,
 }
 
+/// The table's figures of one run: final losses and the last held-out R@1.
+const COLUMNS: [&str; 6] = ["loss", "itc", "itm", "itg", "i2t R@1", "t2i R@1"];
+
+fn figures(o: &TrainOutcome) -> [Option<f64>; 6] {
+    let m = &o.last;
+    let (i2t, t2i) = o.recall.map_or((None, None), |x| (Some(x.i2t_r1), Some(x.t2i_r1)));
+    [Some(m.loss), m.loss_itc, m.loss_itm, m.loss_itg, i2t, t2i]
+}
+
 fn cell(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| format!("{v:.4}"))
 }
 
-/// Writes `ablation.md` and `ablation.csv` into `dir`; returns the markdown.
+/// Writes `ablation.md` (each run, then each variant's mean ± sample standard deviation over its
+/// seeds) and `ablation.csv` (each run) into `dir`; returns the markdown.
 pub fn write_table(dir: &Path, rows: &[AblationRow]) -> Result<String> {
-    let mut md =
-        String::from("| variant | seed | steps | loss | itc | itm | itg | i2t R@1 | t2i R@1 |\n|---|---|---|---|---|---|---|---|---|\n");
+    let header = COLUMNS.join(" | ");
+    let rule = "---|".repeat(COLUMNS.len());
+    let mut md = format!("| variant | seed | steps | {header} |\n|---|---|---|{rule}\n");
     let mut csv = String::from("variant,seed,steps,loss,loss_itc,loss_itm,loss_itg,i2t_r1,t2i_r1\n");
     for r in rows {
-        let m = &r.outcome.last;
-        let (i2t, t2i) = r.outcome.recall.map_or((None, None), |x| (Some(x.i2t_r1), Some(x.t2i_r1)));
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} | {:.4} | {} | {} | {} | {} | {} |",
-            r.variant,
-            r.seed,
-            r.outcome.steps,
-            m.loss,
-            cell(m.loss_itc),
-            cell(m.loss_itm),
-            cell(m.loss_itg),
-            cell(i2t),
-            cell(t2i)
-        );
-        let c = |v: Option<f64>| v.map_or(String::new(), |v| v.to_string());
-        let _ = writeln!(
-            csv,
-            "{},{},{},{},{},{},{},{},{}",
-            r.variant,
-            r.seed,
-            r.outcome.steps,
-            m.loss,
-            c(m.loss_itc),
-            c(m.loss_itm),
-            c(m.loss_itg),
-            c(i2t),
-            c(t2i)
-        );
+        let f = figures(&r.outcome);
+        let cells: Vec<String> = f.iter().map(|&v| cell(v)).collect();
+        let _ = writeln!(md, "| {} | {} | {} | {} |", r.variant, r.seed, r.outcome.steps, cells.join(" | "));
+        let values: Vec<String> = f.iter().map(|v| v.map_or(String::new(), |v| v.to_string())).collect();
+        let _ = writeln!(csv, "{},{},{},{}", r.variant, r.seed, r.outcome.steps, values.join(","));
+    }
+    let mut variants: Vec<&str> = Vec::new();
+    for r in rows {
+        if !variants.contains(&r.variant.as_str()) {
+            variants.push(&r.variant);
+        }
+    }
+    if rows.len() > variants.len() {
+        let _ = write!(md, "\nOver seeds (mean ± sample standard deviation):\n\n| variant | seeds | {header} |\n|---|---|{rule}\n");
+        for variant in variants {
+            let runs: Vec<[Option<f64>; 6]> = rows.iter().filter(|r| r.variant == variant).map(|r| figures(&r.outcome)).collect();
+            let cells: Vec<String> = (0..COLUMNS.len())
+                .map(|c| {
+                    let v: Vec<f64> = runs.iter().filter_map(|f| f[c]).collect();
+                    match mean_sd(&v) {
+                        Some((mean, sd)) if v.len() == runs.len() => format!("{mean:.4} ± {sd:.4}"),
+                        _ => "-".into(),
+                    }
+                })
+                .collect();
+            let _ = writeln!(md, "| {variant} | {} | {} |", runs.len(), cells.join(" | "));
+        }
     }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     std::fs::write(dir.join("ablation.md"), &md).map_err(|e| Error::io(dir, e))?;

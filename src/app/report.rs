@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use plotters::prelude::*;
 use plotters::style::{register_font, FontStyle};
 
+use crate::train::checkpoint::METRICS_FILE;
 use crate::train::metrics::{MetricsLog, StepMetrics};
 use crate::util::error::{Error, Result};
 
@@ -31,7 +32,7 @@ impl Run {
     pub fn load(dir: &Path) -> Result<Self> {
         let steps = MetricsLog::read(dir)?;
         if steps.is_empty() {
-            return Err(Error::file(dir.join(crate::train::checkpoint::METRICS_FILE), "no steps recorded"));
+            return Err(Error::file(dir.join(METRICS_FILE), "no steps recorded"));
         }
         let name = dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned());
         Ok(Self { name, steps })
@@ -157,16 +158,46 @@ fn step_ticks(x_max: f64) -> usize {
     (x_max.round() as usize).clamp(1, 6)
 }
 
-/// An axis label with as many decimals as the axis range needs.
-fn label(v: f64, range: f64) -> String {
+/// An axis label in one notation for the whole axis (`lo..hi`), with as many digits as its range
+/// needs: scientific when the axis's largest magnitude is below 0.01 (learning rates), else fixed.
+fn label(v: f64, lo: f64, hi: f64) -> String {
+    let range = (hi - lo).max(1e-300);
     // A tick at zero computed with rounding error (-2.7e-20) reads as 0.
     let v = if v.abs() < range * 1e-9 { 0.0 } else { v };
-    if v != 0.0 && v.abs() < 1e-3 {
-        return format!("{v:.1e}");
+    let scale = lo.abs().max(hi.abs());
+    if scale < 1e-2 {
+        if v == 0.0 {
+            return "0".into();
+        }
+        // Mantissa digits enough to tell ticks a tenth of the range apart.
+        let digits = ((scale / range).log10().ceil() + 1.0).clamp(1.0, 4.0) as usize;
+        return format!("{v:.digits$e}");
     }
-    let digits = (2.0 - range.max(1e-12).log10().floor()).clamp(0.0, 6.0) as usize;
+    let digits = (2.0 - range.log10().floor()).clamp(0.0, 6.0) as usize;
     format!("{v:.digits$}")
 }
+
+/// Room around the data on the y axis: 5 % of its range, and for a flat series (range below a
+/// thousandth of its size) 10 % of its size, so that rounding noise is not drawn as a slope.
+fn y_pad(lo: f64, hi: f64) -> f64 {
+    let size = lo.abs().max(hi.abs());
+    if hi - lo <= size * 1e-3 {
+        return if size > 0.0 { size * 0.1 } else { 1.0 };
+    }
+    (hi - lo) * 0.05
+}
+
+/// Line colours that read on white (no yellow), in the order runs get them.
+const COLOURS: [RGBColor; 8] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+    RGBColor(255, 127, 14),
+    RGBColor(23, 140, 160),
+    RGBColor(140, 86, 75),
+    RGBColor(60, 60, 60),
+];
 
 fn plot_error(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::file(path, format!("cannot draw the plot: {e}"))
@@ -187,7 +218,7 @@ fn draw(runs: &[Run], path: &Path) -> Result<()> {
         let points = data.iter().flat_map(|c| c.line.iter().chain(c.band.iter().flat_map(|(lo, hi)| lo.iter().chain(hi))));
         let (x_max, y_min, y_max) =
             points.fold((1f64, f64::INFINITY, f64::NEG_INFINITY), |(x, lo, hi), p| (x.max(p.0), lo.min(p.1), hi.max(p.1)));
-        let pad = ((y_max - y_min) * 0.05).max(y_max.abs() * 1e-3).max(1e-9);
+        let pad = y_pad(y_min, y_max);
         let title = if panel.smooth { format!("{} ({SMOOTH}-step running mean)", panel.title) } else { panel.title.to_string() };
         // Room above the data for the legend, so it never covers the last points.
         let legend_room = (y_max - y_min + 2.0 * pad) * 0.12 * data.len() as f64;
@@ -196,7 +227,8 @@ fn draw(runs: &[Run], path: &Path) -> Result<()> {
             .margin(8)
             .x_label_area_size(36)
             .y_label_area_size(64)
-            .build_cartesian_2d(0f64..x_max, (y_min - pad)..(y_max + pad + legend_room))
+            // 4 % beyond the last step, so its points sit off the frame.
+            .build_cartesian_2d(0f64..x_max * 1.04, (y_min - pad)..(y_max + pad + legend_room))
             .map_err(|e| plot_error(path, e))?;
         chart
             .configure_mesh()
@@ -205,7 +237,7 @@ fn draw(runs: &[Run], path: &Path) -> Result<()> {
             .label_style(("sans-serif", 12))
             .x_label_formatter(&|v| format!("{}", v.round() as i64))
             .x_labels(step_ticks(x_max))
-            .y_label_formatter(&|v| label(*v, y_max - y_min + 2.0 * pad))
+            .y_label_formatter(&|v| label(*v, y_min - pad, y_max + pad))
             .draw()
             .map_err(|e| plot_error(path, e))?;
         for (i, curve) in data.iter().enumerate() {
@@ -213,7 +245,7 @@ fn draw(runs: &[Run], path: &Path) -> Result<()> {
             if pts.is_empty() {
                 continue;
             }
-            let color = Palette99::pick(i).to_rgba();
+            let color = COLOURS[i % COLOURS.len()].to_rgba();
             if let Some((lo, hi)) = &curve.band {
                 let outline: Vec<(f64, f64)> = lo.iter().chain(hi.iter().rev()).copied().collect();
                 chart.draw_series(std::iter::once(Polygon::new(outline, color.mix(0.2).filled()))).map_err(|e| plot_error(path, e))?;
@@ -222,7 +254,17 @@ fn draw(runs: &[Run], path: &Path) -> Result<()> {
             let drawn = chart.draw_series(LineSeries::new(pts.iter().copied(), style)).map_err(|e| plot_error(path, e))?;
             drawn.label(curve.name.clone()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], style));
             if pts.len() <= 30 {
-                chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(|e| plot_error(path, e))?;
+                // Each run its own marker and size, so points at one step (the final evaluation
+                // of several runs) stay visible on top of each other.
+                let size = 6 - (i % 3) as i32;
+                let markers = pts.iter().map(|&p| -> DynElement<BitMapBackend, (f64, f64)> {
+                    match i % 3 {
+                        0 => Circle::new(p, size, color.stroke_width(2)).into_dyn(),
+                        1 => TriangleMarker::new(p, size, color.filled()).into_dyn(),
+                        _ => Cross::new(p, size, color.stroke_width(2)).into_dyn(),
+                    }
+                });
+                chart.draw_series(markers).map_err(|e| plot_error(path, e))?;
             }
         }
         chart
@@ -310,6 +352,15 @@ const FIGURES: [Figure; 12] = [
     ("captions %", |r| last_eval(r).and_then(|e| e.caption_accuracy)),
 ];
 
+/// Mean and sample standard deviation of at least two values.
+pub fn mean_sd(v: &[f64]) -> Option<(f64, f64)> {
+    if v.len() < 2 {
+        return None;
+    }
+    let mean = v.iter().sum::<f64>() / v.len() as f64;
+    Some((mean, (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt()))
+}
+
 /// Groups of several seeds: each final figure as mean ± sample standard deviation.
 fn seed_table(runs: &[Run]) -> Option<String> {
     let groups: Vec<_> = groups(runs).into_iter().filter(|(_, m)| m.len() > 1).collect();
@@ -326,12 +377,10 @@ fn seed_table(runs: &[Run]) -> Option<String> {
             .iter()
             .map(|(_, value)| {
                 let v: Vec<f64> = members.iter().filter_map(|r| value(r)).collect();
-                if v.len() < members.len() {
-                    return "–".to_string();
+                match mean_sd(&v) {
+                    Some((mean, sd)) if v.len() == members.len() => format!("{mean:.2} ± {sd:.2}"),
+                    _ => "–".to_string(),
                 }
-                let mean = v.iter().sum::<f64>() / v.len() as f64;
-                let sd = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt();
-                format!("{mean:.2} ± {sd:.2}")
             })
             .collect();
         let _ = writeln!(md, "| {name} | {} | {} |", members.len(), cells.join(" | "));
@@ -341,7 +390,7 @@ fn seed_table(runs: &[Run]) -> Option<String> {
 
 #[derive(clap::Args)]
 pub struct ReportArgs {
-    /// Run folders (each with its metrics.jsonl).
+    /// Run folders (each with its metrics.jsonl), or folders of runs such as an ablation sweep's.
     #[arg(required = true)]
     pub runs: Vec<PathBuf>,
     /// Folder for report.png and report.md.
@@ -355,9 +404,37 @@ pub fn run(args: ReportArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes `report.png` and `report.md` for `run_dirs` into `out`.
+/// The run folders `dirs` name: a folder with a `metrics.jsonl` is a run; one without (an
+/// ablation sweep's folder) stands for the runs directly inside it, in name order. A run named
+/// twice (by the same or another path) is read once.
+pub fn run_folders(dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let is_run = |d: &Path| d.join(METRICS_FILE).is_file();
+    let mut out: Vec<PathBuf> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for dir in dirs {
+        let found = if is_run(dir) {
+            vec![dir.clone()]
+        } else {
+            let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+            let mut inner: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| is_run(p)).collect();
+            inner.sort();
+            if inner.is_empty() {
+                return Err(Error::file(dir, format!("no {METRICS_FILE} in this folder or the folders directly inside it")));
+            }
+            inner
+        };
+        for run in found {
+            if seen.insert(std::fs::canonicalize(&run).map_err(|e| Error::io(&run, e))?) {
+                out.push(run);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Writes `report.png` and `report.md` for `run_dirs` (runs or folders of runs) into `out`.
 pub fn write(run_dirs: &[PathBuf], out: &Path) -> Result<(PathBuf, PathBuf)> {
-    let runs = run_dirs.iter().map(|d| Run::load(d)).collect::<Result<Vec<_>>>()?;
+    let runs = run_folders(run_dirs)?.iter().map(|d| Run::load(d)).collect::<Result<Vec<_>>>()?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let (png, md) = (out.join(PLOT_FILE), out.join(SUMMARY_FILE));
     draw(&runs, &png)?;
@@ -374,6 +451,20 @@ mod tests {
         let steps =
             itc.iter().enumerate().map(|(i, &v)| StepMetrics { step: i as u64 + 1, loss_itc: Some(v), ..Default::default() }).collect();
         Run { name: name.into(), steps }
+    }
+
+    #[test]
+    fn axes_read_in_one_notation_and_flat_series_are_not_magnified() {
+        // A learning-rate axis: every tick scientific, zero plain.
+        let ticks: Vec<String> = [0.0, 2e-4, 1e-3].iter().map(|&v| label(v, 0.0, 1.1e-3)).collect();
+        assert_eq!(ticks, ["0", "2.0e-4", "1.0e-3"]);
+        // Close ticks get the digits that tell them apart.
+        assert_eq!(label(1.05e-3, 1.0e-3, 1.1e-3), "1.050e-3");
+        assert_eq!(label(6.25, 6.0, 7.0), "6.25");
+        // A flat series at 8 spans 7.2..8.8, not 7.992..8.008; a flat zero spans -1..1.
+        assert_eq!(y_pad(8.0, 8.0), 0.8);
+        assert_eq!(y_pad(0.0, 0.0), 1.0);
+        assert_eq!(y_pad(1.0, 3.0), 0.1);
     }
 
     #[test]

@@ -82,12 +82,15 @@ impl Order {
 
 /// Decodes and transforms one record; picks its caption.
 fn prepare_sample(record: &Record, transform: &Transform, seed: u64, position: u64) -> std::result::Result<(Vec<f32>, String), Skip> {
-    // The annotation line, and the image file it names (a tar member's origin names it already).
-    let origin = match &record.image {
-        ImageSource::File(path) => format!("{} ({})", record.origin, path.display()),
-        ImageSource::TarMember { .. } => record.origin.clone(),
+    // The annotation line, and in the reason the image file it names (a tar member's origin
+    // names it already).
+    let skip = |reason: String| {
+        let reason = match &record.image {
+            ImageSource::File(path) if !reason.contains(&*path.to_string_lossy()) => format!("image {}: {reason}", path.display()),
+            _ => reason,
+        };
+        Skip { origin: record.origin.clone(), reason }
     };
-    let skip = |reason: String| Skip { origin: origin.clone(), reason };
     let mut rng = ChaCha8Rng::seed_from_u64(mix(seed, position));
     let caption = record.captions[rng.random_range(0..record.captions.len())].clone();
     if let Some(cache) = &transform.cache {

@@ -69,7 +69,7 @@ const SIZES: [&str; 2] = ["small", "large"];
 const RELATIONS: [(&str, &str, i32, i32); 4] =
     [("left of", "right of", -1, 0), ("right of", "left of", 1, 0), ("above", "below", 0, -1), ("below", "above", 0, 1)];
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Object {
     shape: usize,
     color: usize,
@@ -192,6 +192,64 @@ pub fn named_objects(caption: &str) -> Vec<(&'static str, &'static str)> {
         .collect()
 }
 
+/// A scene as its caption states it: two objects, the first left of (or above) the second; a
+/// "right of" or "below" caption is read the other way round, so a caption and its converse give
+/// the same scene.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Scene {
+    objects: [Object; 2],
+    vertical: bool,
+}
+
+/// The attributes in which two scenes can differ, in the order they are named.
+pub const ATTRIBUTES: [&str; 4] = ["colour", "shape", "size", "relation"];
+
+impl Scene {
+    /// Parses a caption of this grammar ("a small red circle left of a large blue square");
+    /// `None` for anything else.
+    pub fn parse(caption: &str) -> Option<Self> {
+        let words: Vec<&str> = caption.split_whitespace().collect();
+        let object = |w: &[&str]| -> Option<Object> {
+            Some(Object {
+                size: SIZES.iter().position(|s| *s == w[0])?,
+                color: COLORS.iter().position(|c| c.0 == w[1])?,
+                shape: SHAPES.iter().position(|s| *s == w[2])?,
+            })
+        };
+        // "a" object relation "a" object, exactly.
+        if words.len() < 9 || words[0] != "a" {
+            return None;
+        }
+        let first = object(&words[1..4])?;
+        let (rel, rest) = words[4..].split_at(words.len() - 8);
+        if rest[0] != "a" {
+            return None;
+        }
+        let second = object(&rest[1..4])?;
+        let rel = rel.join(" ");
+        let (_, _, dx, dy) = RELATIONS.iter().find(|r| r.0 == rel)?;
+        let objects = if *dx > 0 || *dy > 0 { [second, first] } else { [first, second] };
+        Some(Self { objects, vertical: *dy != 0 })
+    }
+
+    /// The attributes ([`ATTRIBUTES`]) in which `other` states this scene wrongly, under the
+    /// pairing of objects that explains the most: the same two objects the other way round
+    /// differ in their relation only.
+    pub fn differences(&self, other: &Scene) -> Vec<&'static str> {
+        let attributes = |a: &Object, b: &Object| [a.color != b.color, a.shape != b.shape, a.size != b.size];
+        let read = |swapped: bool| {
+            let (p, q) = if swapped { (1, 0) } else { (0, 1) };
+            let (x, y) = (attributes(&self.objects[0], &other.objects[p]), attributes(&self.objects[1], &other.objects[q]));
+            let relation = swapped || self.vertical != other.vertical;
+            let slots = x.iter().chain(&y).filter(|d| **d).count() + usize::from(relation);
+            (slots, [x[0] || y[0], x[1] || y[1], x[2] || y[2], relation])
+        };
+        let (straight, swapped) = (read(false), read(true));
+        let best = if swapped.0 < straight.0 { swapped.1 } else { straight.1 };
+        ATTRIBUTES.iter().zip(best).filter(|(_, d)| *d).map(|(a, _)| *a).collect()
+    }
+}
+
 /// Whether `generated` names the colour and shape of both objects of the scene that `reference`
 /// (a caption this generator wrote) describes, in either order and nothing more; `None` when
 /// `reference` is not such a caption, so that other data sets are not scored.
@@ -228,6 +286,30 @@ mod tests {
         for _ in 0..50 {
             let (_, [first, second]) = scene(32, &mut rng);
             assert_eq!(names_both_objects(&second, &first), Some(true), "{first} / {second}");
+        }
+    }
+
+    #[test]
+    fn a_caption_and_its_converse_state_one_scene() {
+        let scene_of = |c: &str| Scene::parse(c).unwrap_or_else(|| panic!("{c}"));
+        let truth = scene_of("a small red circle left of a large blue square");
+        assert_eq!(truth, scene_of("a large blue square right of a small red circle"));
+        let diff = |c: &str| truth.differences(&scene_of(c));
+        assert!(diff("a large blue square right of a small red circle").is_empty());
+        assert_eq!(diff("a small red triangle left of a large blue square"), ["shape"]);
+        assert_eq!(diff("a small green circle left of a large blue circle"), ["colour", "shape"]);
+        assert_eq!(diff("a large red circle left of a large blue square"), ["size"]);
+        // The same objects swapped, or above instead of left of: the relation.
+        assert_eq!(diff("a large blue square left of a small red circle"), ["relation"]);
+        assert_eq!(diff("a small red circle above a large blue square"), ["relation"]);
+        assert_eq!(diff("a small red circle below a large blue triangle"), ["shape", "relation"]);
+        for other in ["a red circle", "a small red circle near a large blue square", "a dog on a sofa", ""] {
+            assert_eq!(Scene::parse(other), None, "{other}");
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        for _ in 0..50 {
+            let (_, [first, second]) = scene(32, &mut rng);
+            assert_eq!(Scene::parse(&first), Scene::parse(&second), "{first} / {second}");
         }
     }
 

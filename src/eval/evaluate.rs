@@ -13,6 +13,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::caption::greedy_batch;
+use super::confusions::{confusions, Confusions, Scenes};
 use super::retrieval::{frozen_features, itc_scores, recall, recall_in_tiers, Recall};
 use super::scoring::{image_side, itm_logits, ImageSide};
 use crate::data::loader::EvalSet;
@@ -78,6 +79,9 @@ pub struct EvalReport {
     /// (generated shapes set only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caption_accuracy: Option<f64>,
+    /// The mistakes by the attributes the wrong item gets wrong (generated shapes set only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confusions: Option<Confusions>,
     pub timing: EvalTiming,
 }
 
@@ -239,6 +243,17 @@ pub fn evaluate<B: Kernels>(model: &QFormer<B>, frozen: &Frozen<B>, set: &EvalSe
     let accuracy =
         |list: &[(usize, usize)], want: bool| 100.0 * list.iter().filter(|p| pairs[p].1 == want).count() as f64 / list.len().max(1) as f64;
     let (itm_acc_positive, itm_acc_negative) = (accuracy(&positives, true), accuracy(&negatives, false));
+    let confusions = match opts.captions {
+        Some(text) => {
+            let captions = set.captions.ids.iter().map(|ids| text.decode(ids)).collect::<Result<Vec<_>>>()?;
+            Scenes::parse(&captions, &set.caption_image, n_img).map(|scenes| {
+                let firsts = |tops: &[Vec<usize>]| tops.iter().map(|t| t[0]).collect::<Vec<_>>();
+                let false_matches: Vec<(usize, usize)> = negatives.iter().copied().filter(|p| pairs[p].1).collect();
+                confusions(&scenes, &set.caption_image, &firsts(&i2t_top), &firsts(&t2i_top), &false_matches)
+            })
+        }
+        None => None,
+    };
 
     Ok(EvalReport {
         images: n_img,
@@ -251,6 +266,7 @@ pub fn evaluate<B: Kernels>(model: &QFormer<B>, frozen: &Frozen<B>, set: &EvalSe
         itg_perplexity: own.mean().exp(),
         itg_grounding_gap: if other.tokens > 0 { other.mean() - own.mean() } else { 0.0 },
         caption_accuracy: truth.map(|_| 100.0 * named as f64 / n_img.max(1) as f64),
+        confusions,
         timing,
     })
 }
@@ -340,6 +356,9 @@ pub fn table(r: &EvalReport) -> String {
     );
     if let Some(acc) = r.caption_accuracy {
         s += &format!("greedy captions naming both objects' colour and shape: {acc:.1}%\n");
+    }
+    if let Some(c) = &r.confusions {
+        s += &super::confusions::table(c);
     }
     let t = &r.timing;
     s += &format!(

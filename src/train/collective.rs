@@ -226,15 +226,19 @@ fn stalled(cfg: &DistributedConfig, watches: &[Arc<Watch>], started: Instant, ti
                 .map(|(i, _)| format!("peer {}", cfg.node * cfg.peers + i))
                 .collect();
             let missing = if behind.is_empty() { "a peer of another node".to_string() } else { behind.join(", ") };
+            let (place, hint) = match w.entered.load(Ordering::SeqCst) {
+                1 if cfg.nodes > 1 => (
+                    format!("to join the run through the orchestrator at {}", cfg.orchestrator),
+                    "; is the orchestrator running and reachable from this node, and has every node started?",
+                ),
+                1 => ("to join the run".to_string(), ""),
+                n => (format!("at exchange {}", n - 1), ""),
+            };
             return Err(Error::peer(
                 peer_name(cfg, local),
                 format!(
-                    "waited {} s {} for {missing}, which did not arrive (distributed.timeout_s = {})",
+                    "waited {} s {place} for {missing}, which did not arrive{hint} (distributed.timeout_s = {})",
                     now.saturating_sub(since) / 1000,
-                    match w.entered.load(Ordering::SeqCst) {
-                        1 => "to join the run".to_string(),
-                        n => format!("at exchange {}", n - 1),
-                    },
                     cfg.timeout_s
                 ),
             ));

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::Tensor;
 use qformer::app::ablate::{ablate, Start, Sweep, SweepResume};
+use qformer::app::report::run_folders;
 use qformer::interop::safetensors_io::SafetensorsFile;
 use qformer::kernels::backend::{dispatch, BackendKind};
 use qformer::model::QFormer;
@@ -186,6 +187,21 @@ fn ablation_writes_its_table() {
     // A switched-off objective has no training loss in its row.
     let no_itm = csv.lines().find(|l| l.starts_with("no-itm")).unwrap();
     assert_eq!(no_itm.split(',').nth(5), Some(""), "{no_itm}");
+
+    assert!(!md.contains("Over seeds"), "one seed has no spread: {md}");
+
+    // Several seeds: each variant's mean ± standard deviation, and `report` on the sweep's
+    // folder reads every run in it once, however often it is named.
+    let mut seeds = sweep(&cfg, &["itm-only"]);
+    seeds.seeds = vec![3, 4];
+    let (_, md) = ablate(&seeds, train).unwrap();
+    let over = md.split("Over seeds").nth(1).unwrap_or_else(|| panic!("{md}"));
+    assert!(over.contains("| itm-only | 2 | ") && over.contains(" ± "), "{md}");
+    let runs = run_folders(&[out.clone(), out.join("itm-only-seed3"), out.join("../").join(out.file_name().unwrap())]).unwrap();
+    let names: Vec<_> = runs.iter().map(|r| r.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    assert_eq!(names, ["all-seed0", "itm-only-seed3", "itm-only-seed4", "no-itc-seed0", "no-itg-seed0", "no-itm-seed0"]);
+    let e = run_folders(std::slice::from_ref(&dir)).unwrap_err().to_string();
+    assert!(e.contains("metrics.jsonl"), "{e}");
 
     // An unknown variant is refused before any variant trains.
     let e = ablate(&sweep(&cfg, &["all", "no-xyz"]), |_, _, _| unreachable!("no variant may train")).unwrap_err().to_string();
@@ -438,4 +454,58 @@ fn a_step_reads_back_a_fixed_number_of_values() {
     // on the software driver), and the count per micro-batch is the same code on every backend.
     #[cfg(feature = "wgpu")]
     check::<burn::backend::Autodiff<burn::backend::Wgpu>>(&[1]);
+}
+
+/// The diagnostics tell an image-blind model from one that sees: the same model and captions,
+/// trained on one batch whose images are either distinct or all the same (the fusion then cannot
+/// tell a caption's own image from another's). The blind one's ITM stays at the constant answer's
+/// loss and is warned about, and its ITG grounding gap is 0; the seeing one's ITM learns the pairs
+/// unwarned and its decoder reads the image (a clearly positive gap).
+#[test]
+fn the_diagnostics_tell_an_image_blind_model_from_one_that_sees() {
+    use burn::module::AutodiffModule;
+    use qformer::eval::evaluate::{evaluate, EvalOptions};
+    use qformer::model::frozen::Frozen;
+
+    fn train(blind: bool) -> (Option<String>, f64, f64, f64) {
+        let device = Default::default();
+        let _guard = serial();
+        <common::B as burn::tensor::backend::Backend>::seed(&device, 11);
+        // Wider initial weights, as the tiny preset has: the image reaches the fusion early.
+        let cfg = qformer::model::QFormerConfig { initializer_range: 0.1, ..common::small() };
+        let model = QFormer::<common::B>::new(&cfg, &device);
+        let optim = AdamW::new(&OptimConfig::default(), &model);
+        let mut trainer = Trainer::new(model, optim, ObjectiveConfig::default(), StepOptions { clip: Some(1.0), seed: 3 }, Box::new(Alone));
+        let b = common::batch(8, None, 2);
+        let feats = if blind { b.image_feats.clone().narrow(0, 0, 1).repeat_dim(0, 8) } else { b.image_feats.clone() };
+        // The seeing matcher leaves the constant answer after about 50 steps (measured).
+        let mut watch = qformer::train::diagnostics::ItmStall::new(70, 0.03);
+        let (mut warning, mut last) = (None, (0.0, 0.0));
+        for step in 0..150u64 {
+            // New stream positions each step, as the loader gives: new dropout masks and
+            // negatives (with the same masks every step, a matcher could learn them instead).
+            let positions: Vec<u64> = (8 * step..8 * step + 8).collect();
+            let batch = trainer.batch(feats.clone(), b.text.clone(), (0..8).collect(), &positions).unwrap();
+            let t = trainer.step(std::slice::from_ref(&batch), 2e-3, false).unwrap().totals;
+            let (itm, constant) = (t.terms[1].unwrap(), t.itm_constant.unwrap());
+            warning = warning.or(watch.observe(Some(itm), Some(constant)));
+            last = (itm, constant);
+        }
+        let set = qformer::data::loader::EvalSet {
+            inputs: qformer::util::host::to_f32(feats),
+            images: 8,
+            captions: b.text.clone(),
+            caption_image: (0..8).collect(),
+            skipped: vec![],
+        };
+        let opts = EvalOptions { k_test: 2, chunk: 3, seed: 0, captions: None };
+        let gap = evaluate(&trainer.model.valid(), &Frozen::Cache { tokens: 10, width: 48 }, &set, &opts).unwrap().itg_grounding_gap;
+        (warning, last.0, last.1, gap)
+    }
+    let (warning, itm, constant, gap) = train(true);
+    assert!(warning.is_some_and(|w| w.contains("ITM has stayed")), "blind: ITM {itm} against {constant}");
+    assert!(gap.abs() < 1e-6, "blind: grounding gap {gap}");
+    let (warning, itm, constant, gap) = train(false);
+    assert!(warning.is_none() && itm < constant - 0.2, "seeing: ITM {itm} against {constant}: {warning:?}");
+    assert!(gap > 0.5, "seeing: grounding gap {gap}");
 }
