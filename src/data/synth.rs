@@ -26,20 +26,26 @@ pub struct SynthConfig {
     pub seed: u64,
 }
 
-/// Where the default config keeps the generated shapes set: the only place it is generated on
-/// demand, so that a mistyped path is an error rather than a data set invented there.
+/// Where the default config keeps the generated shapes set (below the checkout, or the folder a
+/// copied config names): the only place it is generated on demand, so that a mistyped path is an
+/// error rather than a data set invented there.
 pub const DEFAULT_TRAIN: &str = "data/shapes/train.json";
 
 /// Generates the synthetic set when `train` is the built-in default location and does not exist
 /// yet. Any other missing path is an error naming the key and the path, with nothing written.
 pub fn ensure(train: &Path, synth: Option<&SynthConfig>, image_size: u32, reporter: &dyn Reporter) -> Result<()> {
+    let plain: std::path::PathBuf = train.components().filter(|c| !matches!(c, std::path::Component::CurDir)).collect();
+    let out = train.parent().unwrap_or(Path::new("."));
     if train.exists() {
+        // A set generated before the vocabulary was part of it gets it.
+        if synth.is_some() && plain.ends_with(DEFAULT_TRAIN) {
+            write_vocabulary(out)?;
+        }
         return Ok(());
     }
-    let plain: std::path::PathBuf = train.components().filter(|c| !matches!(c, std::path::Component::CurDir)).collect();
     let hint = format!("the shapes set is generated on demand only at {DEFAULT_TRAIN}; make one elsewhere with `qformer synth --out DIR`");
     let s = match synth {
-        Some(s) if plain == Path::new(DEFAULT_TRAIN) => s,
+        Some(s) if plain.ends_with(DEFAULT_TRAIN) => s,
         Some(_) => return Err(Error::config("data.train", format!("{} does not exist ({hint})", train.display()), "config")),
         None => {
             return Err(Error::config(
@@ -49,7 +55,6 @@ pub fn ensure(train: &Path, synth: Option<&SynthConfig>, image_size: u32, report
             ))
         }
     };
-    let out = train.parent().unwrap_or(Path::new("."));
     reporter.note(&format!("generating {} + {} synthetic scenes in {}", s.train, s.eval, out.display()));
     generate(out, s.train, s.eval, image_size, s.seed)?;
     Ok(())
@@ -128,7 +133,34 @@ fn scene(size: u32, rng: &mut ChaCha8Rng) -> (RgbImage, [String; 2]) {
 }
 
 /// The files of a generated set.
-const SET_FILES: [&str; 3] = ["train.json", "eval.json", "images"];
+const SET_FILES: [&str; 4] = ["train.json", "eval.json", "images", VOCAB_FILE];
+
+/// The set's own WordPiece vocabulary (`text.tokenizer`): BERT's special tokens and the grammar's
+/// words, 22 entries, so `[DEC]` is id 22 (`model.vocab_size = 23`, `model.bos_token_id = 22`).
+/// The LM head over it is 1,300 times smaller than over BERT's 30,523 tokens.
+pub const VOCAB_FILE: &str = "vocab.txt";
+
+/// The vocabulary's entries, one per id: `[PAD]` 0, `[UNK]`, `[CLS]`, `[SEP]`, `[MASK]`, then
+/// every word the captions use.
+pub fn vocabulary() -> Vec<&'static str> {
+    let mut words = vec!["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a"];
+    words.extend(SIZES);
+    words.extend(COLORS.iter().map(|c| c.0));
+    words.extend(SHAPES);
+    for (relation, _, _, _) in RELATIONS {
+        words.extend(relation.split(' ').filter(|w| !words.contains(w)).collect::<Vec<_>>());
+    }
+    words
+}
+
+/// Writes [`VOCAB_FILE`] into `out` unless it is there (it depends on the grammar alone).
+pub fn write_vocabulary(out: &Path) -> Result<()> {
+    let path = out.join(VOCAB_FILE);
+    if path.exists() {
+        return Ok(());
+    }
+    write_atomic(&path, (vocabulary().join("\n") + "\n").as_bytes())
+}
 
 /// What of a generated set `out` holds, named (empty when none).
 pub fn set_files(out: &Path) -> Vec<&'static str> {
@@ -174,6 +206,7 @@ pub fn generate(out: &Path, n_train: usize, n_eval: usize, size: u32, seed: u64)
     let train_scenes: Vec<_> = (0..n_train).map(|_| scene(size, &mut rng)).collect();
     let eval_scenes: Vec<_> = (0..n_eval).map(|_| scene(size, &mut rng)).collect();
     let eval = write_split("eval", eval_scenes, n_train)?;
+    write_vocabulary(out)?;
     let train = write_split("train", train_scenes, 0)?;
     Ok((train, eval))
 }
@@ -311,6 +344,37 @@ mod tests {
             let (_, [first, second]) = scene(32, &mut rng);
             assert_eq!(Scene::parse(&first), Scene::parse(&second), "{first} / {second}");
         }
+    }
+
+    #[test]
+    fn the_default_set_is_generated_where_any_config_puts_data_shapes_with_its_vocabulary() {
+        let root = std::env::temp_dir().join(format!("qformer-synth-ensure-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let synth = SynthConfig { train: 3, eval: 2, seed: 1 };
+        let reporter = crate::util::report::Silent;
+        // An absolute path ending in the default location: generated, vocabulary included.
+        let train = root.join(DEFAULT_TRAIN);
+        ensure(&train, Some(&synth), 16, &reporter).unwrap();
+        let vocab = std::fs::read_to_string(train.with_file_name(VOCAB_FILE)).unwrap();
+        assert_eq!(vocab.lines().count(), 22);
+        assert_eq!(vocab.lines().take(6).collect::<Vec<_>>(), ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a"]);
+        // Every caption word is in it.
+        let captions = std::fs::read_to_string(&train).unwrap();
+        let words: std::collections::HashSet<&str> = vocab.lines().collect();
+        let annotations: Vec<serde_json::Value> = serde_json::from_str(&captions).unwrap();
+        for a in &annotations {
+            for c in a["caption"].as_array().unwrap() {
+                assert!(c.as_str().unwrap().split(' ').all(|w| words.contains(w)), "{c}");
+            }
+        }
+        // A set from before the vocabulary gets it; anywhere else nothing is invented.
+        std::fs::remove_file(train.with_file_name(VOCAB_FILE)).unwrap();
+        ensure(&train, Some(&synth), 16, &reporter).unwrap();
+        assert!(train.with_file_name(VOCAB_FILE).exists());
+        let e = ensure(&root.join("data/shapez/train.json"), Some(&synth), 16, &reporter).unwrap_err().to_string();
+        assert!(e.contains("data.train") && e.contains("shapez"), "{e}");
+        assert!(!root.join("data/shapez").exists());
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
