@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use serde::Serialize;
 
 use super::args::{at_least_one, BackendArg, ModelArgs};
+use crate::data::eval_set::EvalSet;
 use crate::data::images::{decode, eval_transform};
-use crate::data::loader::{Dataset, EvalSet, Transform};
+use crate::data::loader::{Dataset, Transform};
 use crate::data::text::TextEncoder;
 use crate::eval::caption::{generate, DecodeOptions};
 use crate::eval::evaluate::{self, evaluate, EvalOptions, EvalReport};

@@ -81,7 +81,12 @@ impl Order {
 }
 
 /// Decodes and transforms one record; picks its caption.
-fn prepare_sample(record: &Record, transform: &Transform, seed: u64, position: u64) -> std::result::Result<(Vec<f32>, String), Skip> {
+pub(super) fn prepare_sample(
+    record: &Record,
+    transform: &Transform,
+    seed: u64,
+    position: u64,
+) -> std::result::Result<(Vec<f32>, String), Skip> {
     // The annotation line, and in the reason the image file it names (a tar member's origin
     // names it already).
     let skip = |reason: String| {
@@ -216,62 +221,5 @@ impl Drop for Prefetcher {
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
-    }
-}
-
-/// Every record of an eval set in file order, eval transform, all captions: for retrieval.
-pub struct EvalSet {
-    /// `[images, 3, S, S]` pixels, or `[images, tokens, width]` cached features.
-    pub inputs: Vec<f32>,
-    pub images: usize,
-    pub captions: TextBatch,
-    /// Image index of each caption.
-    pub caption_image: Vec<usize>,
-    pub skipped: Vec<Skip>,
-}
-
-impl EvalSet {
-    /// `transform` should be the eval transform (no augmentation) or an eval-split cache.
-    /// Records that share an `image_id` (or, without one, the same image file) are one image with
-    /// all their captions, whatever the annotation format (a JSON list with caption lists, or one
-    /// caption per JSONL/CSV line). `max_images` counts distinct images (all when 0).
-    pub fn load(data: &Dataset, text: &TextEncoder, transform: &Transform, max_images: usize) -> Result<Self> {
-        let mut groups: Vec<Vec<&Record>> = Vec::new();
-        let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-        for r in &data.records {
-            let key = match &r.image_id {
-                Some(id) => format!("id:{id}"),
-                None => format!("image:{:?}", r.image),
-            };
-            let next = groups.len();
-            let g = *index.entry(key).or_insert(next);
-            if g == next {
-                if max_images > 0 && groups.len() == max_images {
-                    continue;
-                }
-                groups.push(Vec::new());
-            }
-            groups[g].push(r);
-        }
-        let results: Vec<_> = groups.par_iter().map(|g| prepare_sample(g[0], transform, 0, 0).map(|(px, _)| (px, g))).collect();
-        let (mut inputs, mut captions, mut caption_image, mut skipped, mut images) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), 0);
-        for res in results {
-            match res {
-                Ok((px, group)) => {
-                    inputs.extend(px);
-                    for c in group.iter().flat_map(|r| &r.captions) {
-                        captions.push(c.clone());
-                        caption_image.push(images);
-                    }
-                    images += 1;
-                }
-                Err(s) => skipped.push(s),
-            }
-        }
-        if images == 0 {
-            return Err(Error::input("data.eval", "no usable held-out image"));
-        }
-        let (ids, mask) = text.encode(&captions)?;
-        Ok(Self { inputs, images, captions: TextBatch::new(ids, mask, text.vocab_size)?, caption_image, skipped })
     }
 }

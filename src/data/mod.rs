@@ -3,6 +3,7 @@
 
 pub mod annotations;
 pub mod dataset;
+pub mod eval_set;
 pub mod feature_cache;
 pub mod images;
 pub mod loader;

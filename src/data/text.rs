@@ -36,6 +36,9 @@ pub struct TextEncoder {
     pub max_words: usize,
     pub dec_id: u32,
     pub vocab_size: usize,
+    /// `[PAD]`, `[CLS]`, `[SEP]`, `[MASK]` and `[DEC]` where the vocabulary has them: left out of
+    /// decoded text (a plain `vocab.txt` does not mark BERT's tokens as special).
+    specials: Vec<u32>,
 }
 
 impl TextEncoder {
@@ -76,7 +79,8 @@ impl TextEncoder {
         tokenizer.add_special_tokens(&[AddedToken::from(DEC_TOKEN, true)]);
         let dec_id = tokenizer.token_to_id(DEC_TOKEN).ok_or_else(|| Error::file(path, "could not add [DEC]"))?;
         let vocab_size = tokenizer.get_vocab_size(true);
-        Ok(Self { tokenizer, max_len, max_words, dec_id, vocab_size })
+        let specials = ["[PAD]", "[CLS]", "[SEP]", "[MASK]", DEC_TOKEN].iter().filter_map(|t| tokenizer.token_to_id(t)).collect();
+        Ok(Self { tokenizer, max_len, max_words, dec_id, vocab_size, specials })
     }
 
     /// Cleans and encodes captions into `(ids, mask)` rows of `max_len`.
@@ -91,7 +95,7 @@ impl TextEncoder {
 
     /// Token ids back to text, special tokens dropped and word pieces joined.
     pub fn decode(&self, ids: &[i64]) -> Result<String> {
-        let ids: Vec<u32> = ids.iter().filter_map(|&i| u32::try_from(i).ok()).collect();
+        let ids: Vec<u32> = ids.iter().filter_map(|&i| u32::try_from(i).ok()).filter(|i| !self.specials.contains(i)).collect();
         self.tokenizer.decode(&ids, true).map_err(|e| Error::input("ids", format!("tokenizer failed: {e}")))
     }
 
@@ -171,5 +175,11 @@ mod tests {
         assert_eq!(mask[0].iter().sum::<i64>(), 10);
         let (long, _) = t.encode(&["word ".repeat(40)]).unwrap();
         assert_eq!((long[0].len(), long[0][15]), (16, 102));
+        // Decoding gives the words back without [CLS], [SEP], padding or [DEC].
+        let mut with_dec = ids[0].clone();
+        with_dec[0] = 30522;
+        for row in [&ids[0], &with_dec] {
+            assert_eq!(t.decode(row).unwrap(), "a man riding a horse on the beach");
+        }
     }
 }

@@ -16,7 +16,7 @@ use super::caption::greedy_batch;
 use super::confusions::{confusions, Confusions, Scenes};
 use super::retrieval::{frozen_features, itc_scores, recall, recall_in_tiers, Recall};
 use super::scoring::{image_side, itm_logits, ImageSide};
-use crate::data::loader::EvalSet;
+use crate::data::eval_set::EvalSet;
 use crate::data::synth::names_both_objects;
 use crate::data::text::TextEncoder;
 use crate::kernels::Kernels;
@@ -147,7 +147,7 @@ pub fn evaluate<B: Kernels>(model: &QFormer<B>, frozen: &Frozen<B>, set: &EvalSe
     let mut timing = EvalTiming::default();
 
     let started = Instant::now();
-    let sims = itc_scores(model, frozen, set, chunk);
+    let sims = itc_scores(model, frozen, set, chunk)?;
     // Text → image rows, transposed once.
     let columns: Vec<Vec<f32>> = (0..n_txt).map(|t| (0..n_img).map(|i| sims[i * n_txt + t]).collect()).collect();
     let itc = recall(&sims, n_img, &set.caption_image);
@@ -189,7 +189,7 @@ pub fn evaluate<B: Kernels>(model: &QFormer<B>, frozen: &Frozen<B>, set: &EvalSe
     for start in (0..n_img).step_by(chunk) {
         let end = (start + chunk).min(n_img);
         let started = Instant::now();
-        let side = image_side(model, frozen_features(frozen, set, start..end, &device));
+        let side = image_side(model, frozen_features(frozen, set, start..end, &device)?);
         timing.features_ms += ms(started);
 
         let started = Instant::now();
@@ -207,8 +207,10 @@ pub fn evaluate<B: Kernels>(model: &QFormer<B>, frozen: &Frozen<B>, set: &EvalSe
 
         let started = Instant::now();
         // Row r of the shuffled side is image `shuffled[start + r]`: another image for each.
-        let shuffled_side =
-            (n_img > 1).then(|| image_side(model, frozen_features(frozen, set, shuffled[start..end].iter().copied(), &device)));
+        let shuffled_side = match n_img > 1 {
+            true => Some(image_side(model, frozen_features(frozen, set, shuffled[start..end].iter().copied(), &device)?)),
+            false => None,
+        };
         let rows: Vec<usize> = (start..end).flat_map(|i| captions_of[i].iter().copied()).collect();
         for part in rows.chunks(chunk) {
             let captions = set.captions.select(part);

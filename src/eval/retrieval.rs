@@ -5,10 +5,11 @@ use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::scoring::{image_side, itc_similarities, text_embeds};
-use crate::data::loader::EvalSet;
+use crate::data::eval_set::EvalSet;
 use crate::kernels::Kernels;
 use crate::model::frozen::Frozen;
 use crate::model::QFormer;
+use crate::util::error::Result;
 use crate::util::host::to_f32;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -104,15 +105,15 @@ pub fn frozen_features<B: Kernels>(
     set: &EvalSet,
     images: impl IntoIterator<Item = usize>,
     device: &B::Device,
-) -> Tensor<B, 3> {
-    let per = frozen.input_len();
-    frozen.features(images.into_iter().flat_map(|i| set.inputs[i * per..(i + 1) * per].iter().copied()).collect(), device)
+) -> Result<Tensor<B, 3>> {
+    let images: Vec<usize> = images.into_iter().collect();
+    Ok(frozen.features(set.inputs_of(&images, frozen.input_len())?, device))
 }
 
 /// ITC similarities `[images × texts]` on the host. Image by chunk: the `[chunk · queries,
 /// texts]` product and the chunk's keys/values are all that the device holds beside the text
 /// embeddings, whatever the set's size (a 5k-image COCO test set at the `blip2` shape included).
-pub fn itc_scores<B: Kernels>(model: &QFormer<B>, frozen: &Frozen<B>, set: &EvalSet, chunk: usize) -> Vec<f32> {
+pub fn itc_scores<B: Kernels>(model: &QFormer<B>, frozen: &Frozen<B>, set: &EvalSet, chunk: usize) -> Result<Vec<f32>> {
     let device = model.query_tokens.device();
     let texts = set.captions.batch_size();
     let text = Tensor::cat(
@@ -124,14 +125,14 @@ pub fn itc_scores<B: Kernels>(model: &QFormer<B>, frozen: &Frozen<B>, set: &Eval
     );
     let mut sims = Vec::with_capacity(set.images * texts);
     for start in (0..set.images).step_by(chunk) {
-        let feats = frozen_features(frozen, set, start..(start + chunk).min(set.images), &device);
+        let feats = frozen_features(frozen, set, start..(start + chunk).min(set.images), &device)?;
         sims.extend(to_f32(itc_similarities(image_side(model, feats).embeds, text.clone())));
     }
-    sims
+    Ok(sims)
 }
 
-pub fn itc_recall<B: Kernels>(model: &QFormer<B>, frozen: &Frozen<B>, set: &EvalSet, chunk: usize) -> Recall {
-    recall(&itc_scores(model, frozen, set, chunk), set.images, &set.caption_image)
+pub fn itc_recall<B: Kernels>(model: &QFormer<B>, frozen: &Frozen<B>, set: &EvalSet, chunk: usize) -> Result<Recall> {
+    Ok(recall(&itc_scores(model, frozen, set, chunk)?, set.images, &set.caption_image))
 }
 
 #[cfg(test)]

@@ -10,7 +10,8 @@ use super::config::TrainConfig;
 use super::diagnostics::ItmStall;
 use super::metrics::{MetricsLog, Progress, StepMetrics};
 use super::trainer::Trainer;
-use crate::data::loader::{Dataset, EvalSet, Transform};
+use crate::data::eval_set::EvalSet;
+use crate::data::loader::{Dataset, Transform};
 use crate::data::text::TextEncoder;
 use crate::eval::evaluate::{evaluate, EvalOptions, EvalReport};
 use crate::eval::retrieval::{itc_recall, Recall};
@@ -114,7 +115,7 @@ impl Leader {
         let rerank_due = e.rerank_every > 0 && (step.is_multiple_of(e.rerank_every) || step == total);
         let Some(set) = self.eval_set.as_deref().filter(|_| eval_due) else { return Ok(None) };
         let valid = trainer.valid();
-        let r = itc_recall(&valid, frozen, set, e.chunk);
+        let r = itc_recall(&valid, frozen, set, e.chunk)?;
         self.progress.note(&format!(
             "step {step} held-out retrieval: i2t R@1 {:.1} R@5 {:.1} | t2i R@1 {:.1} R@5 {:.1} ({} images)",
             r.i2t_r1, r.i2t_r5, r.t2i_r1, r.t2i_r5, set.images

@@ -5,7 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use qformer::data::annotations::Skip;
-use qformer::data::loader::{Dataset, EvalSet, Transform};
+use qformer::data::eval_set::EvalSet;
+use qformer::data::loader::{Dataset, Transform};
 use qformer::data::text::TextEncoder;
 
 fn bad(name: &str) -> PathBuf {

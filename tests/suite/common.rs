@@ -355,4 +355,23 @@ impl Qformer {
     pub fn command(self) -> std::process::Command {
         self.0
     }
+
+    /// Runs to the end, asserting success, and returns the peak resident memory in kB (the
+    /// kernel's high-water mark `VmHWM`, read until the process exits).
+    pub fn peak_rss_kb(mut self) -> u64 {
+        let mut child = self.0.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+        let status = format!("/proc/{}/status", child.id());
+        let mut peak = 0;
+        loop {
+            let hwm = std::fs::read_to_string(&status).ok().and_then(|s| {
+                s.lines().find_map(|l| l.strip_prefix("VmHWM:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()))
+            });
+            peak = peak.max(hwm.unwrap_or(0));
+            if let Some(exit) = child.try_wait().unwrap() {
+                assert!(exit.success(), "qformer failed: {exit}");
+                return peak;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
 }

@@ -346,6 +346,18 @@ fn evaluation_during_training_keeps_the_best_checkpoint_and_reports() {
     assert!(report.itg_perplexity.is_finite() && report.itg_perplexity > 1.0);
     assert!(report.timing.itm_pairs >= report.images * 4);
     assert!(report.itg_grounding_gap.is_finite());
+    // Every ITC miss at R@1 is attributed, in both directions (the set is generated).
+    let c = report.confusions.as_ref().expect("a generated set's misses are attributed");
+    let misses = |counts: &std::collections::BTreeMap<String, usize>| counts.values().sum::<usize>();
+    assert_eq!(misses(&c.itc_i2t), ((100.0 - report.itc.i2t_r1) * report.images as f64 / 100.0).round() as usize);
+    assert_eq!(misses(&c.itc_t2i), ((100.0 - report.itc.t2i_r1) * report.texts as f64 / 100.0).round() as usize);
+    assert!(
+        c.itc_i2t
+            .keys()
+            .chain(c.itm_negatives.keys())
+            .all(|k| k == "same scene" || k.split('+').all(|a| qformer::data::synth::ATTRIBUTES.contains(&a))),
+        "{c:?}"
+    );
     // Chunks bound device memory and change nothing else: 3 images per forward (a ragged last
     // chunk) gives the same ranking, accuracies and perplexity to f32 rounding.
     let chunked = dispatch(BackendKind::Flex, qformer::app::eval::EvalJob { chunk: Some(3), ..eval_job(&run.run_dir, 4) }).unwrap().report;
@@ -491,8 +503,8 @@ fn the_diagnostics_tell_an_image_blind_model_from_one_that_sees() {
             warning = warning.or(watch.observe(Some(itm), Some(constant)));
             last = (itm, constant);
         }
-        let set = qformer::data::loader::EvalSet {
-            inputs: qformer::util::host::to_f32(feats),
+        let set = qformer::data::eval_set::EvalSet {
+            inputs: qformer::data::eval_set::EvalInputs::Resident(qformer::util::host::to_f32(feats)),
             images: 8,
             captions: b.text.clone(),
             caption_image: (0..8).collect(),
