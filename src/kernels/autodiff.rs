@@ -119,6 +119,10 @@ impl<B: Kernels> Backward<B, 3> for LmCrossEntropyOp {
 }
 
 impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
+    fn device_memory(device: &Self::Device) -> Option<u64> {
+        B::device_memory(device)
+    }
+
     fn fused_layer_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
         let out = B::fused_layer_norm(x.primitive.clone(), gamma.primitive.clone(), beta.primitive, eps);
         match LayerNormOp.prepare::<C>([x.node.clone(), gamma.node.clone(), beta.node.clone()]).compute_bound().stateful() {

@@ -27,6 +27,13 @@ pub trait Kernels: Backend {
     /// one-element temperature's update on wgpu (issue 24), and the composed update gains nothing.
     const ADAMW_IN_PLACE: bool = false;
 
+    /// Bytes the device's allocator holds (cubecl backends; `None` on the CPU backends, whose
+    /// memory is the process's). Its pools keep the pages they ever needed, so after a step this
+    /// is that step's peak.
+    fn device_memory(_device: &Self::Device) -> Option<u64> {
+        None
+    }
+
     /// LayerNorm over the last dimension, with affine `gamma` and `beta` (`[D]`).
     fn fused_layer_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
         <Self as burn::tensor::ops::ModuleOps<Self>>::layer_norm(x, gamma, Some(beta), eps)
@@ -168,8 +175,12 @@ impl Kernels for burn::backend::NdArray {}
 /// The cubecl (GPU) backends: the composed kernels, with dropout masks drawn on the device.
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
 macro_rules! cubecl_kernels {
-    ($backend:ty) => {
+    ($backend:ty, $runtime:ty) => {
         impl Kernels for $backend {
+            fn device_memory(device: &Self::Device) -> Option<u64> {
+                <$runtime as burn::cubecl::Runtime>::client(device).memory_usage().ok().map(|m| m.bytes_reserved)
+            }
+
             fn dropout_mask(shape: Shape, keep: f64, site: &DropoutSite<'_>, device: &Self::Device) -> FloatTensor<Self> {
                 <Self as burn::tensor::ops::FloatTensorOps<Self>>::float_reshape(
                     float(site.device_mask::<Self>(&shape, keep, device)),
@@ -181,10 +192,10 @@ macro_rules! cubecl_kernels {
 }
 
 #[cfg(feature = "cuda")]
-cubecl_kernels!(burn::backend::Cuda);
+cubecl_kernels!(burn::backend::Cuda, burn::cubecl::cuda::CudaRuntime);
 
 #[cfg(feature = "wgpu")]
-cubecl_kernels!(burn::backend::Wgpu);
+cubecl_kernels!(burn::backend::Wgpu, burn::backend::wgpu::WgpuRuntime);
 
 fn float<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
     t.into_primitive().tensor()

@@ -36,6 +36,9 @@ pub struct StepMetrics {
     #[serde(deserialize_with = "null_is_nan")]
     pub grad_norm: f64,
     pub pairs_per_s: f64,
+    /// Megabytes the device's allocator holds after the step (cubecl backends only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_mb: Option<f64>,
     pub sampler_fallbacks: usize,
     pub skipped_total: u64,
     /// Set on steps whose update was skipped because a loss or gradient was not finite.
@@ -71,6 +74,7 @@ impl StepMetrics {
             temp,
             grad_norm: report.grad_norm,
             pairs_per_s,
+            device_mb: None,
             sampler_fallbacks: t.sampler_fallbacks,
             skipped_total,
             skipped_update: report.skipped_update,
@@ -87,14 +91,15 @@ impl StepMetrics {
             None => format!(" itm {v:.3}"),
         });
         format!(
-            "loss {:.3}{}{}{} lr {:.2e} temp {:.4} {:.1} pairs/s",
+            "loss {:.3}{}{}{} lr {:.2e} temp {:.4} {:.1} pairs/s{}",
             self.loss,
             term("itc", self.loss_itc),
             itm,
             term("itg", self.loss_itg),
             self.lr,
             self.temp,
-            self.pairs_per_s
+            self.pairs_per_s,
+            self.device_mb.map_or(String::new(), |mb| format!(" device {mb:.0} MB"))
         )
     }
 }

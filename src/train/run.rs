@@ -457,6 +457,7 @@ fn run_peer<B: TrainBackend>(shared: &Shared<B>, peers: Box<dyn Exchange<B::Inne
         let temp = scalar(run.trainer.model.temp.val().inner());
         last =
             StepMetrics::of_step(state.step, &report, lr, temp, per_step as f64 / started.elapsed().as_secs_f64(), state.samples_skipped);
+        last.device_mb = B::device_memory(&run.device).map(|b| b as f64 / 1e6);
         let stopping = report.totals.stop && state.step < total;
         if let Some(leader) = &mut run.leader {
             let end = StepEnd { failing: failure.is_some(), stopping, total };

@@ -256,7 +256,8 @@ pub fn records(run: &Path, without: &[&str]) -> Vec<String> {
         .map(|line| {
             let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
             let m = v.as_object_mut().unwrap();
-            for key in ["pairs_per_s"].iter().chain(without) {
+            // Measurements of the machine, not of the run.
+            for key in ["pairs_per_s", "device_mb"].iter().chain(without) {
                 m.remove(*key);
             }
             if let Some(e) = m.get_mut("evaluation").and_then(|e| e.as_object_mut()) {

@@ -238,6 +238,25 @@ fn wgpu_fallback_matches_burn() {
     lm_cross_entropy_matches::<G>();
 }
 
+/// Device memory comes from the cubecl allocator (what `bench` and the progress line show on a
+/// GPU); the CPU backends have none of their own to report.
+#[test]
+fn device_memory_is_reported_by_cubecl_backends_only() {
+    assert_eq!(<Flex as Kernels>::device_memory(&Default::default()), None);
+    assert_eq!(<Autodiff<NdArray> as Kernels>::device_memory(&Default::default()), None);
+    #[cfg(feature = "wgpu")]
+    {
+        type G = burn::backend::Wgpu;
+        let device = Default::default();
+        let t = Tensor::<G, 2>::ones([512, 512], &device);
+        let _ = (t.clone() * 2.0).sum().into_data();
+        let held = <G as Kernels>::device_memory(&device).expect("wgpu reports its allocator");
+        assert!(held >= 512 * 512 * 4, "{held} bytes held for a 1 MB tensor");
+        assert!(<Autodiff<G> as Kernels>::device_memory(&device).is_some());
+        drop(t);
+    }
+}
+
 /// The composed AdamW update on wgpu against flex, at the sizes a model holds: the temperature is
 /// one element, biases are short and ragged. Three chained steps, each handing its moments to the
 /// next as the optimizer does.

@@ -104,6 +104,9 @@ fn resume_matches(backend: BackendKind, name: &str) {
     for temp in temps {
         assert!((temp - 0.07).abs() < 1e-2, "{backend:?}: temperature {temp} after at most 4 steps of lr <= 1e-3");
     }
+    // The device's memory is recorded where the backend has a device allocator.
+    let with_memory = metrics(&run).lines().filter(|l| l.contains("\"device_mb\"")).count();
+    assert_eq!(with_memory, if backend == BackendKind::Flex { 0 } else { 4 }, "{backend:?}");
 }
 
 #[test]

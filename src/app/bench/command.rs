@@ -98,6 +98,17 @@ pub struct BenchArgs {
     /// Data-parallel peers splitting --batch (threads on CPU backends).
     #[arg(long, default_value_t = 1)]
     pub peers: usize,
+    /// The device's peak dense TFLOP/s (e.g. 989 for an H100's bf16, 67 for its f32 without
+    /// tensor cores): adds model FLOP utilisation, the step's GFLOP/s against it.
+    #[arg(long, value_parser = positive_tflops)]
+    pub peak_tflops: Option<f64>,
+}
+
+fn positive_tflops(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("`{s}` is not a positive number of TFLOP/s")),
+    }
 }
 
 #[derive(clap::Args)]
@@ -147,6 +158,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         seed: args.seed,
         features,
         peers: args.peers,
+        peak_tflops: args.peak_tflops,
     };
     let backend = args.backend.or_flex();
     let report = dispatch(backend, job)?;
@@ -178,6 +190,14 @@ fn table(report: &BenchReport, peers: usize) -> String {
             "{:<12} {:>10.1} {:>10.1} {:>10.2} {:>11.1} {:>12.1} {:>13.1} {:>11.1} {:>9.1}\n",
             r.objectives, r.median_ms, r.min_ms, r.pairs_per_s, r.forward_ms, r.backward_ms, r.optimizer_ms, r.model_gflop, r.gflops
         );
+    }
+    for r in &report.steps {
+        let device = r.device_mb.map(|mb| format!("device memory {mb:.0} MB"));
+        let mfu = r.mfu_percent.map(|p| format!("model FLOP utilisation {p:.1} %"));
+        let parts: Vec<String> = device.into_iter().chain(mfu).collect();
+        if !parts.is_empty() {
+            out += &format!("{}: {}\n", r.objectives, parts.join(", "));
+        }
     }
     let kv = &report.image_kv;
     out += &format!(

@@ -45,6 +45,8 @@ pub struct Bench {
     pub features: BenchFeatures,
     /// Data-parallel peers (threads on CPU backends) that split `batch`.
     pub peers: usize,
+    /// The device's peak dense TFLOP/s for the step's precision, for the FLOP utilisation.
+    pub peak_tflops: Option<f64>,
 }
 
 /// The feature source a benchmark step includes.
@@ -122,6 +124,13 @@ pub struct BenchResult {
     pub peers: usize,
     /// Bytes each peer all-reduced per step (gradients and the loss's exchanges).
     pub bytes_reduced: u64,
+    /// Megabytes the device's allocator held after the timed steps: their peak (cubecl
+    /// backends only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_mb: Option<f64>,
+    /// `gflops` as a percentage of the peak given with `--peak-tflops` (model FLOP utilisation).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mfu_percent: Option<f64>,
 }
 
 /// Cost of the image side of cross-attention (`ln_vision` + K/V projections, forward and
@@ -338,6 +347,8 @@ fn time_set<B: TrainBackend>(
         gflops: model_gflop / (median_ms / 1e3),
         peers: world,
         bytes_reduced: bytes,
+        device_mb: B::device_memory(&device).map(|b| b as f64 / 1e6),
+        mfu_percent: bench.peak_tflops.map(|peak| model_gflop / (median_ms / 1e3) / (peak * 1e3) * 100.0),
     })
 }
 
