@@ -31,10 +31,11 @@ pub struct Scenes {
 }
 
 impl Scenes {
-    /// `None` unless every caption is of the shapes grammar and every image has one.
-    pub fn parse(captions: &[String], caption_image: &[usize], images: usize) -> Option<Self> {
+    /// `captions_of[i]`: image i's caption rows. `None` unless every caption is of the shapes
+    /// grammar and every image has one.
+    pub fn parse(captions: &[String], captions_of: &[Vec<usize>]) -> Option<Self> {
         let captions: Vec<Scene> = captions.iter().map(|c| Scene::parse(c)).collect::<Option<_>>()?;
-        let images = (0..images).map(|i| caption_image.iter().position(|&c| c == i).map(|t| captions[t])).collect::<Option<_>>()?;
+        let images = captions_of.iter().map(|rows| rows.first().map(|&t| captions[t])).collect::<Option<_>>()?;
         Some(Self { captions, images })
     }
 
@@ -109,7 +110,8 @@ mod tests {
         .map(|s| s.to_string())
         .collect();
         let caption_image = [0, 0, 1, 2, 3];
-        let scenes = Scenes::parse(&captions, &caption_image, 4).unwrap();
+        let captions_of = [vec![0, 1], vec![2], vec![3], vec![4]];
+        let scenes = Scenes::parse(&captions, &captions_of).unwrap();
         // Image 0 retrieves image 1's caption (shape); image 1 its own; image 2 image 1's
         // (relation); image 3 image 0's (the same scene).
         let c = confusions(&scenes, &caption_image, &[2, 2, 2, 0], &[0, 0, 1, 2, 0], &[(1, 3)]);
@@ -119,7 +121,8 @@ mod tests {
         assert_eq!(c.itm_negatives, Counts::from([("relation".into(), 1)]));
         let t = table(&c);
         assert!(t.contains("ITC i2t misses at R@1: 3 (relation 1, same scene 1, shape 1)"), "{t}");
-        assert!(Scenes::parse(&["a dog".to_string()], &[0], 1).is_none());
-        assert!(Scenes::parse(&captions, &caption_image, 5).is_none(), "an image without a caption");
+        assert!(Scenes::parse(&["a dog".to_string()], &[vec![0]]).is_none());
+        let with_empty: Vec<Vec<usize>> = captions_of.iter().cloned().chain([vec![]]).collect();
+        assert!(Scenes::parse(&captions, &with_empty).is_none(), "an image without a caption");
     }
 }

@@ -175,10 +175,12 @@ pub fn evaluate<B: Kernels>(model: &QFormer<B>, frozen: &Frozen<B>, set: &EvalSe
     for (t, &i) in set.caption_image.iter().enumerate() {
         captions_of[i].push(t);
     }
-    let truth = match opts.captions {
-        Some(text) => CaptionTruth::new(text, set, &captions_of)?,
+    // The held-out captions as text, once, for the caption score and the miss attribution.
+    let decoded = match opts.captions {
+        Some(text) => Some((text, set.captions.ids.iter().map(|ids| text.decode(ids)).collect::<Result<Vec<_>>>()?)),
         None => None,
     };
+    let truth = decoded.as_ref().and_then(|(text, captions)| CaptionTruth::new(text, captions, &captions_of));
     let mut named = 0;
     let shuffled = derangement(n_img, opts.seed);
 
@@ -245,17 +247,11 @@ pub fn evaluate<B: Kernels>(model: &QFormer<B>, frozen: &Frozen<B>, set: &EvalSe
     let accuracy =
         |list: &[(usize, usize)], want: bool| 100.0 * list.iter().filter(|p| pairs[p].1 == want).count() as f64 / list.len().max(1) as f64;
     let (itm_acc_positive, itm_acc_negative) = (accuracy(&positives, true), accuracy(&negatives, false));
-    let confusions = match opts.captions {
-        Some(text) => {
-            let captions = set.captions.ids.iter().map(|ids| text.decode(ids)).collect::<Result<Vec<_>>>()?;
-            Scenes::parse(&captions, &set.caption_image, n_img).map(|scenes| {
-                let firsts = |tops: &[Vec<usize>]| tops.iter().map(|t| t[0]).collect::<Vec<_>>();
-                let false_matches: Vec<(usize, usize)> = negatives.iter().copied().filter(|p| pairs[p].1).collect();
-                confusions(&scenes, &set.caption_image, &firsts(&i2t_top), &firsts(&t2i_top), &false_matches)
-            })
-        }
-        None => None,
-    };
+    let confusions = decoded.as_ref().and_then(|(_, captions)| Scenes::parse(captions, &captions_of)).map(|scenes| {
+        let firsts = |tops: &[Vec<usize>]| tops.iter().map(|t| t[0]).collect::<Vec<_>>();
+        let false_matches: Vec<(usize, usize)> = negatives.iter().copied().filter(|p| pairs[p].1).collect();
+        confusions(&scenes, &set.caption_image, &firsts(&i2t_top), &firsts(&t2i_top), &false_matches)
+    });
 
     Ok(EvalReport {
         images: n_img,
@@ -293,18 +289,16 @@ struct CaptionTruth<'a> {
 }
 
 impl<'a> CaptionTruth<'a> {
-    fn new(text: &'a TextEncoder, set: &EvalSet, captions_of: &[Vec<usize>]) -> Result<Option<Self>> {
-        let Some(eos) = text.token_id("[SEP]") else { return Ok(None) };
+    /// `captions`: the set's captions as text; `captions_of`: each image's caption rows.
+    fn new(text: &'a TextEncoder, captions: &[String], captions_of: &[Vec<usize>]) -> Option<Self> {
+        let eos = text.token_id("[SEP]")?;
         let mut references = Vec::with_capacity(captions_of.len());
         for rows in captions_of {
-            let Some(&first) = rows.first() else { return Ok(None) };
-            let caption = text.decode(&set.captions.ids[first])?;
-            if names_both_objects(&caption, &caption).is_none() {
-                return Ok(None);
-            }
-            references.push(caption);
+            let caption = &captions[*rows.first()?];
+            names_both_objects(caption, caption)?;
+            references.push(caption.clone());
         }
-        Ok(Some(Self { text, eos, references }))
+        Some(Self { text, eos, references })
     }
 }
 

@@ -141,11 +141,7 @@ where
         let (tx, body, config, dev) = (tx.clone(), body.clone(), config.clone(), device(local));
         let (world, nodes) = (cfg.world(), cfg.nodes);
         let name = peer_name(cfg, local);
-        let joining = if nodes > 1 {
-            format!("joining the run through the orchestrator at {}", cfg.orchestrator)
-        } else {
-            "joining the run".to_string()
-        };
+        let joining = format!("joining {}", the_run(cfg));
         std::thread::Builder::new()
             .name(format!("peer-{rank}"))
             .spawn(move || {
@@ -192,6 +188,15 @@ where
     first.ok_or_else(|| Error::peer("launcher", "local peer 0 gave no result"))
 }
 
+/// The run a peer joins, as errors name it: with several nodes, through which orchestrator.
+fn the_run(cfg: &DistributedConfig) -> String {
+    if cfg.nodes > 1 {
+        format!("the run through the orchestrator at {}", cfg.orchestrator)
+    } else {
+        "the run".to_string()
+    }
+}
+
 /// A local peer as errors name it: its rank and, with several nodes, its node and address.
 fn peer_name(cfg: &DistributedConfig, local: usize) -> String {
     let rank = cfg.node * cfg.peers + local;
@@ -226,12 +231,10 @@ fn stalled(cfg: &DistributedConfig, watches: &[Arc<Watch>], started: Instant, ti
                 .map(|(i, _)| format!("peer {}", cfg.node * cfg.peers + i))
                 .collect();
             let missing = if behind.is_empty() { "a peer of another node".to_string() } else { behind.join(", ") };
+            let hint =
+                if cfg.nodes > 1 { "; is the orchestrator running and reachable from this node, and has every node started?" } else { "" };
             let (place, hint) = match w.entered.load(Ordering::SeqCst) {
-                1 if cfg.nodes > 1 => (
-                    format!("to join the run through the orchestrator at {}", cfg.orchestrator),
-                    "; is the orchestrator running and reachable from this node, and has every node started?",
-                ),
-                1 => ("to join the run".to_string(), ""),
+                1 => (format!("to join {}", the_run(cfg)), hint),
                 n => (format!("at exchange {}", n - 1), ""),
             };
             return Err(Error::peer(
