@@ -16,8 +16,13 @@ import os
 
 import torch
 import torch.nn.functional as F
+import transformers
 from safetensors.torch import save_file
 from transformers import Blip2QFormerConfig, Blip2QFormerModel
+
+# transformers 4 expands a [B, S, S] 0/1 mask itself; 5 takes a prepared [B, 1, S, S] one as is
+# (boolean, attend where true, as its SDPA attention builds them).
+TRANSFORMERS_5 = int(transformers.__version__.split(".")[0]) >= 5
 
 OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures")
 PAD, CLS, SEP = 0, 2, 3
@@ -166,6 +171,7 @@ def stage1(trunk, P, batch, s, itc_full=False, objectives=("itc", "itm", "itg"))
         m3[:, Q:, Q:] = torch.tril(torch.ones(T, T, dtype=torch.long))
         m3 = m3 * torch.cat([torch.ones(B, Q, dtype=torch.long), mask], 1)[:, None, :]
         emb = torch.cat([queries, text_embed(dec)], 1)
+        m3 = m3[:, None].bool() if TRANSFORMERS_5 else m3
         h = trunk(query_embeds=emb, query_length=Q, attention_mask=m3, encoder_hidden_states=img).last_hidden_state[:, Q:]
         h = F.layer_norm(F.gelu(linear(h, "lm_head.transform.dense")), (h.shape[-1],), P["lm_head.transform.LayerNorm.weight"], P["lm_head.transform.LayerNorm.bias"], eps=1e-12)
         logits = h @ P["embeddings.word_embeddings.weight"].T + P["lm_head.bias"]

@@ -5,9 +5,9 @@ use burn::module::{Module, Param};
 use burn::nn::{Initializer, Linear, LinearConfig};
 
 use super::norm::LayerNorm;
-use burn::tensor::Tensor;
+use burn::tensor::{FloatDType, Tensor};
 
-use super::linear_rows;
+use super::precision::{linear, matmul};
 use crate::kernels::{attention_softmax, dropout, gather_rows, swap_heads, DropoutSite, Kernels};
 
 /// Per-head keys and values, `[B, H, S, head_dim]`. Cached from the query rows for ITG and
@@ -52,6 +52,9 @@ pub struct Attention<B: Kernels> {
     pub num_heads: usize,
     pub attention_dropout: f64,
     pub hidden_dropout: f64,
+    /// Precision of the projections and attention products (`None`: f32).
+    #[module(skip)]
+    pub compute: Option<FloatDType>,
 }
 
 pub struct AttentionConfig {
@@ -88,6 +91,7 @@ impl AttentionConfig {
             num_heads: self.num_heads,
             attention_dropout: self.attention_dropout,
             hidden_dropout: self.hidden_dropout,
+            compute: None,
         }
     }
 }
@@ -99,7 +103,10 @@ impl<B: Kernels> Attention<B> {
 
     /// Keys and values of `source` (`[B, S, kv_width]`), split into heads.
     pub fn key_value(&self, source: Tensor<B, 3>) -> KeyValue<B> {
-        KeyValue { key: self.heads(linear_rows(&self.key, source.clone())), value: self.heads(linear_rows(&self.value, source)) }
+        KeyValue {
+            key: self.heads(linear(&self.key, source.clone(), self.compute)),
+            value: self.heads(linear(&self.value, source, self.compute)),
+        }
     }
 
     /// Attends from `hidden` (`[B, Sq, D]`) to `kv`; `mask` is additive, broadcastable to
@@ -111,26 +118,28 @@ impl<B: Kernels> Attention<B> {
         mask: Option<Tensor<B, 4>>,
         site: Option<DropoutSite<'_>>,
     ) -> Tensor<B, 3> {
-        let q = self.heads(linear_rows(&self.query, hidden.clone()));
-        let context = scaled_dot_product(q, kv, mask, self.attention_dropout, site.map(|s| s.at(0)));
-        let out = dropout(linear_rows(&self.dense, context), self.hidden_dropout, site.map(|s| s.at(1)));
+        let q = self.heads(linear(&self.query, hidden.clone(), self.compute));
+        let context = scaled_dot_product(q, kv, mask, self.attention_dropout, site.map(|s| s.at(0)), self.compute);
+        let out = dropout(linear(&self.dense, context, self.compute), self.hidden_dropout, site.map(|s| s.at(1)));
         self.norm.forward(out + hidden)
     }
 }
 
 /// `softmax(q kᵀ / √d + mask) v` over heads, with dropout on the probabilities; `q` is
-/// `[B, H, Sq, head_dim]`, the result `[B, Sq, H·head_dim]` with heads merged.
+/// `[B, H, Sq, head_dim]`, the result `[B, Sq, H·head_dim]` with heads merged. The two products
+/// run in `compute`, the softmax in f32.
 pub fn scaled_dot_product<B: Kernels>(
     q: Tensor<B, 4>,
     kv: &KeyValue<B>,
     mask: Option<Tensor<B, 4>>,
     dropout_prob: f64,
     site: Option<DropoutSite<'_>>,
+    compute: Option<FloatDType>,
 ) -> Tensor<B, 3> {
     let [b, h, sq, head_dim] = q.dims();
-    let scores = q.matmul(kv.key.clone().swap_dims(2, 3));
+    let scores = matmul(q, kv.key.clone().swap_dims(2, 3), compute);
     let probs = dropout(attention_softmax(scores, mask, 1.0 / (head_dim as f64).sqrt()), dropout_prob, site);
-    swap_heads(probs.matmul(kv.value.clone())).reshape([b, sq, h * head_dim])
+    swap_heads(matmul(probs, kv.value.clone(), compute)).reshape([b, sq, h * head_dim])
 }
 
 /// `[B, S, H·d]` to `[B, H, S, d]`.

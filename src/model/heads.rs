@@ -5,11 +5,12 @@ use burn::module::{Module, Param};
 use burn::nn::Linear;
 
 use super::norm::LayerNorm;
-use burn::tensor::Tensor;
+use burn::tensor::{FloatDType, Tensor};
 
 use crate::kernels::{gelu, lm_cross_entropy, Kernels};
 
 use super::attention::{bert_linear, layer_norm};
+use super::precision::linear;
 use super::QFormerConfig;
 
 #[derive(Module, Debug)]
@@ -17,6 +18,10 @@ pub struct LmHead<B: Kernels> {
     pub dense: Linear<B>,
     pub norm: LayerNorm<B>,
     pub bias: Param<Tensor<B, 1>>,
+    /// Precision of the transform's product (`None`: f32). The vocabulary product stays f32: it is
+    /// fused with the loss ([`lm_cross_entropy`]), whose softmax must be f32.
+    #[module(skip)]
+    pub compute: Option<FloatDType>,
 }
 
 impl<B: Kernels> LmHead<B> {
@@ -25,11 +30,12 @@ impl<B: Kernels> LmHead<B> {
             dense: bert_linear(cfg.hidden_size, cfg.hidden_size, cfg.initializer_range, device),
             norm: layer_norm(cfg.hidden_size, cfg.layer_norm_eps, device),
             bias: Param::from_tensor(Tensor::zeros([cfg.vocab_size], device)),
+            compute: None,
         }
     }
 
     fn transform(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
-        self.norm.forward(gelu(self.dense.forward(hidden)))
+        self.norm.forward(gelu(linear(&self.dense, hidden.unsqueeze(), self.compute).squeeze_dim(0)))
     }
 
     /// `hidden`: `[N, D]` rows to score; `word_embeddings`: `[V, D]`. Returns logits `[N, V]`.

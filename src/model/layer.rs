@@ -6,10 +6,11 @@ use burn::module::Module;
 use burn::nn::Linear;
 
 use super::norm::LayerNorm;
-use burn::tensor::Tensor;
+use burn::tensor::{FloatDType, Tensor};
 
 use super::attention::{bert_linear, layer_norm, Attention, AttentionConfig, KeyValue};
-use super::{linear_rows, QFormerConfig};
+use super::precision::linear;
+use super::QFormerConfig;
 use crate::kernels::{dropout, gelu, DropoutSite, Kernels};
 
 /// `LayerNorm(x + Dropout(Dense(GELU(Dense(x)))))`.
@@ -19,6 +20,9 @@ pub struct FeedForward<B: Kernels> {
     pub output: Linear<B>,
     pub norm: LayerNorm<B>,
     pub hidden_dropout: f64,
+    /// Precision of the two products (`None`: f32).
+    #[module(skip)]
+    pub compute: Option<FloatDType>,
 }
 
 impl<B: Kernels> FeedForward<B> {
@@ -28,12 +32,13 @@ impl<B: Kernels> FeedForward<B> {
             output: bert_linear(cfg.intermediate_size, cfg.hidden_size, cfg.initializer_range, device),
             norm: layer_norm(cfg.hidden_size, cfg.layer_norm_eps, device),
             hidden_dropout: cfg.hidden_dropout_prob,
+            compute: None,
         }
     }
 
     pub fn forward(&self, x: Tensor<B, 3>, site: Option<DropoutSite<'_>>) -> Tensor<B, 3> {
-        let h = gelu(linear_rows(&self.intermediate, x.clone()));
-        let h = dropout(linear_rows(&self.output, h), self.hidden_dropout, site);
+        let h = gelu(linear(&self.intermediate, x.clone(), self.compute));
+        let h = dropout(linear(&self.output, h, self.compute), self.hidden_dropout, site);
         self.norm.forward(h + x)
     }
 }
@@ -82,6 +87,17 @@ impl<B: Kernels> Layer<B> {
             ffn_text: FeedForward::new(cfg, device),
             ffn_query: FeedForward::new(cfg, device),
         }
+    }
+
+    /// Runs every product of the layer in `compute` (`None`: f32).
+    pub fn with_compute(mut self, compute: Option<FloatDType>) -> Self {
+        self.attention.compute = compute;
+        if let Some(cross) = &mut self.crossattention {
+            cross.compute = compute;
+        }
+        self.ffn_text.compute = compute;
+        self.ffn_query.compute = compute;
+        self
     }
 
     /// Returns the layer output and this pass's own self-attention keys/values (without prefix).

@@ -7,6 +7,7 @@ pub mod frozen;
 pub mod heads;
 pub mod layer;
 pub mod norm;
+pub mod precision;
 pub mod qformer;
 pub mod vit;
 

@@ -11,6 +11,7 @@ use super::attention::{layer_norm, KeyValue};
 use super::embeddings::Embeddings;
 use super::heads::LmHead;
 use super::layer::{Layer, LayerContext};
+use super::precision::Precision;
 use super::{linear_rows, QFormerConfig};
 use crate::kernels::{DropoutKeys, Kernels};
 
@@ -123,6 +124,16 @@ impl<B: Kernels> QFormer<B> {
             num_query: cfg.num_query_tokens,
             bos_token_id: cfg.bos_token_id,
         })
+    }
+
+    /// Runs the trunk's products (attention projections and products, feed-forward blocks, the
+    /// ITG transform) in `precision`, the weights staying f32 masters. The small ITC/ITM heads, the
+    /// fused vocabulary product and loss, LayerNorms and softmax stay f32 (PyTorch AMP's split).
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        let compute = precision.dtype();
+        self.layers = self.layers.into_iter().map(|l| l.with_compute(compute)).collect();
+        self.lm_head.compute = compute;
+        self
     }
 
     /// The temperature actually used, clamped to [`TEMP_RANGE`].

@@ -17,7 +17,8 @@ use burn::tensor::{activation, FloatDType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::attention::{layer_norm, scaled_dot_product, split_heads, KeyValue};
-use super::linear_rows;
+use super::precision::{self, Precision};
+
 use crate::kernels::Kernels;
 use crate::util::error::{Error, Result};
 
@@ -28,27 +29,6 @@ pub enum VitKind {
     #[default]
     Eva,
     Clip,
-}
-
-/// Precision of the encoder's matmuls. The residual stream, LayerNorms and attention stay f32
-/// (LAVIS likewise keeps LayerNorm, class token and positions in f32 when it halves the ViT).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    #[default]
-    F32,
-    Bf16,
-    F16,
-}
-
-impl Precision {
-    fn dtype(self) -> Option<FloatDType> {
-        match self {
-            Precision::F32 => None,
-            Precision::Bf16 => Some(FloatDType::BF16),
-            Precision::F16 => Some(FloatDType::F16),
-        }
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -209,13 +189,12 @@ impl<B: Kernels> Vit<B> {
         vit.with_precision(cfg.precision)
     }
 
-    /// Casts the matmul weights to `precision`; LayerNorms, class token and positions stay f32.
+    /// Stores the matmul weights in `precision` (frozen: no f32 master copy is needed); biases,
+    /// LayerNorms, class token and positions stay f32. Attention runs in f32, as LAVIS's
+    /// half-precision EVA encoder keeps its softmax in f32.
     pub fn with_precision(mut self, precision: Precision) -> Self {
         let Some(dt) = precision.dtype() else { return self };
-        let cast = |l: &mut Linear<B>| {
-            l.weight = Param::from_tensor(l.weight.val().cast(dt));
-            l.bias = l.bias.take().map(|b| Param::from_tensor(b.val().cast(dt)));
-        };
+        let cast = |l: &mut Linear<B>| l.weight = Param::from_tensor(l.weight.val().cast(dt));
         cast(&mut self.patch_embed);
         for b in &mut self.blocks {
             for l in [&mut b.qkv, &mut b.proj, &mut b.fc1, &mut b.fc2] {
@@ -226,12 +205,8 @@ impl<B: Kernels> Vit<B> {
         self
     }
 
-    /// A linear layer in the compute precision, returning f32.
     fn linear(&self, l: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        match self.compute {
-            None => linear_rows(l, x),
-            Some(dt) => linear_rows(l, x.cast(dt)).cast(FloatDType::F32),
-        }
+        precision::linear(l, x, self.compute)
     }
 
     fn block(&self, blk: &Block<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
@@ -239,7 +214,7 @@ impl<B: Kernels> Vit<B> {
         let qkv = self.linear(&blk.qkv, blk.norm1.forward(x.clone()));
         let part = |i: usize| split_heads(qkv.clone().slice([0..b, 0..s, i * d..(i + 1) * d]), blk.heads);
         let kv = KeyValue { key: part(1), value: part(2) };
-        let x = x + self.linear(&blk.proj, scaled_dot_product(part(0), &kv, None, 0.0, None));
+        let x = x + self.linear(&blk.proj, scaled_dot_product(part(0), &kv, None, 0.0, None, None));
         let h = self.linear(&blk.fc1, blk.norm2.forward(x.clone()));
         let h = if blk.quick_gelu { h.clone() * activation::sigmoid(h.mul_scalar(1.702)) } else { activation::gelu(h) };
         x + self.linear(&blk.fc2, h)

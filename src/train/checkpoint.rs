@@ -146,6 +146,7 @@ pub fn load<B: Kernels>(path: &Path, cfg: Option<&TrainConfig>, device: &B::Devi
     };
     check_config(&dir, &cfg)?;
     let (model, _) = load_weights::<B>(&dir.join(MODEL_FILE), Some(&cfg.model), device)?;
+    let model = model.with_precision(cfg.train.precision);
     Ok(Loaded { dir, cfg, state, model })
 }
 
@@ -322,8 +323,10 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
 /// weights (they only matter to a fresh run), `distributed` (the same global batch on another
 /// number of peers continues the same run), and where the data lies (the training data is judged
 /// by content, [`DataIdentity`]).
-const RESUMABLE_CHANGES: [&str; 12] = [
+const RESUMABLE_CHANGES: [&str; 13] = [
     "train.steps",
+    // Weights and optimizer state are f32 whatever precision the products run in.
+    "train.precision",
     "train.epochs",
     "train.run_name",
     "checkpoint",

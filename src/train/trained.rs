@@ -23,7 +23,8 @@ pub fn fresh_model<B: Kernels>(cfg: &TrainConfig, device: &B::Device) -> Result<
     let mut init = cfg.init.clone();
     init.weights = init.weights.as_deref().map(checkpoint::weights_file).transpose()?;
     B::seed(device, mix(cfg.train.seed, INIT_STREAM));
-    pretrained::apply(QFormer::new(&cfg.model, device), &cfg.model, &init, device)
+    let (model, lines) = pretrained::apply(QFormer::new(&cfg.model, device), &cfg.model, &init, device)?;
+    Ok((model.with_precision(cfg.train.precision), lines))
 }
 
 pub struct Trained<B: Kernels> {

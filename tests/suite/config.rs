@@ -236,3 +236,23 @@ fn command_line_settings_replace_what_a_file_sets() {
     let e = qformer::train::config::TrainConfig::load(&mini, &["train.clip_grad_norm=-1".into()]).unwrap_err().to_string();
     assert!(e.contains("train.clip_grad_norm"), "{e}");
 }
+
+#[test]
+fn half_precision_is_refused_on_cpu_backends_by_key() {
+    use qformer::model::precision::Precision;
+    use qformer::train::config::TrainConfig;
+    let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/tiny.toml");
+    for key in ["train.precision", "encoder.precision"] {
+        let e = TrainConfig::load(&tiny, &[format!("{key}=f16")]).unwrap_err().to_string();
+        assert!(e.contains(key) && e.contains("GPU backend") && e.contains("command line"), "{e}");
+    }
+    let e = TrainConfig::load(&tiny, &["train.precision=f8".into()]).unwrap_err().to_string();
+    assert!(e.contains("train.precision") || e.contains("f8"), "{e}");
+    let e = TrainConfig::load(&tiny, &["train.precision=bf16".into(), "train.backend=wgpu".into()]).unwrap_err().to_string();
+    assert!(e.contains("train.precision") && e.contains("no bf16"), "{e}");
+    let wgpu = TrainConfig::load(&tiny, &["train.precision=f16".into(), "train.backend=wgpu".into()]).unwrap();
+    assert_eq!(wgpu.train.precision, Precision::F16);
+    let cuda = TrainConfig::load(&tiny, &["train.precision=bf16".into(), "train.backend=cuda".into()]).unwrap();
+    assert_eq!(cuda.train.precision, Precision::Bf16);
+    assert_eq!(TrainConfig::load(&tiny, &[]).unwrap().train.precision, Precision::F32);
+}

@@ -11,7 +11,8 @@ use burn::tensor::{Tensor, TensorData};
 use qformer::interop::safetensors_io::SafetensorsFile;
 use qformer::interop::source::TensorSource;
 use qformer::interop::vit::{bicubic_resize, build_encoder};
-use qformer::model::vit::{Precision, VitConfig, VitKind};
+use qformer::model::precision::Precision;
+use qformer::model::vit::{VitConfig, VitKind};
 
 type B = Flex;
 

@@ -21,6 +21,7 @@ mod layers;
 mod losses;
 mod nodes;
 mod parity;
+mod precision;
 mod reliability;
 mod run_folder;
 mod torture;

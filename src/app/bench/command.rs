@@ -9,6 +9,7 @@ use super::{data_throughput, Bench, BenchFeatures, BenchReport};
 use crate::app::args::{BackendArg, ConfigArgs};
 use crate::data::feature_cache::CacheDtype;
 use crate::kernels::backend::dispatch;
+use crate::model::precision::Precision;
 use crate::model::vit::VitConfig;
 use crate::objectives::Objective;
 use crate::util::error::{Error, Result};
@@ -102,6 +103,19 @@ pub struct BenchArgs {
     /// tensor cores): adds model FLOP utilisation, the step's GFLOP/s against it.
     #[arg(long, value_parser = positive_tflops)]
     pub peak_tflops: Option<f64>,
+    /// Precision of the Q-Former's matmuls, as `train.precision`: f32, bf16 or f16 (half needs a
+    /// GPU backend).
+    #[arg(long, default_value = "f32", value_parser = precision)]
+    pub precision: Precision,
+}
+
+fn precision(s: &str) -> std::result::Result<Precision, String> {
+    match s {
+        "f32" => Ok(Precision::F32),
+        "bf16" => Ok(Precision::Bf16),
+        "f16" => Ok(Precision::F16),
+        _ => Err(format!("`{s}` is not a precision (f32, bf16, f16)")),
+    }
 }
 
 fn positive_tflops(s: &str) -> std::result::Result<f64, String> {
@@ -159,15 +173,20 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         features,
         peers: args.peers,
         peak_tflops: args.peak_tflops,
+        precision: args.precision,
     };
     let backend = args.backend.or_flex();
+    if let Some(why) = args.precision.refusal(backend) {
+        return Err(Error::input("--precision", why));
+    }
     let report = dispatch(backend, job)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report).map_err(|e| Error::input("bench", e.to_string()))?);
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "backend {backend:?}, preset {}, batch {} over {} peer(s), image tokens {image_tokens}, text {}, {} steps, features {label}",
+        "backend {backend:?} ({:?} matmuls), preset {}, batch {} over {} peer(s), image tokens {image_tokens}, text {}, {} steps, features {label}",
+        args.precision,
         args.preset.name(),
         args.batch,
         args.peers,

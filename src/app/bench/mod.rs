@@ -18,6 +18,7 @@ use crate::data::feature_cache::{decode_values, encode_values, CacheDtype};
 use crate::data::text::TextBatch;
 use crate::kernels::backend::BackendJob;
 use crate::kernels::TrainBackend;
+use crate::model::precision::Precision;
 use crate::model::vit::{Vit, VitConfig};
 use crate::model::{QFormer, QFormerConfig};
 use crate::objectives::{Objective, ObjectiveConfig};
@@ -47,6 +48,8 @@ pub struct Bench {
     pub peers: usize,
     /// The device's peak dense TFLOP/s for the step's precision, for the FLOP utilisation.
     pub peak_tflops: Option<f64>,
+    /// Precision of the Q-Former's matmuls.
+    pub precision: Precision,
 }
 
 /// The feature source a benchmark step includes.
@@ -380,7 +383,7 @@ impl BackendJob for Bench {
         for set in &bench.sets {
             // Drawn once, before the peers start: every peer holds the same weights.
             B::seed(&device, bench.seed);
-            let model = QFormer::<B>::new(&cfg, &device);
+            let model = QFormer::<B>::new(&cfg, &device).with_precision(bench.precision);
             let (bench, cfg, set) = (bench.clone(), cfg.clone(), set.clone());
             let dev = device.clone();
             results.push(launch::<B::InnerBackend, _, _>(

@@ -17,7 +17,7 @@ pub use sections::{
 };
 
 use crate::interop::pretrained::InitConfig;
-use crate::model::vit::{Precision, VitConfig};
+use crate::model::vit::VitConfig;
 use crate::model::QFormerConfig;
 use crate::objectives::ObjectiveConfig;
 use crate::util::error::{Error, Result};
@@ -98,11 +98,10 @@ impl TrainConfig {
         if self.encoder.width != self.model.encoder_hidden_size {
             return err("encoder.width", format!("must equal model.encoder_hidden_size ({})", self.model.encoder_hidden_size));
         }
-        if self.encoder.precision != Precision::F32 && !self.train.backend.is_gpu() {
-            return err(
-                "encoder.precision",
-                "half precision needs a GPU backend (train.backend = \"cuda\" or \"wgpu\"); the CPU backends run the encoder in f32".into(),
-            );
+        for (key, precision) in [("encoder.precision", self.encoder.precision), ("train.precision", self.train.precision)] {
+            if let Some(why) = precision.refusal(self.train.backend) {
+                return err(key, format!("{why} (train.backend = {:?})", self.train.backend));
+            }
         }
         let s = &self.schedule;
         if !(s.warmup_lr >= 0.0 && s.min_lr >= 0.0 && s.min_lr <= self.optim.lr) {

@@ -10,6 +10,7 @@ use crate::data::images::AugmentConfig;
 use crate::data::synth::SynthConfig;
 use crate::eval::retrieval::Recall;
 use crate::kernels::backend::BackendKind;
+use crate::model::precision::Precision;
 use crate::util::error::{Error, Result};
 
 /// An error about `key` of the config named `source`.
@@ -182,6 +183,10 @@ pub struct TrainSection {
     pub seed: u64,
     #[serde(default)]
     pub backend: BackendKind,
+    /// Precision of the Q-Former's matmuls (f32 master weights either way); half needs a GPU
+    /// backend.
+    #[serde(default)]
+    pub precision: Precision,
     /// Run name under `checkpoint.dir` (default: the config file's stem).
     #[serde(default)]
     pub run_name: Option<String>,
