@@ -64,14 +64,14 @@ pub struct Start {
 pub fn run(args: AblateArgs) -> Result<ExitCode> {
     let sweep = Sweep {
         config: args.config.config,
-        overrides: args.config.overrides,
+        overrides: args.backend.overrides(&args.config.overrides),
         variants: args.variants,
         seeds: args.seeds,
         resume: args.resume,
         overwrite: args.overwrite,
     };
-    let (dir, table) = ablate(&sweep, |mut cfg, name, start| {
-        let backend = args.backend.apply(&mut cfg);
+    let (dir, table) = ablate(&sweep, |cfg, name, start| {
+        let backend = cfg.train.backend;
         let console = Arc::new(Console::new(cfg.log.every));
         let job = TrainJob::new(cfg, name, start.resume).reporting(console.clone()).overwriting(start.overwrite);
         let outcome = dispatch(backend, job);

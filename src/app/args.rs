@@ -23,10 +23,17 @@ impl BackendArg {
         self.backend.unwrap_or(BackendKind::Flex)
     }
 
-    /// Writes the backend named on the command line into `cfg` (so the run records it).
-    pub fn apply(self, cfg: &mut TrainConfig) -> BackendKind {
-        cfg.train.backend = self.backend.unwrap_or(cfg.train.backend);
-        cfg.train.backend
+    /// `overrides`, then `--backend` as one more (`train.backend`): the config is validated for
+    /// the backend the run will use (half precision, devices), and the run records it.
+    pub fn overrides(self, overrides: &[String]) -> Vec<String> {
+        let mut all = overrides.to_vec();
+        all.extend(self.backend.map(|b| format!("train.backend={}", b.name())));
+        all
+    }
+
+    /// The config of a subcommand that computes ([`BackendArg::overrides`]).
+    pub fn config(self, args: &ConfigArgs) -> Result<TrainConfig> {
+        TrainConfig::load(&args.config, &self.overrides(&args.overrides))
     }
 }
 

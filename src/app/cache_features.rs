@@ -30,8 +30,8 @@ pub struct CacheFeaturesArgs {
 
 /// Builds the cache of every split and prints one line per split.
 pub fn run(args: CacheFeaturesArgs) -> Result<ExitCode> {
-    let mut cfg = args.config.load()?;
-    let backend = args.backend.apply(&mut cfg);
+    let cfg = args.backend.config(&args.config)?;
+    let backend = cfg.train.backend;
     for s in dispatch(backend, CacheFeatures { cfg, batch: args.batch })? {
         let failed =
             if s.failed > 0 { format!(", {} images failed (their records are skipped in training)", s.failed) } else { String::new() };

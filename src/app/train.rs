@@ -90,8 +90,8 @@ fn stop_on_signals() -> Result<Arc<AtomicBool>> {
 }
 
 pub fn run(args: TrainArgs) -> Result<ExitCode> {
-    let mut cfg = args.config.load()?;
-    let backend = args.backend.apply(&mut cfg);
+    let cfg = args.backend.config(&args.config)?;
+    let backend = cfg.train.backend;
     let name = run_name(&cfg, &args.config.config);
     let node = cfg.distributed.node;
     let (resume, overwrite) = resume_rule(args.resume, args.overwrite, cfg.checkpoint.dir.join(&name))?;

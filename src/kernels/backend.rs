@@ -22,6 +22,16 @@ impl BackendKind {
     pub fn is_gpu(self) -> bool {
         matches!(self, Self::Cuda | Self::Wgpu)
     }
+
+    /// The name configs and the command line use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Flex => "flex",
+            Self::Ndarray => "ndarray",
+            Self::Cuda => "cuda",
+            Self::Wgpu => "wgpu",
+        }
+    }
 }
 
 /// Work that runs on whichever backend is chosen.

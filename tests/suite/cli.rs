@@ -55,3 +55,21 @@ fn caption_refuses_impossible_lengths_and_beams() {
         assert!(!out.status.success() && (err.contains("at least 1") || err.contains("above --max-len")), "{args:?}: {err}");
     }
 }
+
+/// `--backend` is judged with the config: half precision is refused for the backend the run would
+/// use, named by key, before any data or device is touched (the config file says flex).
+#[test]
+fn precision_is_judged_for_the_backend_on_the_command_line() {
+    let run = |args: &[&str]| {
+        let out = crate::common::qformer("train").args(args).output();
+        assert!(!out.status.success(), "{args:?} ran");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let cpu = run(&["--set", "train.precision=f16"]);
+    assert!(cpu.contains("train.precision") && cpu.contains("GPU backend"), "{cpu}");
+    let wgpu = run(&["--backend", "wgpu", "--set", "train.precision=bf16"]);
+    assert!(wgpu.contains("train.precision") && wgpu.contains("no bf16"), "{wgpu}");
+    // f16 on wgpu passes, and the key checked after it is the one named.
+    let next = run(&["--backend", "wgpu", "--set", "train.precision=f16", "--set", "schedule.min_lr=1"]);
+    assert!(next.contains("schedule.min_lr") && !next.contains("train.precision"), "{next}");
+}
