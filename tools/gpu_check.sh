@@ -90,10 +90,11 @@ log "bench: qformer"
 "$QFORMER" bench --backend "$BACKEND" --preset "$PRESET" --batch "$BATCH" --text-len "$TEXT_LEN" --sets itc,itm,itg \
     --steps "$BENCH_STEPS" --precision "$PRECISION" --peak-tflops "$PEAK_TFLOPS" --json > "$OUT/bench-qformer.json"
 if "$PYTHON" -c "import torch, transformers" 2> /dev/null; then
-    log "bench: PyTorch ($TORCH_DEVICE, autocast $AMP)"
+    # Autocast is the GPU comparison; on a CPU PyTorch runs f32.
+    torch_amp=$([ "$TORCH_DEVICE" = cpu ] && echo none || echo "$AMP")
+    log "bench: PyTorch ($TORCH_DEVICE, autocast $torch_amp)"
     "$PYTHON" tools/bench_torch.py --preset "$PRESET" --batch "$BATCH" --text-len "$TEXT_LEN" --steps "$BENCH_STEPS" \
-        --device "$TORCH_DEVICE" --amp "$([ "$TORCH_DEVICE" = cpu ] && echo none || echo "$AMP")" --threads "$(nproc)" \
-        > "$OUT/bench-torch.json"
+        --device "$TORCH_DEVICE" --amp "$torch_amp" --threads "$(nproc)" > "$OUT/bench-torch.json"
 else
     log "bench: PyTorch skipped ($PYTHON has no torch and transformers)"
 fi
