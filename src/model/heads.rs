@@ -10,7 +10,7 @@ use burn::tensor::{FloatDType, Tensor};
 use crate::kernels::{gelu, lm_cross_entropy, Kernels};
 
 use super::attention::{bert_linear, layer_norm};
-use super::precision::linear;
+use super::precision::linear_2d;
 use super::QFormerConfig;
 
 #[derive(Module, Debug)]
@@ -35,7 +35,7 @@ impl<B: Kernels> LmHead<B> {
     }
 
     fn transform(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
-        self.norm.forward(gelu(linear(&self.dense, hidden.unsqueeze(), self.compute).squeeze_dim(0)))
+        self.norm.forward(gelu(linear_2d(&self.dense, hidden, self.compute)))
     }
 
     /// `hidden`: `[N, D]` rows to score; `word_embeddings`: `[V, D]`. Returns logits `[N, V]`.

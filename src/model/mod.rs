@@ -17,17 +17,7 @@ pub use qformer::{Pass, QFormer};
 
 use crate::kernels::Kernels;
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::nn::Linear;
 use burn::tensor::Tensor;
-
-/// Applies a `Linear` to `[B, S, D]` as one 2-D product: burn's backward for 3-D inputs is several
-/// times slower on CPU backends.
-pub(crate) fn linear_rows<B: Kernels>(linear: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
-    let [b, s, d] = x.dims();
-    let y = linear.forward(x.reshape([b * s, d]));
-    let out = y.dims()[1];
-    y.reshape([b, s, out])
-}
 
 /// burn draws a parameter's initial value lazily, at its first use, from whatever the backend RNG
 /// holds then (a later step's dropout seed, say). Drawing every value right after construction

@@ -7,12 +7,11 @@ use burn::nn::Linear;
 use burn::tensor::{FloatDType, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::linear_rows;
 use crate::kernels::backend::BackendKind;
 use crate::kernels::Kernels;
 
 /// Precision of a model's matmuls (`encoder.precision`, `train.precision`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     #[default]
@@ -45,18 +44,24 @@ impl Precision {
     }
 }
 
-/// `linear` applied to `[B, S, D]` with its product in `compute`; the bias is added in f32. A
-/// weight already stored in `compute` (the frozen encoder's) is not cast again.
+/// `linear` applied to `[B, S, D]` as one 2-D product (burn's backward for 3-D inputs is several
+/// times slower on CPU backends), in `compute`.
 pub(crate) fn linear<B: Kernels>(linear: &Linear<B>, x: Tensor<B, 3>, compute: Option<FloatDType>) -> Tensor<B, 3> {
-    let Some(dt) = compute else { return linear_rows(linear, x) };
     let [b, s, d] = x.dims();
-    let y = x.reshape([b * s, d]).cast(dt).matmul(linear.weight.val().cast(dt)).cast(FloatDType::F32);
-    let y = match &linear.bias {
-        Some(bias) => y + bias.val().unsqueeze(),
-        None => y,
-    };
+    let y = linear_2d(linear, x.reshape([b * s, d]), compute);
     let out = y.dims()[1];
     y.reshape([b, s, out])
+}
+
+/// `linear` applied to rows `[N, D]` with its product in `compute`; the bias is added in f32. A
+/// weight already stored in `compute` (the frozen encoder's) is not cast again.
+pub(crate) fn linear_2d<B: Kernels>(linear: &Linear<B>, x: Tensor<B, 2>, compute: Option<FloatDType>) -> Tensor<B, 2> {
+    let Some(dt) = compute else { return linear.forward(x) };
+    let y = x.cast(dt).matmul(linear.weight.val().cast(dt)).cast(FloatDType::F32);
+    match &linear.bias {
+        Some(bias) => y + bias.val().unsqueeze(),
+        None => y,
+    }
 }
 
 /// `a · b` with the product in `compute`, returned as f32.

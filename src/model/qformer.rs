@@ -11,8 +11,8 @@ use super::attention::{layer_norm, KeyValue};
 use super::embeddings::Embeddings;
 use super::heads::LmHead;
 use super::layer::{Layer, LayerContext};
-use super::precision::Precision;
-use super::{linear_rows, QFormerConfig};
+use super::precision::{linear, Precision};
+use super::QFormerConfig;
 use crate::kernels::{DropoutKeys, Kernels};
 
 /// Initial ITC temperature, as BLIP-2.
@@ -187,7 +187,7 @@ impl<B: Kernels> QFormer<B> {
 
     /// ITC image side: projected query outputs `[B, Q, E]` (not normalised).
     pub fn project_image(&self, query_out: Tensor<B, 3>) -> Tensor<B, 3> {
-        linear_rows(&self.vision_proj, query_out)
+        linear(&self.vision_proj, query_out, None)
     }
 
     /// ITC text side: projected `[CLS]` outputs `[B, E]` (not normalised).
@@ -197,7 +197,7 @@ impl<B: Kernels> QFormer<B> {
 
     /// ITM logits `[N, 2]`: the head applied to every query output, averaged over queries.
     pub fn itm_logits(&self, query_out: Tensor<B, 3>) -> Tensor<B, 2> {
-        linear_rows(&self.itm_head, query_out).mean_dim(1).squeeze_dim(1)
+        linear(&self.itm_head, query_out, None).mean_dim(1).squeeze_dim(1)
     }
 
     /// ITG loss (label-smoothed, mean over rows) of text rows `[N, D]` predicting `labels`.

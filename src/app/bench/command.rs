@@ -105,17 +105,8 @@ pub struct BenchArgs {
     pub peak_tflops: Option<f64>,
     /// Precision of the Q-Former's matmuls, as `train.precision`: f32, bf16 or f16 (half needs a
     /// GPU backend).
-    #[arg(long, default_value = "f32", value_parser = precision)]
+    #[arg(long, value_enum, default_value = "f32")]
     pub precision: Precision,
-}
-
-fn precision(s: &str) -> std::result::Result<Precision, String> {
-    match s {
-        "f32" => Ok(Precision::F32),
-        "bf16" => Ok(Precision::Bf16),
-        "f16" => Ok(Precision::F16),
-        _ => Err(format!("`{s}` is not a precision (f32, bf16, f16)")),
-    }
 }
 
 fn positive_tflops(s: &str) -> std::result::Result<f64, String> {
