@@ -23,6 +23,12 @@ pub struct SynthArgs {
     /// Seed of the scenes (the same seed gives the same set).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Radius of a small object, as a fraction of the image side (`data.synth.small_radius`).
+    #[arg(long)]
+    pub small_radius: Option<f32>,
+    /// Radius of a large object, as a fraction of the image side (`data.synth.large_radius`).
+    #[arg(long)]
+    pub large_radius: Option<f32>,
     /// Replace a set already in the folder (its annotations and every image).
     #[arg(long)]
     pub overwrite: bool,
@@ -41,7 +47,10 @@ pub fn run(args: SynthArgs) -> Result<ExitCode> {
         }
         synth::remove_set(&args.out)?;
     }
-    let (train, eval) = synth::generate(&args.out, args.n, args.n_eval, args.size, args.seed)?;
+    let mut spec = synth::SynthConfig::new(args.n, args.n_eval, args.seed);
+    spec.small_radius = args.small_radius.unwrap_or(spec.small_radius);
+    spec.large_radius = args.large_radius.unwrap_or(spec.large_radius);
+    let (train, eval) = synth::generate(&args.out, &spec, args.size)?;
     println!("wrote {} and {}", train.display(), eval.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -24,7 +24,53 @@ pub struct SynthConfig {
     pub train: usize,
     pub eval: usize,
     pub seed: u64,
+    /// Radius of a small object, as a fraction of the image side.
+    #[serde(default = "default_small")]
+    pub small_radius: f32,
+    /// Radius of a large object, as a fraction of the image side.
+    #[serde(default = "default_large")]
+    pub large_radius: f32,
 }
+
+/// The object radii of every set generated before they were configurable.
+const LEGACY_RADII: (f32, f32) = (0.09, 0.16);
+
+fn default_small() -> f32 {
+    LEGACY_RADII.0
+}
+
+fn default_large() -> f32 {
+    LEGACY_RADII.1
+}
+
+/// Centres of the two objects are at least 0.44 of the side apart: larger radii would overlap.
+const MAX_RADIUS: f32 = 0.22;
+
+impl SynthConfig {
+    pub fn new(train: usize, eval: usize, seed: u64) -> Self {
+        Self { train, eval, seed, small_radius: default_small(), large_radius: default_large() }
+    }
+
+    /// Small below large, and two large objects side by side without overlapping.
+    pub fn validate(&self, source: &str) -> Result<()> {
+        let (s, l) = (self.small_radius, self.large_radius);
+        if !(s > 0.0 && s < l && l <= MAX_RADIUS) {
+            let msg = format!("need 0 < small_radius < large_radius <= {MAX_RADIUS} (got {s} and {l})");
+            return Err(Error::config("data.synth.small_radius", msg, source));
+        }
+        Ok(())
+    }
+}
+
+/// What a generated set was made from, kept beside it ([`MANIFEST_FILE`]) so that a config asking
+/// for another set is told, not trained on the old one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Manifest {
+    synth: SynthConfig,
+    image_size: u32,
+}
+
+const MANIFEST_FILE: &str = "synth.json";
 
 /// Where the default config keeps the generated shapes set (below the checkout, or the folder a
 /// copied config names): the only place it is generated on demand, so that a mistyped path is an
@@ -37,8 +83,9 @@ pub fn ensure(train: &Path, synth: Option<&SynthConfig>, image_size: u32, report
     let plain: std::path::PathBuf = train.components().filter(|c| !matches!(c, std::path::Component::CurDir)).collect();
     let out = train.parent().unwrap_or(Path::new("."));
     if train.exists() {
-        // A set generated before the vocabulary was part of it gets it.
-        if synth.is_some() && plain.ends_with(DEFAULT_TRAIN) {
+        if let Some(s) = synth.filter(|_| plain.ends_with(DEFAULT_TRAIN)) {
+            matches_config(out, s, image_size)?;
+            // A set generated before the vocabulary was part of it gets it.
             write_vocabulary(out)?;
         }
         return Ok(());
@@ -56,7 +103,40 @@ pub fn ensure(train: &Path, synth: Option<&SynthConfig>, image_size: u32, report
         }
     };
     reporter.note(&format!("generating {} + {} synthetic scenes in {}", s.train, s.eval, out.display()));
-    generate(out, s.train, s.eval, image_size, s.seed)?;
+    generate(out, s, image_size)?;
+    Ok(())
+}
+
+/// Refuses a generated set made with other parameters than `[data.synth]` asks for. A set from
+/// before the manifest was written holds the legacy radii, and nothing else is known of it.
+fn matches_config(out: &Path, synth: &SynthConfig, image_size: u32) -> Result<()> {
+    let path = out.join(MANIFEST_FILE);
+    let regenerate = format!("remove {} to have it generated again, or point data.train elsewhere", out.display());
+    let wanted = Manifest { synth: synth.clone(), image_size };
+    let found = match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice::<Manifest>(&bytes).map_err(|e| Error::file(&path, format!("not a synth manifest: {e}")))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if (synth.small_radius, synth.large_radius) == LEGACY_RADII {
+                return Ok(());
+            }
+            let msg = format!(
+                "{} was generated before object sizes were recorded (radii {} and {}); the config asks for {} and {}: {regenerate}",
+                out.display(),
+                LEGACY_RADII.0,
+                LEGACY_RADII.1,
+                synth.small_radius,
+                synth.large_radius
+            );
+            return Err(Error::config("data.synth", msg, "config"));
+        }
+        Err(e) => return Err(Error::io(&path, e)),
+    };
+    if found != wanted {
+        let json = |m: &Manifest| serde_json::to_string(m).expect("json");
+        let msg =
+            format!("{} holds a set generated from {}; the config asks for {}: {regenerate}", out.display(), json(&found), json(&wanted));
+        return Err(Error::config("data.synth", msg, "config"));
+    }
     Ok(())
 }
 
@@ -110,7 +190,7 @@ fn draw(img: &mut RgbImage, o: &Object, cx: f32, cy: f32, r: f32) {
 }
 
 /// One scene and its two captions.
-fn scene(size: u32, rng: &mut ChaCha8Rng) -> (RgbImage, [String; 2]) {
+fn scene(size: u32, radii: (f32, f32), rng: &mut ChaCha8Rng) -> (RgbImage, [String; 2]) {
     let (a, b) = (Object::random(rng), Object::random(rng));
     let (rel, converse, dx, dy) = RELATIONS[rng.random_range(0..RELATIONS.len())];
     let s = size as f32;
@@ -119,7 +199,7 @@ fn scene(size: u32, rng: &mut ChaCha8Rng) -> (RgbImage, [String; 2]) {
         let n = rng.random_range(0..12u8);
         Rgb([bg + n, bg + n, bg + n])
     });
-    let radius = |o: &Object| s * if o.size == 0 { 0.09 } else { 0.16 };
+    let radius = |o: &Object| s * if o.size == 0 { radii.0 } else { radii.1 };
     // Object a sits on the `rel` side of b, with some jitter along both axes.
     let offset = s * rng.random_range(0.22..0.3);
     let (mx, my) = (s * 0.5 + rng.random_range(-0.05..0.05) * s, s * 0.5 + rng.random_range(-0.05..0.05) * s);
@@ -133,7 +213,7 @@ fn scene(size: u32, rng: &mut ChaCha8Rng) -> (RgbImage, [String; 2]) {
 }
 
 /// The files of a generated set.
-const SET_FILES: [&str; 4] = ["train.json", "eval.json", "images", VOCAB_FILE];
+const SET_FILES: [&str; 5] = ["train.json", "eval.json", "images", VOCAB_FILE, MANIFEST_FILE];
 
 /// The set's own WordPiece vocabulary (`text.tokenizer`): BERT's special tokens and the grammar's
 /// words, 22 entries, so `[DEC]` is id 22 (`model.vocab_size = 23`, `model.bos_token_id = 22`).
@@ -181,13 +261,15 @@ pub fn remove_set(out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes `n_train` + `n_eval` scenes of `size` px under `out`: `images/`, `eval.json`, then
-/// `train.json`, each atomically: `train.json` existing means the set is complete, so a run
-/// killed while generating regenerates it.
-pub fn generate(out: &Path, n_train: usize, n_eval: usize, size: u32, seed: u64) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+/// Writes `synth.train` + `synth.eval` scenes of `size` px under `out`: `images/`, `eval.json`,
+/// the manifest, then `train.json`, each atomically: `train.json` existing means the set is
+/// complete, so a run killed while generating regenerates it.
+pub fn generate(out: &Path, synth: &SynthConfig, size: u32) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+    synth.validate("config")?;
     let images = out.join("images");
     std::fs::create_dir_all(&images).map_err(|e| Error::io(&images, e))?;
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut rng = ChaCha8Rng::seed_from_u64(synth.seed);
+    let radii = (synth.small_radius, synth.large_radius);
     let write_split = |name: &str, scenes: Vec<(RgbImage, [String; 2])>, offset: usize| -> Result<std::path::PathBuf> {
         let mut entries = Vec::with_capacity(scenes.len());
         for (i, (img, captions)) in scenes.into_iter().enumerate() {
@@ -203,10 +285,12 @@ pub fn generate(out: &Path, n_train: usize, n_eval: usize, size: u32, seed: u64)
         Ok(path)
     };
     // Scenes are drawn train first, as always; the files are written eval first.
-    let train_scenes: Vec<_> = (0..n_train).map(|_| scene(size, &mut rng)).collect();
-    let eval_scenes: Vec<_> = (0..n_eval).map(|_| scene(size, &mut rng)).collect();
-    let eval = write_split("eval", eval_scenes, n_train)?;
+    let train_scenes: Vec<_> = (0..synth.train).map(|_| scene(size, radii, &mut rng)).collect();
+    let eval_scenes: Vec<_> = (0..synth.eval).map(|_| scene(size, radii, &mut rng)).collect();
+    let eval = write_split("eval", eval_scenes, synth.train)?;
     write_vocabulary(out)?;
+    let manifest = Manifest { synth: synth.clone(), image_size: size };
+    write_atomic(&out.join(MANIFEST_FILE), serde_json::to_string_pretty(&manifest).expect("json").as_bytes())?;
     let train = write_split("train", train_scenes, 0)?;
     Ok((train, eval))
 }
@@ -317,7 +401,7 @@ mod tests {
         // Every generated scene's captions parse to its two objects.
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         for _ in 0..50 {
-            let (_, [first, second]) = scene(32, &mut rng);
+            let (_, [first, second]) = scene(32, LEGACY_RADII, &mut rng);
             assert_eq!(names_both_objects(&second, &first), Some(true), "{first} / {second}");
         }
     }
@@ -341,7 +425,7 @@ mod tests {
         }
         let mut rng = ChaCha8Rng::seed_from_u64(4);
         for _ in 0..50 {
-            let (_, [first, second]) = scene(32, &mut rng);
+            let (_, [first, second]) = scene(32, LEGACY_RADII, &mut rng);
             assert_eq!(Scene::parse(&first), Scene::parse(&second), "{first} / {second}");
         }
     }
@@ -350,7 +434,7 @@ mod tests {
     fn the_default_set_is_generated_where_any_config_puts_data_shapes_with_its_vocabulary() {
         let root = std::env::temp_dir().join(format!("qformer-synth-ensure-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
-        let synth = SynthConfig { train: 3, eval: 2, seed: 1 };
+        let synth = SynthConfig::new(3, 2, 1);
         let reporter = crate::util::report::Silent;
         // An absolute path ending in the default location: generated, vocabulary included.
         let train = root.join(DEFAULT_TRAIN);
@@ -378,9 +462,36 @@ mod tests {
     }
 
     #[test]
+    fn a_set_made_with_other_parameters_is_refused_not_trained_on() {
+        let root = std::env::temp_dir().join(format!("qformer-synth-manifest-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let reporter = crate::util::report::Silent;
+        let train = root.join(DEFAULT_TRAIN);
+        let synth = SynthConfig { small_radius: 0.12, large_radius: 0.2, ..SynthConfig::new(3, 2, 1) };
+        ensure(&train, Some(&synth), 16, &reporter).unwrap();
+        ensure(&train, Some(&synth), 16, &reporter).unwrap();
+        for other in [SynthConfig::new(3, 2, 1), SynthConfig { seed: 2, ..synth.clone() }] {
+            let e = ensure(&train, Some(&other), 16, &reporter).unwrap_err().to_string();
+            assert!(e.contains("data.synth") && e.contains("remove"), "{e}");
+        }
+        assert!(ensure(&train, Some(&synth), 32, &reporter).unwrap_err().to_string().contains("image_size"));
+        // A set from before the manifest: the legacy radii pass, others are refused.
+        std::fs::remove_file(train.with_file_name(MANIFEST_FILE)).unwrap();
+        ensure(&train, Some(&SynthConfig::new(3, 2, 1)), 16, &reporter).unwrap();
+        let e = ensure(&train, Some(&synth), 16, &reporter).unwrap_err().to_string();
+        assert!(e.contains("before object sizes were recorded"), "{e}");
+        std::fs::remove_dir_all(&root).unwrap();
+        // Radii that overlap or invert are refused by key.
+        for (s, l) in [(0.0, 0.1), (0.2, 0.1), (0.1, 0.3)] {
+            let bad = SynthConfig { small_radius: s, large_radius: l, ..SynthConfig::new(3, 2, 1) };
+            assert!(bad.validate("t").unwrap_err().to_string().contains("data.synth.small_radius"));
+        }
+    }
+
+    #[test]
     fn scenes_are_deterministic_and_captioned() {
-        let a = scene(32, &mut ChaCha8Rng::seed_from_u64(9));
-        let b = scene(32, &mut ChaCha8Rng::seed_from_u64(9));
+        let a = scene(32, LEGACY_RADII, &mut ChaCha8Rng::seed_from_u64(9));
+        let b = scene(32, LEGACY_RADII, &mut ChaCha8Rng::seed_from_u64(9));
         assert_eq!(a.0, b.0);
         assert_eq!(a.1, b.1);
         let words: Vec<&str> = a.1[0].split(' ').collect();

@@ -188,7 +188,12 @@ impl RunConfig {
     /// `qformer synth` would) and checkpoints under `dir`.
     pub fn write(&self, dir: &Path, name: &str) -> PathBuf {
         if !dir.join("shapes/train.json").exists() {
-            qformer::data::synth::generate(&dir.join("shapes"), self.synth.0, self.synth.1, self.image_size, 1).unwrap();
+            qformer::data::synth::generate(
+                &dir.join("shapes"),
+                &qformer::data::synth::SynthConfig::new(self.synth.0, self.synth.1, 1),
+                self.image_size,
+            )
+            .unwrap();
         }
         let d = dir.display();
         let text = format!(

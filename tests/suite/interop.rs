@@ -124,7 +124,8 @@ fn lavis_checkpoint_continues_training() {
     let _ = std::fs::remove_dir_all(&dir);
     let cfg = config(&[]);
     // The set lives outside the default location, so it is made explicitly (as `qformer synth`).
-    qformer::data::synth::generate(&dir.join("shapes"), 24, 8, cfg.encoder.image_size as u32, 1).unwrap();
+    qformer::data::synth::generate(&dir.join("shapes"), &qformer::data::synth::SynthConfig::new(24, 8, 1), cfg.encoder.image_size as u32)
+        .unwrap();
     let outcome = dispatch(BackendKind::Flex, TrainJob::new(cfg.clone(), "continue", None)).unwrap();
     assert_eq!(outcome.steps, 3);
     assert!(outcome.last.loss.is_finite() && outcome.last.loss_itm.is_some() && outcome.last.loss_itg.is_some());
@@ -145,7 +146,7 @@ fn eval_takes_an_export_folder_or_a_lavis_file_with_a_config() {
     let cfg = config(&[]);
     let shapes = root().join("target/lavis-continue/shapes");
     if !shapes.join("train.json").exists() {
-        qformer::data::synth::generate(&shapes, 24, 8, cfg.encoder.image_size as u32, 1).unwrap();
+        qformer::data::synth::generate(&shapes, &qformer::data::synth::SynthConfig::new(24, 8, 1), cfg.encoder.image_size as u32).unwrap();
     }
     let eval = |weights: &Path, with_config: bool| {
         let mut cmd = common::qformer("eval").arg("--checkpoint").arg(weights).args(["--max-images", "6", "--json"]);

@@ -64,6 +64,9 @@ impl DataConfig {
         if self.prefetch == 0 {
             return err("data.prefetch", "must be > 0");
         }
+        if let Some(s) = &self.synth {
+            s.validate(source)?;
+        }
         if self.features == FeatureSource::Cache && self.cache.is_none() {
             return err("data.features", "\"cache\" needs a [data.cache] section (dir, dtype, views)");
         }
