@@ -104,6 +104,11 @@ pub fn image_key(source: &ImageSource) -> String {
     }
 }
 
+/// Whether `split` has a cache index in `cache.dir` (built, not necessarily for this config).
+pub fn is_built(cache: &CacheConfig, split: &str) -> bool {
+    files(&cache.dir, split).1.exists()
+}
+
 fn files(dir: &Path, split: &str) -> (PathBuf, PathBuf) {
     (dir.join(format!("{split}.bin")), dir.join(format!("{split}.json")))
 }

@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod collective;
 pub mod config;
 pub mod diagnostics;
+pub mod frozen_cache;
 pub mod gradients;
 pub mod leader;
 pub mod metrics;

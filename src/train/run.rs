@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use super::checkpoint::{self, DataIdentity, TrainState};
 use super::collective::{launch, Exchange};
+use super::frozen_cache::{build_cache, Rebuild};
 use super::leader::{load_eval_set, Leader, StepEnd};
 use super::metrics::{MetricsLog, Progress, StepMetrics};
 use super::optim::AdamW;
@@ -91,6 +92,9 @@ pub fn ensure_data(cfg: &TrainConfig, reporter: &dyn Reporter) -> Result<()> {
     synth::ensure(&cfg.data.train, cfg.data.synth.as_ref(), cfg.encoder.image_size as u32, reporter)
 }
 
+/// Images per encoder forward when a run builds its feature cache.
+const CACHE_BATCH: usize = 32;
+
 /// The run's frozen-feature source, with the training and held-out transforms that feed it.
 fn frozen_source<B: Kernels>(cfg: &TrainConfig, device: &B::Device, reporter: &dyn Reporter) -> Result<(Frozen<B>, Transform, Transform)> {
     let d = &cfg.data;
@@ -103,6 +107,10 @@ fn frozen_source<B: Kernels>(cfg: &TrainConfig, device: &B::Device, reporter: &d
     let mut eval = Transform { augment: None, ..train.clone() };
     let frozen = match (d.features, &d.cache) {
         (FeatureSource::Cache, Some(cache)) => {
+            // One node builds what is missing; several would race for the same files.
+            if cfg.distributed.nodes == 1 {
+                build_cache::<B>(cfg, device, CACHE_BATCH, Rebuild::Missing, reporter)?;
+            }
             let open = |path: &Path, split| FeatureCache::open(cache, &cfg.encoder, path, &d.augment, split).map(Arc::new);
             let c = open(&d.train, "train")?;
             reporter.note(&format!(

@@ -272,6 +272,16 @@ fn training_from_the_feature_cache_equals_training_from_images() {
     }
     assert_eq!(images.recall, cached.recall, "held-out retrieval from cached eval features");
 
+    // A run whose cache is missing builds it first (both splits) and trains the same.
+    let auto_cache =
+        [format!("data.cache.dir=\"{}/cache-auto\"", dir.display()), "data.cache.dtype=\"f32\"".into(), "data.cache.views=0".into()];
+    let auto_run = ["data.features=\"cache\"".to_string(), format!("checkpoint.dir=\"{}/e\"", dir.display())];
+    let auto = train(&cfg, &with(&with(&eval_transform, &auto_cache), &auto_run), None).unwrap();
+    assert!(dir.join("cache-auto/train.json").exists() && dir.join("cache-auto/eval.json").exists());
+    for (x, y) in a.iter().zip(&common::losses(&auto.run_dir)) {
+        assert!((x - y).abs() <= 1e-6 * x.abs(), "from images {a:?}, from the cache the run built: {y}");
+    }
+
     // Half precision and augmented views train too; the f16 losses stay close to f32.
     cache_features(&cfg, &cache("f16", 0).into_iter().chain(eval_transform.clone()).collect::<Vec<_>>()).unwrap();
     let half = train(
