@@ -24,11 +24,11 @@ pub struct SynthArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Radius of a small object, as a fraction of the image side (`data.synth.small_radius`).
-    #[arg(long)]
-    pub small_radius: Option<f32>,
+    #[arg(long, default_value_t = synth::LEGACY_RADII.0)]
+    pub small_radius: f32,
     /// Radius of a large object, as a fraction of the image side (`data.synth.large_radius`).
-    #[arg(long)]
-    pub large_radius: Option<f32>,
+    #[arg(long, default_value_t = synth::LEGACY_RADII.1)]
+    pub large_radius: f32,
     /// Replace a set already in the folder (its annotations and every image).
     #[arg(long)]
     pub overwrite: bool,
@@ -47,9 +47,11 @@ pub fn run(args: SynthArgs) -> Result<ExitCode> {
         }
         synth::remove_set(&args.out)?;
     }
-    let mut spec = synth::SynthConfig::new(args.n, args.n_eval, args.seed);
-    spec.small_radius = args.small_radius.unwrap_or(spec.small_radius);
-    spec.large_radius = args.large_radius.unwrap_or(spec.large_radius);
+    let spec = synth::SynthConfig {
+        small_radius: args.small_radius,
+        large_radius: args.large_radius,
+        ..synth::SynthConfig::new(args.n, args.n_eval, args.seed)
+    };
     let (train, eval) = synth::generate(&args.out, &spec, args.size)?;
     println!("wrote {} and {}", train.display(), eval.display());
     Ok(ExitCode::SUCCESS)

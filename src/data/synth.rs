@@ -32,8 +32,9 @@ pub struct SynthConfig {
     pub large_radius: f32,
 }
 
-/// The object radii of every set generated before they were configurable.
-const LEGACY_RADII: (f32, f32) = (0.09, 0.16);
+/// The object radii (small, large) by default, and of every set generated before they were
+/// configurable.
+pub const LEGACY_RADII: (f32, f32) = (0.09, 0.16);
 
 fn default_small() -> f32 {
     LEGACY_RADII.0
