@@ -46,6 +46,11 @@ pub struct VitConfig {
     /// Random weights are drawn from this seed when `weights` is not set.
     #[serde(default)]
     pub seed: u64,
+    /// Standard deviation of a random encoder's position embedding; default 0.02, a trained
+    /// ViT's initialisation. At 0.02 the positions are a 2 % ripple on patch embeddings of unit
+    /// scale, so a random encoder's tokens hardly say where they are; a trained encoder's do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position_std: Option<f64>,
     /// Defaults: 1e-6 for `eva`, 1e-5 for `clip`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layer_norm_eps: Option<f64>,
@@ -71,6 +76,7 @@ impl VitConfig {
             heads: 16,
             mlp_ratio: 4.3637,
             seed: 0,
+            position_std: None,
             layer_norm_eps: None,
             weights: None,
             precision: Precision::F32,
@@ -113,6 +119,14 @@ impl VitConfig {
         if !(self.mlp_ratio > 0.0) {
             return err("mlp_ratio", "must be > 0");
         }
+        if let Some(std) = self.position_std {
+            if !(std.is_finite() && std >= 0.0) {
+                return err("position_std", "must be a finite number >= 0");
+            }
+            if self.weights.is_some() {
+                return err("position_std", "sets a random encoder's positions; a checkpoint (encoder.weights) brings its own");
+            }
+        }
         if let Some(w) = &self.weights {
             if !w.exists() {
                 return err("weights", &format!("file not found: {}", w.display()));
@@ -154,13 +168,14 @@ impl<B: Kernels> Vit<B> {
     pub fn random(cfg: &VitConfig, device: &B::Device) -> Self {
         B::seed(device, cfg.seed);
         let normal = Initializer::Normal { mean: 0.0, std: 0.02 };
+        let positions = Initializer::Normal { mean: 0.0, std: cfg.position_std.unwrap_or(0.02) };
         let linear =
             |i, o| LinearConfig::new(i, o).with_initializer(Initializer::Normal { mean: 0.0, std: (1.0 / i as f64).sqrt() }).init(device);
         let eps = cfg.eps();
         let vit = super::materialize(Self {
             patch_embed: linear(3 * cfg.patch_size * cfg.patch_size, cfg.width),
             cls_token: normal.init([1, 1, cfg.width], device),
-            pos_embed: normal.init([1, cfg.num_tokens(), cfg.width], device),
+            pos_embed: positions.init([1, cfg.num_tokens(), cfg.width], device),
             pre_norm: (cfg.kind == VitKind::Clip).then(|| layer_norm(cfg.width, eps, device)),
             blocks: (0..cfg.depth)
                 .map(|_| {

@@ -203,6 +203,8 @@ fn config_errors_name_key_and_file() {
     assert!(range.contains("--set optim.lr=-1") && !range.contains("mini.toml"), "{range}");
     let width = e("encoder.width=30");
     assert!(width.contains("encoder.width"), "{width}");
+    let positions = e("encoder.position_std=-0.5");
+    assert!(positions.contains("encoder.position_std") && positions.contains("--set encoder.position_std=-0.5"), "{positions}");
     assert!(e("bad").contains("section.key=value"));
     // A key from the file is still blamed on the file.
     std::fs::write(&cfg, std::fs::read_to_string(&cfg).unwrap().replace("[train]\n", "[train]\nbatch_sise = 3\n")).unwrap();

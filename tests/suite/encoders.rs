@@ -30,6 +30,7 @@ fn config(kind: VitKind, image_size: usize, depth: usize, weights: &str) -> VitC
         heads: 4,
         mlp_ratio: 4.0,
         seed: 0,
+        position_std: None,
         layer_norm_eps: None,
         weights: Some(fixture(weights)),
         precision: Precision::F32,
@@ -148,4 +149,33 @@ fn half_precision_matmuls_stay_close_to_f32() {
         eprintln!("{precision:?}: max error {err:.2e} of the largest feature");
         assert!(err < tol && err > 0.0, "{precision:?}: {err:e}");
     }
+}
+
+/// `encoder.position_std` scales a random encoder's position embedding and nothing else: the
+/// same draws (0.5 / 0.02 = 25 times larger), every other tensor bit-identical; with pretrained
+/// weights it is refused by name.
+#[test]
+fn a_random_encoders_position_scale_is_its_own_key() {
+    let _turn = common::serial();
+    let base = VitConfig { image_size: 16, patch_size: 8, width: 32, depth: 1, heads: 4, ..VitConfig::preset("tiny").unwrap() };
+    let scaled = VitConfig { position_std: Some(0.5), ..base.clone() };
+    let tensors = |cfg: &VitConfig| qformer::interop::vit::hf_blip2_tensors(&build_encoder::<Flex>(cfg, &Default::default()).unwrap().0);
+    let (a, b) = (tensors(&base), tensors(&scaled));
+    assert_eq!(a.len(), b.len());
+    for ((name, _, x), (_, _, y)) in a.iter().zip(&b) {
+        if name.ends_with("position_embedding") {
+            let std = (y.iter().map(|v| v * v).sum::<f32>() / y.len() as f32).sqrt();
+            assert!((0.4..0.6).contains(&std), "{name}: std {std}");
+            for (x, y) in x.iter().zip(y) {
+                assert!((x * 25.0 - y).abs() <= 1e-6 * y.abs().max(1.0), "{name}: {x} × 25 against {y}");
+            }
+        } else {
+            assert_eq!(x, y, "{name}");
+        }
+    }
+    let with_weights = VitConfig { weights: Some(fixture("eva_lavis.pth")), ..scaled.clone() };
+    let e = with_weights.validate("test").unwrap_err().to_string();
+    assert!(e.contains("encoder.position_std"), "{e}");
+    let e = VitConfig { position_std: Some(-1.0), ..base }.validate("test").unwrap_err().to_string();
+    assert!(e.contains("encoder.position_std"), "{e}");
 }

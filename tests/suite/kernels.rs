@@ -1,7 +1,8 @@
 //! The fused kernels against burn's own composed ops, forward and gradient, on `flex` (its
 //! hand-written loops), `ndarray` (the composed fallback inside the fused autodiff op) and, built
 //! with `--features wgpu`, burn's wgpu backend (the same fallback on cubecl, CUDA's code path).
-//! Tolerance: 2e-6 of the largest magnitude compared, i.e. f32 rounding.
+//! Tolerance: 2e-6 of the largest magnitude compared, i.e. f32 rounding, except where a Vulkan
+//! driver's `exp` is involved (see [`VULKAN_EXP_TOL`]).
 
 use burn::backend::{Autodiff, Flex, NdArray};
 use burn::nn::LayerNormConfig;
@@ -13,13 +14,23 @@ use qformer::model::norm::LayerNorm;
 
 const TOL: f32 = 2e-6;
 
+/// Ops built on `exp` (softmax, GELU, cross-entropy) on wgpu. Vulkan only requires `exp(x)` within
+/// 3 + 2·|x| ULP, and the cross-entropy logits here reach |x − max| ≈ 30: up to 63 ULP, 7.5e-6
+/// relative. Measured on lavapipe: the cross-entropy gradient off by 2.7e-6 of a 0.45 scale (6.0e-6
+/// relative) on the CI machine's CPU, within 2e-6 on another; llvmpipe's `exp` differs by CPU.
+const VULKAN_EXP_TOL: f32 = 1e-5;
+
 fn close<B: Backend, const D: usize>(got: Tensor<B, D>, want: Tensor<B, D>, what: &str) {
+    close_within(got, want, TOL, what);
+}
+
+fn close_within<B: Backend, const D: usize>(got: Tensor<B, D>, want: Tensor<B, D>, tol: f32, what: &str) {
     let got = got.into_data().to_vec::<f32>().unwrap();
     let want = want.into_data().to_vec::<f32>().unwrap();
     assert_eq!(got.len(), want.len(), "{what}: length");
     let scale = want.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
     let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-    assert!(worst <= TOL * scale, "{what}: max error {worst:e} of scale {scale:e}");
+    assert!(worst <= tol * scale, "{what}: max error {worst:e} of scale {scale:e}");
 }
 
 /// The same random values on a fresh leaf each time (one per side of a comparison).
@@ -61,7 +72,7 @@ where
     close(ba.grad(&ga).unwrap(), bb.grad(&gb).unwrap(), "layer norm dbeta");
 }
 
-fn softmax_and_gelu_match<B: TrainBackend>()
+fn softmax_and_gelu_match<B: TrainBackend>(exp_tol: f32)
 where
     B::Device: Default,
 {
@@ -72,7 +83,7 @@ where
     let mask = random::<B, 4>([2, 1, 7, 19], 8, 2.0);
     let mask_values = mask.clone();
     let (ya, yb) = (kernels::attention_softmax(xa.clone(), Some(mask.clone()), 0.5), softmax(xb.clone().mul_scalar(0.5) + mask, 3));
-    close(ya.clone(), yb, "softmax forward");
+    close_within(ya.clone(), yb, exp_tol, "softmax forward");
     let ga = (ya * g.clone()).sum().backward();
     // Gradient in f64 on the host: 0.5·y·(g − Σ g·y) per row of 19 (y from the same inputs).
     let xs = (x.clone().mul_scalar(0.5) + mask_values).to_data().to_vec::<f32>().unwrap();
@@ -87,16 +98,16 @@ where
         want.extend(y.iter().zip(grow).map(|(y, &g)| (0.5 * y * (g as f64 - dot)) as f32));
     }
     let want = Tensor::<B::InnerBackend, 4>::from_data(TensorData::new(want, [2, 3, 7, 19]), &Default::default());
-    close(xa.grad(&ga).unwrap(), want, "softmax gradient");
+    close_within(xa.grad(&ga).unwrap(), want, exp_tol, "softmax gradient");
 
     let (xa, xb) = (leaf(&x), leaf(&x));
     let (ya, yb) = (kernels::gelu(xa.clone()), gelu(xb.clone()));
-    close(ya.clone(), yb.clone(), "gelu forward");
+    close_within(ya.clone(), yb.clone(), exp_tol, "gelu forward");
     let (ga, gb) = ((ya * g.clone()).sum().backward(), (yb * g).sum().backward());
-    close(xa.grad(&ga).unwrap(), xb.grad(&gb).unwrap(), "gelu gradient");
+    close_within(xa.grad(&ga).unwrap(), xb.grad(&gb).unwrap(), exp_tol, "gelu gradient");
 }
 
-fn cross_entropy_matches<B: TrainBackend>()
+fn cross_entropy_matches<B: TrainBackend>(exp_tol: f32)
 where
     B::Device: Default,
 {
@@ -112,9 +123,9 @@ where
         let idx = Tensor::<B, 2, Int>::from_data(TensorData::new(labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), [n, 1]), &device);
         let nll = logp.clone().gather(1, idx).mean().neg();
         let theirs = nll.mul_scalar(1.0 - eps) + logp.mean().neg().mul_scalar(eps);
-        close(ours.clone(), theirs.clone(), "cross-entropy");
+        close_within(ours.clone(), theirs.clone(), exp_tol, "cross-entropy");
         let (ga, gb) = (ours.mul_scalar(3.0).backward(), theirs.mul_scalar(3.0).backward());
-        close(xa.grad(&ga).unwrap(), xb.grad(&gb).unwrap(), "cross-entropy gradient");
+        close_within(xa.grad(&ga).unwrap(), xb.grad(&gb).unwrap(), exp_tol, "cross-entropy gradient");
     }
 }
 
@@ -122,16 +133,16 @@ where
 fn flex_kernels_match_burn() {
     let _turn = crate::common::serial();
     layer_norm_matches::<Autodiff<Flex>>();
-    softmax_and_gelu_match::<Autodiff<Flex>>();
-    cross_entropy_matches::<Autodiff<Flex>>();
+    softmax_and_gelu_match::<Autodiff<Flex>>(TOL);
+    cross_entropy_matches::<Autodiff<Flex>>(TOL);
 }
 
 #[test]
 fn composed_fallback_matches_burn() {
     let _turn = crate::common::serial();
     layer_norm_matches::<Autodiff<NdArray>>();
-    softmax_and_gelu_match::<Autodiff<NdArray>>();
-    cross_entropy_matches::<Autodiff<NdArray>>();
+    softmax_and_gelu_match::<Autodiff<NdArray>>(TOL);
+    cross_entropy_matches::<Autodiff<NdArray>>(TOL);
 }
 
 #[test]
@@ -174,7 +185,7 @@ fn adamw_step_matches_the_composed_update() {
     }
 }
 
-fn lm_cross_entropy_matches<B: TrainBackend>()
+fn lm_cross_entropy_matches<B: TrainBackend>(exp_tol: f32)
 where
     B::Device: Default,
 {
@@ -188,18 +199,18 @@ where
     let ours = kernels::lm_cross_entropy(ha.clone(), wa.clone(), ba.clone(), &labels, 0.1);
     let logits = hb.clone().matmul(wb.clone().transpose()) + bb.clone().unsqueeze();
     let theirs = kernels::cross_entropy(logits, &labels, 0.1);
-    close(ours.clone(), theirs.clone(), "LM cross-entropy");
+    close_within(ours.clone(), theirs.clone(), exp_tol, "LM cross-entropy");
     let (ga, gb) = (ours.backward(), theirs.backward());
-    close(ha.grad(&ga).unwrap(), hb.grad(&gb).unwrap(), "LM rows gradient");
-    close(wa.grad(&ga).unwrap(), wb.grad(&gb).unwrap(), "LM weight gradient");
-    close(ba.grad(&ga).unwrap(), bb.grad(&gb).unwrap(), "LM bias gradient");
+    close_within(ha.grad(&ga).unwrap(), hb.grad(&gb).unwrap(), exp_tol, "LM rows gradient");
+    close_within(wa.grad(&ga).unwrap(), wb.grad(&gb).unwrap(), exp_tol, "LM weight gradient");
+    close_within(ba.grad(&ga).unwrap(), bb.grad(&gb).unwrap(), exp_tol, "LM bias gradient");
 }
 
 #[test]
 fn lm_cross_entropy_matches_the_composed_head() {
     let _turn = crate::common::serial();
-    lm_cross_entropy_matches::<Autodiff<Flex>>();
-    lm_cross_entropy_matches::<Autodiff<NdArray>>();
+    lm_cross_entropy_matches::<Autodiff<Flex>>(TOL);
+    lm_cross_entropy_matches::<Autodiff<NdArray>>(TOL);
 }
 
 #[test]
@@ -233,9 +244,9 @@ fn wgpu_fallback_matches_burn() {
     type G = Autodiff<burn::backend::Wgpu>;
     let _turn = crate::common::serial();
     layer_norm_matches::<G>();
-    softmax_and_gelu_match::<G>();
-    cross_entropy_matches::<G>();
-    lm_cross_entropy_matches::<G>();
+    softmax_and_gelu_match::<G>(VULKAN_EXP_TOL);
+    cross_entropy_matches::<G>(VULKAN_EXP_TOL);
+    lm_cross_entropy_matches::<G>(VULKAN_EXP_TOL);
 }
 
 /// Device memory comes from the cubecl allocator (what `bench` and the progress line show on a
