@@ -22,6 +22,10 @@ use super::precision::{self, Precision};
 use crate::kernels::Kernels;
 use crate::util::error::{Error, Result};
 
+/// A trained ViT's initial std for its class token and position embedding; a random encoder
+/// draws both from it unless `position_std` says otherwise.
+const TRAINED_VIT_INIT_STD: f64 = 0.02;
+
 /// Architecture family of the encoder.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -167,8 +171,8 @@ impl<B: Kernels> Vit<B> {
     /// A random EVA-shaped ViT, identical for identical `cfg` (including the seed) on a backend.
     pub fn random(cfg: &VitConfig, device: &B::Device) -> Self {
         B::seed(device, cfg.seed);
-        let normal = Initializer::Normal { mean: 0.0, std: 0.02 };
-        let positions = Initializer::Normal { mean: 0.0, std: cfg.position_std.unwrap_or(0.02) };
+        let normal = Initializer::Normal { mean: 0.0, std: TRAINED_VIT_INIT_STD };
+        let positions = Initializer::Normal { mean: 0.0, std: cfg.position_std.unwrap_or(TRAINED_VIT_INIT_STD) };
         let linear =
             |i, o| LinearConfig::new(i, o).with_initializer(Initializer::Normal { mean: 0.0, std: (1.0 / i as f64).sqrt() }).init(device);
         let eps = cfg.eps();
