@@ -41,7 +41,7 @@ impl BackendArg {
 #[derive(clap::Args, Clone, Debug)]
 pub struct ConfigArgs {
     /// The run's TOML config.
-    #[arg(long, default_value = "configs/tiny.toml")]
+    #[arg(long, default_value = "configs/shapes.toml")]
     pub config: PathBuf,
     /// Override a config value: --set section.key=value (repeatable).
     #[arg(long = "set")]

@@ -24,10 +24,10 @@ pub struct SynthArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Radius of a small object, as a fraction of the image side (`data.synth.small_radius`).
-    #[arg(long, default_value_t = synth::LEGACY_RADII.0)]
+    #[arg(long, default_value_t = synth::DEFAULT_RADII.0)]
     pub small_radius: f32,
     /// Radius of a large object, as a fraction of the image side (`data.synth.large_radius`).
-    #[arg(long, default_value_t = synth::LEGACY_RADII.1)]
+    #[arg(long, default_value_t = synth::DEFAULT_RADII.1)]
     pub large_radius: f32,
     /// Replace a set already in the folder (its annotations and every image).
     #[arg(long)]

@@ -69,7 +69,8 @@ pub struct VitConfig {
 impl VitConfig {
     /// Random-weight stand-ins with the compute of the real encoders (for benchmarks): `eva-g`
     /// (EVA ViT-g/14, 39 blocks, as LAVIS) and `clip-l` (CLIP ViT-L/14, 23 blocks), at 224 px;
-    /// `tiny`, the default run's encoder (configs/tiny.toml).
+    /// `tiny`, the encoder of configs/tiny.toml (the default run, configs/shapes.toml, uses 16-pixel
+    /// patches).
     pub fn preset(name: &str) -> Option<Self> {
         let base = Self {
             kind: VitKind::Eva,

@@ -59,7 +59,7 @@ fn every_shipped_config_loads() {
     for f in files.iter().filter(|f| f.extension().is_some_and(|e| e == "toml") && !f.ends_with("blip2.toml")) {
         let cfg = qformer::train::config::TrainConfig::load(f, &[]).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
         if f.ends_with("tiny.toml") {
-            assert_eq!(cfg.encoder, qformer::model::vit::VitConfig::preset("tiny").unwrap(), "bench's tiny encoder is the default run's");
+            assert_eq!(cfg.encoder, qformer::model::vit::VitConfig::preset("tiny").unwrap(), "bench's tiny encoder is configs/tiny.toml's");
         }
         if f.ends_with("lavis_stage1.toml") {
             let eva = qformer::model::vit::VitConfig::preset("eva-g").unwrap();
