@@ -482,9 +482,12 @@ mod tests {
         assert!(ensure(&train, Some(&synth), 32, &reporter).unwrap_err().to_string().contains("image_size"));
         // A set from before the manifest: the legacy radii pass, others are refused.
         std::fs::remove_file(train.with_file_name(MANIFEST_FILE)).unwrap();
-        ensure(&train, Some(&SynthConfig::new(3, 2, 1)), 16, &reporter).unwrap();
-        let e = ensure(&train, Some(&synth), 16, &reporter).unwrap_err().to_string();
-        assert!(e.contains("before object sizes were recorded"), "{e}");
+        let legacy = SynthConfig { small_radius: LEGACY_RADII.0, large_radius: LEGACY_RADII.1, ..SynthConfig::new(3, 2, 1) };
+        ensure(&train, Some(&legacy), 16, &reporter).unwrap();
+        for other in [SynthConfig::new(3, 2, 1), synth] {
+            let e = ensure(&train, Some(&other), 16, &reporter).unwrap_err().to_string();
+            assert!(e.contains("before object sizes were recorded"), "{e}");
+        }
         std::fs::remove_dir_all(&root).unwrap();
         // Radii that overlap or invert are refused by key.
         for (s, l) in [(0.0, 0.1), (0.2, 0.1), (0.1, 0.3)] {

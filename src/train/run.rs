@@ -113,11 +113,11 @@ fn frozen_source<B: Kernels>(cfg: &TrainConfig, device: &B::Device, reporter: &d
             }
             let open = |path: &Path, split| FeatureCache::open(cache, &cfg.encoder, path, &d.augment, split).map(Arc::new);
             let c = open(&d.train, "train")?;
-            reporter.note(&format!(
-                "features from the cache in {} ({} views per image); the encoder is not run",
-                cache.dir.display(),
-                c.views()
-            ));
+            let views = match c.views() {
+                1 => "one view per image".to_string(),
+                n => format!("{n} views per image"),
+            };
+            reporter.note(&format!("features from the cache in {} ({views}); the encoder is not run", cache.dir.display()));
             let frozen = Frozen::Cache { tokens: c.tokens(), width: c.width() };
             train.cache = Some(c);
             if let Some(path) = &d.eval {
