@@ -20,6 +20,8 @@ pub const PLOT_FILE: &str = "report.png";
 pub const SUMMARY_FILE: &str = "report.md";
 /// Loss curves are drawn as a running mean over this many steps.
 const SMOOTH: usize = 10;
+/// Curves of at most this many points (evaluations) get a marker, and over seeds a bar, per point.
+const MARKED_POINTS: usize = 30;
 
 /// One run's metrics.
 pub struct Run {
@@ -148,9 +150,22 @@ fn curves(groups: &[(String, Vec<&Run>)], panel: &Panel) -> Vec<Curve> {
                 lo.push((step, at.iter().copied().fold(f64::INFINITY, f64::min)));
                 hi.push((step, at.iter().copied().fold(f64::NEG_INFINITY, f64::max)));
             }
-            Curve { name: format!("{name} (mean of {} seeds, band: min–max)", all.len()), line, band: Some((lo, hi)) }
+            Curve { name: format!("{name} (mean of {} seeds; band and bars: min–max)", all.len()), line, band: Some((lo, hi)) }
         })
         .collect()
+}
+
+/// Where a sparse banded curve (held-out evaluations, the final full evaluation) gets a bar from
+/// the lowest to the highest seed at each point: (step, min, mean, max). A band alone is drawn
+/// between points, so at a lone point, such as the one full evaluation at the last step, it
+/// would show no spread at all. Dense curves (losses) keep only the band.
+fn whiskers(curve: &Curve) -> Vec<(f64, f64, f64, f64)> {
+    match &curve.band {
+        Some((lo, hi)) if curve.line.len() <= MARKED_POINTS => {
+            curve.line.iter().zip(lo.iter().zip(hi)).map(|(&(step, mean), (l, h))| (step, l.1, mean, h.1)).collect()
+        }
+        _ => Vec::new(),
+    }
 }
 
 /// How many x labels to ask for so that they fall on whole steps (at most 6).
@@ -253,7 +268,9 @@ fn draw(runs: &[Run], path: &Path) -> Result<()> {
             let style = ShapeStyle::from(color).stroke_width(2);
             let drawn = chart.draw_series(LineSeries::new(pts.iter().copied(), style)).map_err(|e| plot_error(path, e))?;
             drawn.label(curve.name.clone()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], style));
-            if pts.len() <= 30 {
+            let bars = whiskers(curve).into_iter().map(|(step, lo, mean, hi)| ErrorBar::new_vertical(step, lo, mean, hi, style, 10));
+            chart.draw_series(bars).map_err(|e| plot_error(path, e))?;
+            if pts.len() <= MARKED_POINTS {
                 // Each run its own marker and size, so points at one step (the final evaluation
                 // of several runs) stay visible on top of each other.
                 let size = 6 - (i % 3) as i32;
@@ -483,6 +500,13 @@ mod tests {
         assert_eq!((c[1].name.as_str(), c[1].band.is_none()), ("b", true));
         // Two runs of one name without seeds (other folders, other configs) are not grouped.
         assert_eq!(groups(&[run("b", &[1.0]), run("b", &[2.0])]).len(), 2);
+        // A loss curve of a few steps is sparse: each point gets its min–max bar; a lone run none.
+        assert_eq!(whiskers(&c[0]), vec![(1.0, 1.0, 2.0, 3.0), (2.0, 2.0, 3.0, 4.0)]);
+        assert!(whiskers(&c[1]).is_empty());
+        // A dense curve (a loss logged every step) keeps only its band.
+        let long: Vec<f64> = (0..=MARKED_POINTS).map(|i| i as f64).collect();
+        let dense = curves(&groups(&[run("d-seed0", &long), run("d-seed1", &long)]), &panel);
+        assert!(dense[0].band.is_some() && whiskers(&dense[0]).is_empty());
         let table = seed_table(&runs).unwrap();
         assert!(table.contains("| a | 2 | 3.42 ± 2.71 |"), "{table}"); // ITC: last-steps means 1.5 and 16/3
         assert!(seed_table(&runs[1..2]).is_none());
